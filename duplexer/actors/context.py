@@ -1,0 +1,132 @@
+"""Context manager: the conversation's text history, and the actor around it.
+
+History is text, not audio tokens. Speculative replies are built from the
+committed history plus the current transcript, so every speculative call of a
+turn shares a byte-identical prompt prefix. An interrupted reply enters history
+only as the words that were actually played.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from duplexer.actors.engines import Message
+from duplexer.runtime.actor import Actor, SessionContext
+from duplexer.runtime.events import (
+    CancelReply,
+    CommitReply,
+    Event,
+    HistoryUpdated,
+    PlayoutDone,
+    PromptReady,
+    StartReply,
+    TruncateHistory,
+    TtsAudio,
+)
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant. Answer in one or two short spoken sentences, "
+    "without lists, markup or emoji."
+)
+
+
+@dataclass
+class _Spoken:
+    """A reply's clauses with their audio span, to map a play position back to words."""
+
+    clauses: list[tuple[str, float, float]] = field(default_factory=list)  # text, start_ms, end_ms
+    total_ms: float = 0.0
+
+    def add(self, text: str, duration_ms: float) -> None:
+        if text or not self.clauses:
+            self.clauses.append((text, self.total_ms, self.total_ms + duration_ms))
+        else:  # a continuation chunk of the previous clause
+            last_text, start, end = self.clauses[-1]
+            self.clauses[-1] = (last_text, start, end + duration_ms)
+        self.total_ms += duration_ms
+
+    def text(self) -> str:
+        return " ".join(t for t, _, _ in self.clauses if t)
+
+    def played_text(self, played_ms: float) -> str:
+        """Words whose audio was fully played, assuming words spread evenly across their clause."""
+        words_out: list[str] = []
+        for text, start, end in self.clauses:
+            words = text.split()
+            if not words:
+                continue
+            if played_ms >= end:
+                words_out += words
+                continue
+            span = max(end - start, 1e-9)
+            n_played = int(len(words) * (played_ms - start) / span) if played_ms > start else 0
+            words_out += words[:n_played]
+            break
+        return " ".join(words_out)
+
+
+class ContextManager:
+    """Text history with a fixed system prompt; the engine behind :class:`ContextActor`."""
+
+    def __init__(self, system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_messages: int = 40) -> None:
+        self.system_prompt = system_prompt
+        self.max_messages = max_messages
+        self.history: list[Message] = []
+
+    def prompt(self, user_text: str) -> tuple[Message, ...]:
+        """Messages for a reply: system, history, then the (possibly still changing) user text."""
+        return (("system", self.system_prompt), *self.history, ("user", user_text))
+
+    def add(self, role: str, text: str) -> None:
+        self.history.append((role, text))
+        excess = len(self.history) - self.max_messages
+        if excess > 0:
+            del self.history[:excess]
+
+
+class ContextActor(Actor):
+    name = "context"
+    subscribes = (StartReply, CommitReply, CancelReply, TtsAudio, PlayoutDone, TruncateHistory)
+
+    def __init__(self, ctx: SessionContext, manager: ContextManager | None = None) -> None:
+        super().__init__(ctx)
+        self.manager = manager or ContextManager()
+        self.spoken: dict[str, _Spoken] = {}
+        self.committed: set[str] = set()
+
+    def _record(self, role: str, text: str, turn_id: int | None) -> None:
+        self.manager.add(role, text)
+        self.emit(HistoryUpdated, turn_id=turn_id, role=role, text=text)
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, StartReply):
+            self.spoken[event.reply_id] = _Spoken()
+            self.emit(
+                PromptReady,
+                turn_id=event.turn_id,
+                reply_id=event.reply_id,
+                messages=self.manager.prompt(event.user_text),
+            )
+        elif isinstance(event, CommitReply):
+            self.committed.add(event.reply_id)
+            self._record("user", event.user_text, event.turn_id)
+        elif isinstance(event, CancelReply):
+            if event.reply_id not in self.committed:
+                self.spoken.pop(event.reply_id, None)
+        elif isinstance(event, TtsAudio):
+            spoken = self.spoken.get(event.reply_id)
+            if spoken is not None:
+                spoken.add(event.text, event.duration_ms)
+        elif isinstance(event, PlayoutDone):
+            self._finish(event.reply_id, None, event.turn_id)
+        elif isinstance(event, TruncateHistory):
+            self._finish(event.reply_id, event.played_ms, event.turn_id)
+
+    def _finish(self, reply_id: str, played_ms: float | None, turn_id: int | None) -> None:
+        spoken = self.spoken.pop(reply_id, None)
+        if spoken is None or reply_id not in self.committed:
+            return
+        self.committed.discard(reply_id)
+        text = spoken.text() if played_ms is None else spoken.played_text(played_ms)
+        if text:
+            self._record("assistant", text, turn_id)

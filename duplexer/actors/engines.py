@@ -1,0 +1,61 @@
+"""Engine interfaces: what each actor wraps. Model-agnostic, async, streaming and cancellable.
+
+Cancellation is task cancellation: an actor cancels the task that iterates an
+engine's stream, and the engine must stop its work when the iterator is closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+Message = tuple[str, str]
+"""A chat message as (role, content)."""
+
+
+class VadEngine(Protocol):
+    """Speech probability for one input frame."""
+
+    def speech_probability(self, pcm: bytes, frame_start_ms: float) -> float: ...
+
+
+class AsrEngine(Protocol):
+    """Transcribes one speech segment; called repeatedly with growing audio for partials."""
+
+    async def transcribe(self, pcm: bytes, start_ms: float, end_ms: float, final: bool) -> str: ...
+
+
+class LlmEngine(Protocol):
+    """Streams reply text for chat messages; closing the iterator aborts generation."""
+
+    def stream(self, messages: Sequence[Message], reply_id: str) -> AsyncIterator[str]: ...
+
+
+class TtsEngine(Protocol):
+    """Streams PCM16 mono audio for a piece of text at ``sample_rate_hz``."""
+
+    sample_rate_hz: int
+
+    def synthesize(self, text: str, reply_id: str) -> AsyncIterator[bytes]: ...
+
+
+class AudioSink(Protocol):
+    """Where played bot audio goes (a speaker, a WebRTC track, an MQTT topic, a recorder)."""
+
+    def write(self, pcm: bytes, sample_rate_hz: int, reply_id: str, ts_ms: float) -> None: ...
+
+    def flush(self) -> None:
+        """Drop any audio the sink has queued but not yet played (barge-in)."""
+        ...
+
+
+@dataclass
+class Engines:
+    """The engines one session's pipeline runs on."""
+
+    vad: VadEngine
+    asr: AsrEngine
+    llm: LlmEngine
+    tts: TtsEngine
+    sink: AudioSink

@@ -1,0 +1,51 @@
+"""Wires one session's actors around its engines: the local executor's pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from duplexer.actors.asr import AsrActor, AsrParams
+from duplexer.actors.context import ContextActor, ContextManager
+from duplexer.actors.controller import ControllerActor
+from duplexer.actors.engines import Engines
+from duplexer.actors.llm import LlmActor, LlmParams
+from duplexer.actors.playout import PlayoutActor, PlayoutParams
+from duplexer.actors.tts import TtsActor, TtsParams
+from duplexer.actors.vad import VadActor, VadParams
+from duplexer.policies.controller import PolicyParams
+from duplexer.runtime.actor import Actor
+from duplexer.runtime.session import Session
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every actor's parameters, with defaults in one place."""
+
+    policy: PolicyParams = field(default_factory=PolicyParams)
+    vad: VadParams = field(default_factory=VadParams)
+    asr: AsrParams = field(default_factory=AsrParams)
+    llm: LlmParams = field(default_factory=LlmParams)
+    tts: TtsParams = field(default_factory=TtsParams)
+    playout: PlayoutParams = field(default_factory=PlayoutParams)
+
+
+def start_pipeline(
+    session: Session,
+    engines: Engines,
+    config: PipelineConfig | None = None,
+    context: ContextManager | None = None,
+) -> dict[str, Actor]:
+    """Start VAD, ASR, controller, context, LLM, TTS and playout actors on the session's bus."""
+    cfg = config or PipelineConfig()
+    ctx = session.ctx
+    actors: list[Actor] = [
+        ControllerActor(ctx, cfg.policy),
+        ContextActor(ctx, context),
+        VadActor(ctx, engines.vad, cfg.vad),
+        AsrActor(ctx, engines.asr, cfg.asr),
+        LlmActor(ctx, engines.llm, cfg.llm),
+        TtsActor(ctx, engines.tts, cfg.tts),
+        PlayoutActor(ctx, engines.sink, cfg.playout),
+    ]
+    session.add(*actors)
+    return {actor.name: actor for actor in actors}

@@ -1,0 +1,161 @@
+"""Scripted engines: timing from a scenario, no models. For the simulator and tests only.
+
+Each takes its latencies from the scenario's engine models and sleeps on the
+session clock, so under the virtual clock a whole conversation replays in
+milliseconds, deterministically for a seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from duplexer.actors.engines import Message
+from duplexer.runtime.clock import Clock
+from duplexer.runtime.events import FRAME_MS
+
+NOISE_FLOOR_PROBABILITY = 0.02
+
+
+@dataclass(frozen=True)
+class SpeechSpan:
+    """A stretch of user-side sound: speech with words, or a noise burst with none."""
+
+    start_ms: float
+    end_ms: float
+    words: tuple[tuple[float, str], ...] = ()  # (start_ms, word)
+    probability: float = 0.95
+    kind: str = "speech"
+
+
+@dataclass
+class SpeechTimeline:
+    """What the simulated user has said so far; scripted VAD and ASR read it as their 'audio'."""
+
+    spans: list[SpeechSpan] = field(default_factory=list)
+
+    def add(self, span: SpeechSpan) -> None:
+        self.spans.append(span)
+
+    def probability_at(self, t_ms: float) -> float:
+        best = NOISE_FLOOR_PROBABILITY
+        for span in reversed(self.spans):
+            if span.start_ms <= t_ms < span.end_ms:
+                best = max(best, span.probability)
+            elif span.end_ms < t_ms - 60_000:
+                break
+        return best
+
+    def words_between(self, start_ms: float, end_ms: float) -> list[str]:
+        return [
+            word
+            for span in self.spans
+            for word_start, word in span.words
+            if start_ms - FRAME_MS <= word_start < end_ms
+        ]
+
+
+def jittered(rng: random.Random, mean_ms: float, jitter: float) -> float:
+    """A latency around ``mean_ms``; ``jitter`` is the relative spread (0 = exact)."""
+    if jitter <= 0 or mean_ms <= 0:
+        return mean_ms
+    return max(0.0, rng.gauss(mean_ms, mean_ms * jitter))
+
+
+class ScriptedVad:
+    """Speech probability read from the timeline at the frame's midpoint."""
+
+    def __init__(self, timeline: SpeechTimeline) -> None:
+        self.timeline = timeline
+
+    def speech_probability(self, pcm: bytes, frame_start_ms: float) -> float:
+        return self.timeline.probability_at(frame_start_ms + FRAME_MS / 2)
+
+
+class ScriptedAsr:
+    """Returns the words spoken in the segment after a latency."""
+
+    def __init__(
+        self,
+        timeline: SpeechTimeline,
+        clock: Clock,
+        rng: random.Random,
+        final_latency_ms: float = 150.0,
+        partial_latency_ms: float = 60.0,
+        jitter: float = 0.0,
+    ) -> None:
+        self.timeline, self.clock, self.rng = timeline, clock, rng
+        self.final_latency_ms, self.partial_latency_ms, self.jitter = (
+            final_latency_ms,
+            partial_latency_ms,
+            jitter,
+        )
+
+    async def transcribe(self, pcm: bytes, start_ms: float, end_ms: float, final: bool) -> str:
+        latency = self.final_latency_ms if final else self.partial_latency_ms
+        await self.clock.sleep_ms(jittered(self.rng, latency, self.jitter))
+        return " ".join(self.timeline.words_between(start_ms, end_ms))
+
+
+def echo_reply(user_text: str) -> str:
+    return f"You said {user_text.rstrip('?.!')}. That is a good point, and here is a short answer."
+
+
+class ScriptedLlm:
+    """Streams a scripted reply word by word after a time to first token."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        rng: random.Random,
+        ttft_ms: float = 250.0,
+        tokens_per_s: float = 40.0,
+        jitter: float = 0.0,
+        reply_for: Callable[[str], str] = echo_reply,
+    ) -> None:
+        self.clock, self.rng = clock, rng
+        self.ttft_ms, self.tokens_per_s, self.jitter = ttft_ms, tokens_per_s, jitter
+        self.reply_for = reply_for
+        self.calls: list[str] = []
+
+    async def stream(self, messages: Sequence[Message], reply_id: str) -> AsyncIterator[str]:
+        user_text = messages[-1][1] if messages else ""
+        self.calls.append(reply_id)
+        await self.clock.sleep_ms(jittered(self.rng, self.ttft_ms, self.jitter))
+        words = self.reply_for(user_text).split()
+        for i, word in enumerate(words):
+            if i:
+                await self.clock.sleep_ms(1000.0 / self.tokens_per_s)
+            yield word if i == 0 else " " + word
+
+
+class ScriptedTts:
+    """Silent PCM whose length follows the text; rendered at ``rtf`` after a first-chunk latency."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        rng: random.Random,
+        first_chunk_ms: float = 120.0,
+        rtf: float = 0.2,
+        ms_per_char: float = 65.0,
+        chunk_ms: float = 200.0,
+        sample_rate_hz: int = 16_000,
+        jitter: float = 0.0,
+    ) -> None:
+        self.clock, self.rng = clock, rng
+        self.first_chunk_ms, self.rtf, self.ms_per_char = first_chunk_ms, rtf, ms_per_char
+        self.chunk_ms, self.sample_rate_hz, self.jitter = chunk_ms, sample_rate_hz, jitter
+
+    async def synthesize(self, text: str, reply_id: str) -> AsyncIterator[bytes]:
+        remaining_ms = len(text) * self.ms_per_char
+        await self.clock.sleep_ms(jittered(self.rng, self.first_chunk_ms, self.jitter))
+        first = True
+        while remaining_ms > 0:
+            piece_ms = min(self.chunk_ms, remaining_ms)
+            if not first:
+                await self.clock.sleep_ms(piece_ms * self.rtf)
+            first = False
+            remaining_ms -= piece_ms
+            yield bytes(2 * int(self.sample_rate_hz * piece_ms / 1000))

@@ -1,0 +1,134 @@
+"""TTS actor (speech decoder): speaks reply text clause by clause as the LLM streams it.
+
+Text is cut at clause boundaries so the first audio comes after the first
+clause, not after the whole reply. Speculative replies are pre-rendered when
+``speculative_tts`` is on, so a committed reply can play at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+
+from duplexer.actors.engines import TtsEngine
+from duplexer.runtime.actor import Actor, SessionContext
+from duplexer.runtime.events import (
+    CancelReply,
+    CommitReply,
+    ErrorEvent,
+    Event,
+    LlmDone,
+    LlmToken,
+    StartReply,
+    TtsAudio,
+    TtsDone,
+)
+
+CLAUSE_END = re.compile(r"[.!?;:,](?=\s)|[.!?]$|\n")
+MIN_CLAUSE_CHARS = 12
+"""Shorter clauses wait for more text, so Piper-like engines get enough context."""
+
+
+@dataclass(frozen=True)
+class TtsParams:
+    speculative_tts: bool = True
+
+
+@dataclass
+class _Reply:
+    turn_id: int | None
+    speculative: bool
+    committed: bool = False
+    pending: str = ""
+    clauses: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    worker: asyncio.Task[None] | None = None
+
+
+def split_clauses(text: str, final: bool) -> tuple[list[str], str]:
+    """Complete clauses in ``text`` and the remainder still being written."""
+    clauses: list[str] = []
+    start = 0
+    for match in CLAUSE_END.finditer(text):
+        end = match.end()
+        if len(text[start:end].strip()) >= MIN_CLAUSE_CHARS:
+            clauses.append(text[start:end].strip())
+            start = end
+    rest = text[start:]
+    if final and rest.strip():
+        clauses.append(rest.strip())
+        rest = ""
+    return clauses, rest
+
+
+class TtsActor(Actor):
+    name = "tts"
+    subscribes = (StartReply, CommitReply, CancelReply, LlmToken, LlmDone)
+
+    def __init__(self, ctx: SessionContext, engine: TtsEngine, params: TtsParams | None = None) -> None:
+        super().__init__(ctx)
+        self.engine = engine
+        self.params = params or TtsParams()
+        self.replies: dict[str, _Reply] = {}
+
+    def _may_render(self, reply: _Reply) -> bool:
+        return reply.committed or not reply.speculative or self.params.speculative_tts
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, StartReply):
+            self.replies[event.reply_id] = _Reply(event.turn_id, event.speculative)
+            return
+        reply = self.replies.get(getattr(event, "reply_id", ""))
+        if reply is None:
+            return
+        if isinstance(event, CancelReply):
+            del self.replies[event.reply_id]
+            if reply.worker is not None:
+                reply.worker.cancel()
+        elif isinstance(event, CommitReply):
+            reply.committed = True
+        elif isinstance(event, LlmToken):
+            clauses, reply.pending = split_clauses(reply.pending + event.text, final=False)
+            for clause in clauses:
+                reply.clauses.put_nowait(clause)
+        elif isinstance(event, LlmDone):
+            clauses, reply.pending = split_clauses(reply.pending, final=True)
+            for clause in clauses:
+                reply.clauses.put_nowait(clause)
+            reply.clauses.put_nowait(None)
+        if (
+            reply.worker is None
+            and isinstance(event, (CommitReply, LlmToken, LlmDone))
+            and self._may_render(reply)
+        ):
+            reply.worker = self.spawn(self._render(event.reply_id, reply), event.reply_id)  # type: ignore[attr-defined]
+
+    async def _render(self, reply_id: str, reply: _Reply) -> None:
+        seq = 0
+        while (clause := await reply.clauses.get()) is not None:
+            try:
+                async for pcm in self.engine.synthesize(clause, reply_id):
+                    duration_ms = 1000.0 * (len(pcm) // 2) / self.engine.sample_rate_hz
+                    self.emit(
+                        TtsAudio,
+                        turn_id=reply.turn_id,
+                        reply_id=reply_id,
+                        seq=seq,
+                        pcm=pcm,
+                        sample_rate_hz=self.engine.sample_rate_hz,
+                        text=clause,
+                        duration_ms=duration_ms,
+                    )
+                    seq += 1
+                    clause = ""  # a clause's text rides on its first chunk only
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.emit(
+                    ErrorEvent,
+                    turn_id=reply.turn_id,
+                    source=self.name,
+                    message=f"TTS failed on reply {reply_id}: {type(exc).__name__}: {exc}; clause skipped",
+                )
+        self.emit(TtsDone, turn_id=reply.turn_id, reply_id=reply_id, n_chunks=seq)
+        self.replies.pop(reply_id, None)

@@ -1,0 +1,88 @@
+"""Session clocks: the real one, and a virtual-time event loop for deterministic simulation.
+
+Actors read time only through a :class:`Clock` and sleep only through it, so the
+same actor code runs under the wall clock and under :class:`VirtualTimeLoop`,
+where time jumps straight to the next timer instead of waiting for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Monotonic session time in milliseconds."""
+
+    def now_ms(self) -> float: ...
+
+    async def sleep_ms(self, duration_ms: float) -> None: ...
+
+
+class LoopClock:
+    """Reads the running event loop's monotonic time, relative to the session start.
+
+    Under a normal loop this is the real clock; under :class:`VirtualTimeLoop` it is virtual.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self._origin_s = self._loop.time()
+
+    def now_ms(self) -> float:
+        return (self._loop.time() - self._origin_s) * 1000.0
+
+    async def sleep_ms(self, duration_ms: float) -> None:
+        await asyncio.sleep(max(0.0, duration_ms) / 1000.0)
+
+
+class VirtualClockDeadlock(RuntimeError):
+    """Every task waits on something no timer will ever wake."""
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    """Polls real file descriptors without blocking, and advances virtual time instead of waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: VirtualTimeLoop | None = None
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if ready:
+            return ready
+        if timeout is None:
+            raise VirtualClockDeadlock(
+                "virtual clock: all tasks are waiting and no timer is scheduled "
+                "(is something waiting on real I/O or a thread?)"
+            )
+        if timeout > 0 and self.loop is not None:
+            self.loop.advance_s(timeout)
+        return []
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop whose clock starts at 0 and jumps to the next timer when idle.
+
+    Runs deterministically: callbacks are ordered by virtual time, then by scheduling order.
+    Use it through ``asyncio.Runner(loop_factory=VirtualTimeLoop)``.
+    """
+
+    def __init__(self) -> None:
+        selector = _VirtualSelector()
+        self._virtual_time_s = 0.0
+        super().__init__(selector)
+        selector.loop = self
+
+    def time(self) -> float:
+        return self._virtual_time_s
+
+    def advance_s(self, seconds: float) -> None:
+        self._virtual_time_s += seconds
+
+
+def run_virtual(coro: object) -> object:
+    """Run a coroutine to completion on a fresh virtual-time loop and return its result."""
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        return runner.run(coro)  # type: ignore[arg-type]

@@ -1,0 +1,331 @@
+"""Typed, immutable events: everything that crosses the bus.
+
+Every event carries the session id, the turn id where one applies, and a
+monotonic timestamp in milliseconds from the session clock. Control events
+(``priority = Priority.CONTROL``) overtake queued data events such as audio.
+The controller's actions are events too, so the pure state machine emits
+exactly what the actors receive.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+INPUT_SAMPLE_RATE_HZ = 16_000
+"""Sample rate of user audio inside the pipeline (VAD, ASR, tokenizer)."""
+
+FRAME_MS = 20
+"""Duration of one input audio frame, and the controller's tick period."""
+
+FRAME_SAMPLES = INPUT_SAMPLE_RATE_HZ * FRAME_MS // 1000
+
+
+class Priority(enum.IntEnum):
+    """Delivery class: CONTROL events are delivered before any queued DATA events."""
+
+    CONTROL = 0
+    DATA = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every bus event."""
+
+    session_id: str
+    ts_ms: float
+    turn_id: int | None = None
+
+    priority: ClassVar[Priority] = Priority.DATA
+    is_user_audio: ClassVar[bool] = False
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+# ---------------------------------------------------------------- audio in/out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AudioFrame(Event):
+    """One frame of user (microphone) audio: mono PCM16 little-endian bytes."""
+
+    pcm: bytes
+    sample_rate_hz: int
+    seq: int
+    is_user_audio: ClassVar[bool] = True
+
+    @property
+    def duration_ms(self) -> float:
+        return 1000.0 * (len(self.pcm) // 2) / self.sample_rate_hz
+
+
+# ---------------------------------------------------------------- perception
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VadSpeechStart(Event):
+    """The VAD heard user speech begin. ``speech_start_ms`` is when it began, before onset lag."""
+
+    segment_id: int
+    probability: float
+    speech_start_ms: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VadSpeechStop(Event):
+    """The VAD heard user speech end. ``speech_end_ms`` is when it ended, before offset lag."""
+
+    segment_id: int
+    probability: float
+    speech_end_ms: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AsrPartial(Event):
+    """Interim transcript of the speech segment in progress."""
+
+    segment_id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AsrFinal(Event):
+    """Final transcript of one speech segment (may be empty for noise)."""
+
+    segment_id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndOfTurnProbability(Event):
+    """A turn-end detector's belief that the user has finished their turn."""
+
+    probability: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tick(Event):
+    """Timer tick, one per frame, so timing rules fire without I/O in the controller."""
+
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+# ---------------------------------------------------------------- controller actions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartReply(Event):
+    """Generate a reply to ``user_text``; speculative replies may later be cancelled."""
+
+    reply_id: str
+    user_text: str
+    speculative: bool
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelReply(Event):
+    """Abort a reply: stop generation and synthesis and drop its buffered audio."""
+
+    reply_id: str
+    reason: str
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitReply(Event):
+    """The reply answers the user's finished turn; its user text enters history."""
+
+    reply_id: str
+    user_text: str
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartPlayout(Event):
+    """Play the reply's audio as soon as it is available."""
+
+    reply_id: str
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopPlayout(Event):
+    """Stop playing at once and drop unsent audio (barge-in)."""
+
+    reply_id: str
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PausePlayout(Event):
+    """Hold playout while the user may be backchanneling."""
+
+    reply_id: str
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumePlayout(Event):
+    """Continue a held playout: the overlap was a backchannel."""
+
+    reply_id: str
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TruncateHistory(Event):
+    """Keep only what was played of an interrupted reply in the history."""
+
+    reply_id: str
+    played_ms: float
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateChanged(Event):
+    """The controller moved between states."""
+
+    old_state: str
+    new_state: str
+    reason: str
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+# ---------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PromptReady(Event):
+    """The context manager's chat messages for one reply, ready for the LLM."""
+
+    reply_id: str
+    messages: tuple[tuple[str, str], ...]  # (role, content)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LlmToken(Event):
+    """One streamed piece of reply text."""
+
+    reply_id: str
+    text: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LlmDone(Event):
+    """The LLM finished a reply (not sent for cancelled replies)."""
+
+    reply_id: str
+    text: str
+    n_tokens: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LlmCancelled(Event):
+    """A reply's generation stopped early; ``n_tokens`` were generated and discarded."""
+
+    reply_id: str
+    n_tokens: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TtsAudio(Event):
+    """One synthesized chunk of reply audio and the text it speaks."""
+
+    reply_id: str
+    seq: int
+    pcm: bytes
+    sample_rate_hz: int
+    text: str
+    duration_ms: float
+    instructions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TtsDone(Event):
+    """All of a reply's audio has been synthesized."""
+
+    reply_id: str
+    n_chunks: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplyReady(Event):
+    """A reply has its first audio buffered and could start playing now."""
+
+    reply_id: str
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+# ---------------------------------------------------------------- playout
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlayoutStarted(Event):
+    """The first frame of a reply's audio went out."""
+
+    reply_id: str
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlayoutProgress(Event):
+    """How much of a reply has been played so far."""
+
+    reply_id: str
+    played_ms: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlayoutDone(Event):
+    """A reply was played to its end."""
+
+    reply_id: str
+    played_ms: float
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlayoutStopped(Event):
+    """A reply's playout was cut off; ``played_ms`` of it reached the user."""
+
+    reply_id: str
+    played_ms: float
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+# ---------------------------------------------------------------- context
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryUpdated(Event):
+    """A message entered the text history."""
+
+    role: str
+    text: str
+
+
+# ---------------------------------------------------------------- health
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorEvent(Event):
+    """Something went wrong but the session goes on: one line naming the source and the fix."""
+
+    source: str
+    message: str
+    fatal: bool = False
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricEvent(Event):
+    """A named measurement, such as a counter increment or a latency."""
+
+    name: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = field(default=())

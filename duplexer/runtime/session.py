@@ -1,0 +1,46 @@
+"""A session: one conversation's bus, clock, metrics and supervised actors (the local executor)."""
+
+from __future__ import annotations
+
+import uuid
+from types import TracebackType
+
+from duplexer.runtime.actor import Actor, RestartPolicy, SessionContext, Supervisor
+from duplexer.runtime.bus import Bus
+from duplexer.runtime.clock import Clock, LoopClock
+from duplexer.runtime.metrics import Metrics
+
+
+class Session:
+    """Owns one conversation's actors; ``async with Session(...)`` stops them all on exit."""
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        clock: Clock | None = None,
+        restart_policy: RestartPolicy | None = None,
+    ) -> None:
+        self.session_id = session_id or uuid.uuid4().hex[:12]
+        self.clock = clock or LoopClock()
+        self.metrics = Metrics()
+        self.bus = Bus(self.session_id, self.clock, self.metrics)
+        self.ctx = SessionContext(self.session_id, self.bus, self.clock, self.metrics)
+        self.supervisor = Supervisor(self.ctx, restart_policy)
+
+    def add(self, *actors: Actor) -> None:
+        for actor in actors:
+            self.supervisor.start(actor)
+
+    async def stop(self) -> None:
+        await self.supervisor.stop()
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,225 @@
+"""`duplexer sim`: replay scenarios, write summary.json and timelines; sweeps: a CSV and a Pareto plot."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from duplexer.policies.controller import PolicyParams
+from duplexer.sims.metrics import TurnFacts, latency_saved, summarize, turn_facts
+from duplexer.sims.scenario import Scenario, ScenarioError, collect_scenarios
+from duplexer.sims.simulator import policy_for, simulate
+
+
+class UsageError(ValueError):
+    """Bad command-line input: the message names the option."""
+
+
+def parse_value(text: str) -> float | int | bool:
+    lowered = text.strip().lower()
+    if lowered in {"true", "yes", "on"}:
+        return True
+    if lowered in {"false", "no", "off"}:
+        return False
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def parse_overrides(items: Sequence[str], option: str = "--set") -> dict[str, float | int | bool]:
+    """``key=value`` pairs naming PolicyParams fields; unknown names and bad values are errors."""
+    known = set(PolicyParams.field_names())
+    out: dict[str, float | int | bool] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise UsageError(f"{option} {item!r}: expected key=value")
+        if key not in known:
+            raise UsageError(f"{option} {key}: unknown policy parameter (known: {', '.join(sorted(known))})")
+        try:
+            out[key] = parse_value(value)
+        except ValueError:
+            raise UsageError(f"{option} {key}={value}: not a number or true/false") from None
+    return out
+
+
+def parse_sweep(items: Sequence[str]) -> dict[str, list[float]]:
+    """``key=start:stop:step`` (stop included) or ``key=v1,v2,...``."""
+    grid: dict[str, list[float]] = {}
+    parse_overrides([item.split("=", 1)[0] + "=0" for item in items], option="--sweep")
+    for item in items:
+        key, _, spec = item.partition("=")
+        try:
+            if ":" in spec:
+                start, stop, step = (float(x) for x in spec.split(":"))
+                if step <= 0 or stop < start:
+                    raise ValueError
+                n = round((stop - start) / step) + 1
+                values = [round(start + i * step, 6) for i in range(n) if start + i * step <= stop + 1e-9]
+            else:
+                values = [float(x) for x in spec.split(",")]
+        except ValueError:
+            raise UsageError(
+                f"--sweep {item}: expected key=start:stop:step (step > 0, stop >= start) or key=v1,v2"
+            ) from None
+        grid[key.strip()] = values
+    return grid
+
+
+def make_params(overrides: dict[str, Any]) -> PolicyParams:
+    try:
+        return replace(PolicyParams(), **overrides)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--set: {exc}") from None
+
+
+@contextmanager
+def staged_report(report_dir: Path) -> Iterator[Path]:
+    """Write into a temporary folder and move files into ``report_dir`` only if all went well."""
+    report_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".duplexer-report-", dir=report_dir.parent))
+    try:
+        yield stage
+        report_dir.mkdir(parents=True, exist_ok=True)
+        for item in sorted(stage.iterdir()):
+            target = report_dir / item.name
+            if target.exists():
+                target.unlink()
+            shutil.move(str(item), target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _prepare(paths: Sequence[Path], base: PolicyParams) -> list[tuple[Scenario, PolicyParams]]:
+    loaded = collect_scenarios(list(paths))
+    return [(sc, policy_for(sc, base, str(path))) for path, sc in loaded]
+
+
+def run_scenarios(
+    paths: Sequence[Path],
+    report_dir: Path,
+    seed: int,
+    overrides: dict[str, Any],
+    plots: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Replay every scenario with speculation as configured and with it off; write the report."""
+    base = make_params(overrides)
+    prepared = _prepare(paths, base)
+    from duplexer.sims.plots import plot_timeline
+
+    per_scenario: dict[str, Any] = {}
+    all_facts: list[TurnFacts] = []
+    all_saved: list[float] = []
+    with staged_report(report_dir) as stage:
+        for scenario, params in tqdm(prepared, desc="scenarios", disable=not progress, leave=False):
+            main = simulate(scenario, params, seed)
+            baseline = simulate(scenario, replace(params, speculation=False), seed)
+            facts, base_facts = turn_facts(main), turn_facts(baseline)
+            saved = latency_saved(facts, base_facts)
+            per_scenario[scenario.name] = summarize([facts], saved)
+            all_facts.append(facts)
+            all_saved += saved
+            if plots:
+                plot_timeline(main, stage / f"{scenario.name}.png")
+        summary = {
+            "seed": seed,
+            "policy": asdict(base),
+            "scenarios": dict(sorted(per_scenario.items())),
+            "aggregate": summarize(all_facts, all_saved),
+        }
+        (stage / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    header = (
+        f"{'scenario':34} {'turns':>5} {'lat p50':>8} {'lat p90':>8} {'stop p50':>8} "
+        f"{'takeover':>8} {'bc stop':>7} {'spec s/c/d':>10} {'commit':>6} {'saved p50':>9}"
+    )
+    lines = [header, "-" * len(header)]
+
+    def fmt(v: Any, spec: str = ".0f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    rows = [*summary["scenarios"].items(), ("ALL", summary["aggregate"])]
+    for name, m in rows:
+        spec = m["speculation"]
+        lines.append(
+            f"{name[:34]:34} {m['turns']['answered']:>5} {fmt(m['response_latency_ms']['p50']):>8} "
+            f"{fmt(m['response_latency_ms']['p90']):>8} {fmt(m['barge_in_stop_ms']['p50']):>8} "
+            f"{fmt(m['pause_takeover_rate'], '.2f'):>8} {fmt(m['backchannel_false_stop_rate'], '.2f'):>7} "
+            f"{spec['started']:>4}/{spec['committed']}/{spec['discarded']:<3} "
+            f"{fmt(spec['commit_rate'], '.2f'):>6} {fmt(m['latency_saved_ms']['p50']):>9}"
+        )
+    return "\n".join(lines)
+
+
+SWEEP_COLUMNS = (
+    "response_latency_p50_ms",
+    "response_latency_p90_ms",
+    "pause_takeover_rate",
+    "barge_in_stop_p50_ms",
+    "backchannel_false_stop_rate",
+    "speculation_commit_rate",
+)
+
+
+def run_sweep(
+    paths: Sequence[Path],
+    report_dir: Path,
+    seed: int,
+    overrides: dict[str, Any],
+    grid: dict[str, list[float]],
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Every combination of the swept parameters over all scenarios; CSV plus Pareto plot."""
+    from duplexer.sims.plots import plot_pareto
+
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    prepared_per_combo = []
+    for combo in combos:  # validate every combination before running any
+        params = make_params({**overrides, **combo})
+        prepared_per_combo.append((combo, _prepare(paths, params)))
+    rows: list[dict[str, Any]] = []
+    total = sum(len(p) for _, p in prepared_per_combo)
+    with staged_report(report_dir) as stage, tqdm(total=total, desc="sweep", disable=not progress) as bar:
+        for combo, prepared in prepared_per_combo:
+            facts = []
+            for scenario, params in prepared:
+                facts.append(turn_facts(simulate(scenario, params, seed)))
+                bar.update(1)
+            m = summarize(facts, [])
+            rows.append(
+                {
+                    "params": combo,
+                    "response_latency_p50_ms": m["response_latency_ms"]["p50"],
+                    "response_latency_p90_ms": m["response_latency_ms"]["p90"],
+                    "pause_takeover_rate": m["pause_takeover_rate"],
+                    "barge_in_stop_p50_ms": m["barge_in_stop_ms"]["p50"],
+                    "backchannel_false_stop_rate": m["backchannel_false_stop_rate"],
+                    "speculation_commit_rate": m["speculation"]["commit_rate"],
+                }
+            )
+        with (stage / "sweep.csv").open("w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow([*grid, *SWEEP_COLUMNS])
+            for row in rows:
+                writer.writerow([*row["params"].values(), *(row[c] for c in SWEEP_COLUMNS)])
+        plot_pareto(rows, stage / "pareto.png", "response_latency_p50_ms", "pause_takeover_rate")
+    return rows
+
+
+__all__ = ["ScenarioError", "UsageError", "run_scenarios", "run_sweep", "summary_table"]

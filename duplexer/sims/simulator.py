@@ -1,0 +1,373 @@
+"""Replays a scenario through the real actors, on the virtual clock, and records what happened.
+
+The simulated user is reactive: it waits for the bot to finish or to start
+speaking when a step says so, and writes its speech into a timeline that the
+scripted VAD and ASR read as their audio. Everything else (controller, context,
+LLM, TTS and playout actors, the bus, the supervisor) is the live code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from duplexer.actors.asr import AsrParams
+from duplexer.actors.engines import Engines
+from duplexer.actors.pipeline import PipelineConfig, start_pipeline
+from duplexer.actors.scripted import (
+    ScriptedAsr,
+    ScriptedLlm,
+    ScriptedTts,
+    ScriptedVad,
+    SpeechSpan,
+    SpeechTimeline,
+    echo_reply,
+)
+from duplexer.actors.vad import VadParams
+from duplexer.policies.controller import PolicyParams
+from duplexer.runtime.clock import Clock, LoopClock, run_virtual
+from duplexer.runtime.events import (
+    FRAME_MS,
+    FRAME_SAMPLES,
+    INPUT_SAMPLE_RATE_HZ,
+    AudioFrame,
+    CancelReply,
+    CommitReply,
+    ErrorEvent,
+    Event,
+    LlmCancelled,
+    LlmDone,
+    PlayoutDone,
+    PlayoutStarted,
+    PlayoutStopped,
+    StartReply,
+    StateChanged,
+)
+from duplexer.runtime.session import Session
+from duplexer.sims.scenario import (
+    DEFAULT_MS_PER_WORD,
+    Backchannel,
+    Noise,
+    Say,
+    Scenario,
+    ScenarioError,
+    Silence,
+    Start,
+)
+
+SILENT_FRAME = bytes(2 * FRAME_SAMPLES)
+FIRST_STEP_AT_MS = 500.0
+RECORDED_EVENTS: tuple[type[Event], ...] = (
+    StateChanged,
+    StartReply,
+    CancelReply,
+    CommitReply,
+    LlmDone,
+    LlmCancelled,
+    PlayoutStarted,
+    PlayoutDone,
+    PlayoutStopped,
+    ErrorEvent,
+)
+
+
+@dataclass
+class StepRecord:
+    """What the simulated user actually did in one step, in session time."""
+
+    index: int
+    kind: str  # say, backchannel, noise, silence
+    text: str
+    start_ms: float
+    end_ms: float
+    segments: list[tuple[float, float]] = field(default_factory=list)
+    bot_speaking_at_onset: bool = False
+
+
+@dataclass
+class BotInterval:
+    reply_id: str
+    start_ms: float
+    end_ms: float
+
+
+class RecordingSink:
+    """The simulator's speaker: records when bot audio was audible, per reply."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.intervals: list[BotInterval] = []
+
+    def write(self, pcm: bytes, sample_rate_hz: int, reply_id: str, ts_ms: float) -> None:
+        end_ms = ts_ms + 1000.0 * (len(pcm) // 2) / sample_rate_hz
+        last = self.intervals[-1] if self.intervals else None
+        if last is not None and last.reply_id == reply_id and abs(last.end_ms - ts_ms) < 1.0:
+            last.end_ms = end_ms
+        else:
+            self.intervals.append(BotInterval(reply_id, ts_ms, end_ms))
+
+    def flush(self) -> None:
+        now = self.clock.now_ms()
+        if self.intervals and self.intervals[-1].end_ms > now:
+            self.intervals[-1].end_ms = now
+
+    def speaking_at(self, t_ms: float) -> bool:
+        return any(i.start_ms <= t_ms < i.end_ms for i in self.intervals)
+
+
+@dataclass
+class SimRun:
+    """Everything one replay recorded; metrics are computed from it."""
+
+    scenario: str
+    speculation: bool
+    params: PolicyParams
+    steps: list[StepRecord]
+    bot_audio: list[BotInterval]
+    events: list[Event]
+    duration_ms: float
+    underruns: float
+
+
+def _pipeline_config(scenario: Scenario, params: PolicyParams) -> PipelineConfig:
+    models = scenario.engines
+    return PipelineConfig(
+        policy=params,
+        vad=VadParams(min_speech_ms=models.vad.onset_lag_ms, min_silence_ms=models.vad.offset_lag_ms),
+        asr=AsrParams(partial_interval_ms=models.asr.partial_interval_ms),
+    )
+
+
+def policy_for(scenario: Scenario, base: PolicyParams, source: str) -> PolicyParams:
+    """The base parameters with the scenario's own overrides applied; unknown names are errors."""
+    known = set(PolicyParams.field_names())
+    for key in scenario.policy:
+        if key not in known:
+            raise ScenarioError(f"{source}: policy.{key}: unknown field (known: {', '.join(sorted(known))})")
+    try:
+        return replace(base, **scenario.policy)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ScenarioError(f"{source}: policy: {exc}") from None
+
+
+def _say_segments(step: Say) -> tuple[list[tuple[float, float]], list[tuple[float, str]]]:
+    """Speech segments and word onsets of a turn, relative to its start."""
+    if step.segments is not None:
+        segs = [(s.start_ms, s.end_ms) for s in step.segments]
+        words = [(t, w) for s in step.segments for t, w in s.words]
+        if not words:  # spread the text over the segments
+            words = _spread(step.say.split(), segs)
+        return segs, words
+    words_list = step.say.split()
+    total_ms = step.duration_ms or DEFAULT_MS_PER_WORD * len(words_list)
+    per_word = total_ms / len(words_list)
+    pause_after = {p.after_word: p.ms for p in step.pauses}
+    segs, words = [], []
+    t = seg_start = 0.0
+    for i, word in enumerate(words_list, start=1):
+        words.append((t, word))
+        t += per_word
+        if i in pause_after:
+            segs.append((seg_start, t))
+            t += pause_after[i]
+            seg_start = t
+    segs.append((seg_start, t))
+    return segs, words
+
+
+def _spread(words: list[str], segs: list[tuple[float, float]]) -> list[tuple[float, str]]:
+    total = sum(e - s for s, e in segs)
+    out: list[tuple[float, str]] = []
+    per_word = total / max(1, len(words))
+    seg_i, offset = 0, 0.0
+    for word in words:
+        s, e = segs[seg_i]
+        while s + offset >= e and seg_i + 1 < len(segs):
+            seg_i, offset = seg_i + 1, 0.0
+            s, e = segs[seg_i]
+        out.append((s + offset, word))
+        offset += per_word
+    return out
+
+
+class _BotWatch:
+    """Follows bot playout from the bus, for the user's bot_start/bot_done anchors."""
+
+    def __init__(self) -> None:
+        self.speaking = False
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+    def see(self, event: Event) -> None:
+        if isinstance(event, PlayoutStarted):
+            self.speaking = True
+            self.starts.append(event.ts_ms)
+        elif isinstance(event, (PlayoutDone, PlayoutStopped)):
+            if self.speaking:
+                self.ends.append(event.ts_ms)
+            self.speaking = False
+
+
+class _User:
+    def __init__(
+        self,
+        scenario: Scenario,
+        timeline: SpeechTimeline,
+        clock: Clock,
+        watch: _BotWatch,
+        sink: RecordingSink,
+        replies: dict[str, str],
+    ) -> None:
+        self.scenario, self.timeline, self.clock = scenario, timeline, clock
+        self.watch, self.sink, self.replies = watch, sink, replies
+        self.steps: list[StepRecord] = []
+
+    async def _until(self, t_ms: float) -> None:
+        await self.clock.sleep_ms(t_ms - self.clock.now_ms())
+
+    async def _anchor(self, start: Start | None, prev_end: float, first: bool) -> float:
+        if start is None:
+            start = Start(at_ms=FIRST_STEP_AT_MS) if first else Start(after="bot_done", gap_ms=400.0)
+        if start.at_ms is not None:
+            return max(start.at_ms, self.clock.now_ms())
+        if start.after == "previous":
+            return prev_end + start.gap_ms
+        deadline = prev_end + start.wait_ms
+        while self.clock.now_ms() < deadline:
+            if start.after == "bot_start":
+                if self.watch.speaking or any(t >= prev_end for t in self.watch.starts):
+                    anchor = max((t for t in self.watch.starts), default=prev_end)
+                    return max(anchor + start.gap_ms, self.clock.now_ms())
+            elif not self.watch.speaking and any(t >= prev_end for t in self.watch.ends):
+                return self.watch.ends[-1] + start.gap_ms
+            await self.clock.sleep_ms(FRAME_MS)
+        return self.clock.now_ms() + start.gap_ms
+
+    async def run(self) -> None:
+        prev_end = 0.0
+        for index, step in enumerate(self.scenario.script):
+            begin = await self._anchor(step.start, prev_end, first=index == 0)
+            await self._until(begin)
+            record = StepRecord(index, "", "", begin, begin, bot_speaking_at_onset=self.watch.speaking)
+            if isinstance(step, Say):
+                segs, words = _say_segments(step)
+                record.kind, record.text = "say", step.say
+                record.segments = [(begin + s, begin + e) for s, e in segs]
+                for s, e in record.segments:
+                    in_seg = tuple((begin + t, w) for t, w in words if s <= begin + t < e)
+                    self.timeline.add(SpeechSpan(s, e, in_seg))
+                record.end_ms = record.segments[-1][1]
+                self.replies[step.say.strip()] = step.reply or echo_reply(step.say)
+            elif isinstance(step, Backchannel):
+                record.kind, record.text = "backchannel", step.backchannel
+                record.end_ms = begin + step.duration_ms
+                record.segments = [(begin, record.end_ms)]
+                self.timeline.add(
+                    SpeechSpan(begin, record.end_ms, ((begin, step.backchannel),), kind="backchannel")
+                )
+            elif isinstance(step, Noise):
+                record.kind = "noise"
+                record.end_ms = begin + step.noise.duration_ms
+                record.segments = [(begin, record.end_ms)]
+                self.timeline.add(
+                    SpeechSpan(begin, record.end_ms, (), probability=step.noise.probability, kind="noise")
+                )
+            elif isinstance(step, Silence):
+                record.kind = "silence"
+                record.end_ms = begin + step.silence_ms
+            self.steps.append(record)
+            await self._until(record.end_ms)
+            prev_end = record.end_ms
+        await self._until(prev_end + self.scenario.tail_ms)
+
+
+async def _mic(ctx_session: Session) -> None:
+    """The simulated microphone: one frame every FRAME_MS, stamped by sequence number."""
+    clock, seq = ctx_session.clock, 0
+    while True:
+        ctx_session.ctx.emit(AudioFrame, pcm=SILENT_FRAME, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
+        seq += 1
+        await clock.sleep_ms(seq * FRAME_MS - clock.now_ms())
+
+
+async def _simulate(scenario: Scenario, params: PolicyParams, seed: int) -> SimRun:
+    clock = LoopClock()
+    rng = random.Random(f"{seed}:{scenario.name}")
+    timeline = SpeechTimeline()
+    sink = RecordingSink(clock)
+    models = scenario.engines
+    replies: dict[str, str] = {}
+
+    def reply_for(user_text: str) -> str:
+        # The reply scripted for the latest turn the user text ends with (speculation sees prefixes).
+        for said, reply in reversed(list(replies.items())):
+            if user_text.strip().endswith(said) or said.startswith(user_text.strip()):
+                return reply
+        return echo_reply(user_text)
+
+    engines = Engines(
+        vad=ScriptedVad(timeline),
+        asr=ScriptedAsr(
+            timeline,
+            clock,
+            rng,
+            models.asr.final_latency_ms,
+            models.asr.partial_latency_ms,
+            models.jitter,
+        ),
+        llm=ScriptedLlm(clock, rng, models.llm.ttft_ms, models.llm.tokens_per_s, models.jitter, reply_for),
+        tts=ScriptedTts(
+            clock,
+            rng,
+            models.tts.first_chunk_ms,
+            models.tts.rtf,
+            models.tts.ms_per_char,
+            jitter=models.jitter,
+        ),
+        sink=sink,
+    )
+    session = Session(session_id=scenario.name, clock=clock)
+    recorder = session.bus.subscribe("sim-recorder", RECORDED_EVENTS, maxsize=1_000_000)
+    actors = start_pipeline(session, engines, _pipeline_config(scenario, params))
+    watch = _BotWatch()
+    events: list[Event] = []
+
+    async def record() -> None:
+        async for event in recorder:
+            events.append(event)
+            watch.see(event)
+
+    session.supervisor.spawn(record, "recorder")
+    session.supervisor.spawn(lambda: _mic(session), "mic")
+    user = _User(scenario, timeline, clock, watch, sink, replies)
+    try:
+        await asyncio.wait_for(user.run(), timeout=scenario.max_duration_ms / 1000.0)
+    except TimeoutError:
+        session.ctx.emit(
+            ErrorEvent, source="simulator", message=f"scenario {scenario.name} hit max_duration_ms"
+        )
+    await asyncio.sleep(0)
+    duration_ms = clock.now_ms()
+    while (event := recorder.get_nowait()) is not None:
+        events.append(event)
+    await session.stop()
+    playout: Any = actors["playout"]
+    return SimRun(
+        scenario=scenario.name,
+        speculation=params.speculation,
+        params=params,
+        steps=user.steps,
+        bot_audio=sink.intervals,
+        events=events,
+        duration_ms=duration_ms,
+        underruns=float(playout.underruns),
+    )
+
+
+def simulate(scenario: Scenario, params: PolicyParams, seed: int = 0) -> SimRun:
+    """Replay one scenario on a fresh virtual-time loop; deterministic for (scenario, params, seed)."""
+    result = run_virtual(_simulate(scenario, params, seed))
+    assert isinstance(result, SimRun)
+    return result

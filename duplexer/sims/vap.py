@@ -1,0 +1,105 @@
+"""Build simulator scenarios from the VAP phrase recordings: real word timings, real pauses.
+
+Speech segments come from the recording's frame energy (frames within
+``SPEECH_DB`` of the loudest frame, gaps shorter than ``MERGE_GAP_MS`` closed);
+word onsets come from the annotation. Run ``python -m duplexer.sims.vap
+../shared/data/vap_phrases scenarios/`` to regenerate the shipped ``vap_*.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+SPEECH_DB = -35.0
+MERGE_GAP_MS = 100.0
+ENERGY_FRAME_MS = 20.0
+
+PAIRS: tuple[tuple[str, str, str], ...] = (
+    # (phrase, voice of the short question, voice of the long follow-up)
+    ("basketball", "female_en-US-Wavenet-C", "male_en-US-Wavenet-A"),
+    ("bike", "male_en-US-Wavenet-B", "female_en-US-Wavenet-E"),
+    ("drive", "female_en-US-Wavenet-F", "male_en-US-Wavenet-B"),
+    ("experiment", "male_en-US-Wavenet-A", "female_en-US-Wavenet-C"),
+    ("student", "female_en-US-Wavenet-E", "female_en-US-Wavenet-F"),
+    ("work", "male_en-US-Wavenet-B", "male_en-US-Wavenet-A"),
+)
+
+
+def speech_segments(wav_path: Path) -> list[tuple[float, float]]:
+    """(start_ms, end_ms) of speech in a PCM16 wav, by frame energy."""
+    with wave.open(str(wav_path), "rb") as wav:
+        rate, channels = wav.getframerate(), wav.getnchannels()
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).astype(np.float64)
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1)
+    frame = int(rate * ENERGY_FRAME_MS / 1000)
+    n = len(samples) // frame
+    rms = np.sqrt((samples[: n * frame].reshape(n, frame) ** 2).mean(axis=1)) + 1e-9
+    loud = 20 * np.log10(rms / rms.max()) > SPEECH_DB
+    segments: list[tuple[float, float]] = []
+    for i, is_loud in enumerate(loud):
+        if not is_loud:
+            continue
+        start, end = i * ENERGY_FRAME_MS, (i + 1) * ENERGY_FRAME_MS
+        if segments and start - segments[-1][1] < MERGE_GAP_MS:
+            segments[-1] = (segments[-1][0], end)
+        else:
+            segments.append((start, end))
+    return segments
+
+
+def say_step(root: Path, name: str) -> dict[str, Any]:
+    """A `say` step with the recording's segments and word onsets."""
+    note = json.loads((root / "annotation" / f"{name}.json").read_text())
+    segs = speech_segments(root / "audio" / f"{name}.wav")
+    words = [(round(start * 1000.0, 1), word) for start, word in zip(note["starts"], note["words"], strict=True)]
+    return {
+        "say": note["text"],
+        "segments": [
+            {
+                "start_ms": s,
+                "end_ms": e,
+                "words": [[t, w] for t, w in words if s - ENERGY_FRAME_MS <= t < e],
+            }
+            for s, e in segs
+        ],
+    }
+
+
+def build(root: Path) -> dict[str, dict[str, Any]]:
+    scenarios = {}
+    for phrase, short_voice, long_voice in PAIRS:
+        name = f"vap_{phrase}"
+        scenarios[name] = {
+            "name": name,
+            "description": (
+                f"Real speech timings (VAP phrases, MIT): the complete '{phrase}' question, the bot's "
+                "answer, then the longer form of the question as a follow-up."
+            ),
+            "script": [
+                say_step(root, f"{phrase}_short_{short_voice}"),
+                {**say_step(root, f"{phrase}_long_{long_voice}"), "start": {"after": "bot_done", "gap_ms": 500}},
+            ],
+        }
+    return scenarios
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        sys.stderr.write("usage: python -m duplexer.sims.vap VAP_PHRASES_DIR OUT_DIR\n")
+        return 2
+    root, out = Path(argv[0]), Path(argv[1])
+    for name, scenario in build(root).items():
+        (out / f"{name}.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False, width=100))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
