@@ -8,6 +8,9 @@ from duplexer.policies.controller import CONTROLLER_INPUTS, Controller, PolicyPa
 from duplexer.runtime.actor import Actor, SessionContext
 from duplexer.runtime.events import Event, StateChanged, Tick
 
+MIN_EARLY_WAKE_MS = 0.5
+"""Deadlines nearer than this are left to the next regular tick."""
+
 
 class ControllerActor(Actor):
     name = "controller"
@@ -23,9 +26,18 @@ class ControllerActor(Actor):
             self._ticker = self.spawn(self._tick_forever(), "ticker")
 
     async def _tick_forever(self) -> None:
-        period_ms = self.controller.params.tick_ms
+        """A tick every frame, and one exactly at the next timing deadline if that comes sooner."""
+        clock, period_ms = self.ctx.clock, self.controller.params.tick_ms
+        next_tick_ms = clock.now_ms() + period_ms
         while True:
-            await self.ctx.clock.sleep_ms(period_ms)
+            deadline = self.controller.next_deadline_ms()
+            now_ms = clock.now_ms()
+            wake_ms = next_tick_ms
+            if deadline is not None and now_ms + MIN_EARLY_WAKE_MS < deadline < next_tick_ms:
+                wake_ms = deadline
+            await clock.sleep_ms(wake_ms - now_ms)
+            if wake_ms == next_tick_ms:
+                next_tick_ms += period_ms
             self.emit(Tick, turn_id=self.controller.state.turn_id)
 
     async def handle(self, event: Event) -> None:

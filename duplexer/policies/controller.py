@@ -318,11 +318,15 @@ def _maybe_speculate(step: _Step) -> None:
     step.start_reply(speculative=True)
 
 
+TIME_EPSILON_MS = 1e-6
+"""Float slack for comparing a clock reading with a deadline computed from it."""
+
+
 def _silence_elapsed_ms(step: _Step) -> float:
     s = step.state
     if s.speaking or s.silence_since_ms is None:
         return 0.0
-    return step.now_ms - s.silence_since_ms
+    return step.now_ms - s.silence_since_ms + TIME_EPSILON_MS
 
 
 def _tick_user_speaking(step: _Step, ev: Tick) -> None:
@@ -433,7 +437,7 @@ def _barge_in(step: _Step) -> None:
 def _check_barge_in(step: _Step, speech_until_ms: float) -> bool:
     s = step.state
     onset = s.speech_start_ms if s.speech_start_ms is not None else step.now_ms
-    if speech_until_ms - onset >= step.params.min_barge_in_ms:
+    if speech_until_ms - onset + TIME_EPSILON_MS >= step.params.min_barge_in_ms:
         _barge_in(step)
         return True
     return False
@@ -600,6 +604,22 @@ def step(
     return work.state, work.actions
 
 
+def next_deadline_ms(state: ControllerState, params: PolicyParams) -> float | None:
+    """When the next timing rule could fire, so a driver can tick exactly then, not a frame late."""
+    if state.phase in (Phase.USER_SPEAKING, Phase.USER_PAUSED):
+        if state.speaking or state.silence_since_ms is None:
+            return None
+        if state.phase is Phase.USER_SPEAKING:
+            return state.silence_since_ms + params.pause_ms
+        eot_ms = params.effective_end_of_turn_ms(state.eot_probability)
+        if state.awaiting_final:
+            eot_ms += params.asr_final_timeout_ms
+        return state.silence_since_ms + eot_ms
+    if state.phase is Phase.USER_OVERLAP and state.speaking and state.speech_start_ms is not None:
+        return state.speech_start_ms + params.min_barge_in_ms
+    return None
+
+
 @dataclass
 class Controller:
     """Holds a :class:`ControllerState` and applies events to it; still pure, no I/O."""
@@ -618,3 +638,6 @@ class Controller:
     @property
     def phase(self) -> Phase:
         return self.state.phase
+
+    def next_deadline_ms(self) -> float | None:
+        return next_deadline_ms(self.state, self.params)

@@ -59,7 +59,9 @@ def say_step(root: Path, name: str) -> dict[str, Any]:
     """A `say` step with the recording's segments and word onsets."""
     note = json.loads((root / "annotation" / f"{name}.json").read_text())
     segs = speech_segments(root / "audio" / f"{name}.wav")
-    words = [(round(start * 1000.0, 1), word) for start, word in zip(note["starts"], note["words"], strict=True)]
+    words = [
+        (round(start * 1000.0, 1), word) for start, word in zip(note["starts"], note["words"], strict=True)
+    ]
     return {
         "say": note["text"],
         "segments": [
@@ -85,7 +87,10 @@ def build(root: Path) -> dict[str, dict[str, Any]]:
             ),
             "script": [
                 say_step(root, f"{phrase}_short_{short_voice}"),
-                {**say_step(root, f"{phrase}_long_{long_voice}"), "start": {"after": "bot_done", "gap_ms": 500}},
+                {
+                    **say_step(root, f"{phrase}_long_{long_voice}"),
+                    "start": {"after": "bot_done", "gap_ms": 500},
+                },
             ],
         }
     return scenarios

@@ -1,0 +1,165 @@
+"""The command line: reports, determinism, sweeps, and exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from duplexer.cli import main
+from tests.conftest import SCENARIOS
+
+SUMMARY_KEYS = {
+    "response_latency_ms",
+    "barge_in_stop_ms",
+    "pause_takeover_rate",
+    "backchannel_false_stop_rate",
+    "speculation",
+    "latency_saved_ms",
+}
+
+
+@pytest.fixture(scope="module")
+def shipped_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    assert main(["sim", str(SCENARIOS), "--report", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_sim_writes_summary_and_a_timeline_per_scenario(shipped_report: Path) -> None:
+    summary = json.loads((shipped_report / "summary.json").read_text())
+    names = {p.stem for p in SCENARIOS.glob("*.yaml")}
+    assert set(summary["scenarios"]) == names
+    assert {p.stem for p in shipped_report.glob("*.png")} == names
+    for block in [*summary["scenarios"].values(), summary["aggregate"]]:
+        assert set(block) >= SUMMARY_KEYS
+        assert set(block["response_latency_ms"]) == {"p10", "p50", "p90"}
+        assert set(block["speculation"]) == {
+            "started",
+            "committed",
+            "discarded",
+            "commit_rate",
+            "discarded_tokens",
+        }
+    agg = summary["aggregate"]
+    assert agg["speculation"]["started"] > 0 and 0 < agg["speculation"]["commit_rate"] <= 1
+    assert agg["latency_saved_ms"]["p50"] > 0  # speculation pays off on the shipped set
+    assert agg["backchannel_false_stop_rate"] == 0.0
+
+
+def test_same_seed_gives_byte_identical_summary(shipped_report: Path, tmp_path: Path) -> None:
+    assert main(["sim", str(SCENARIOS), "--report", str(tmp_path), "--quiet", "--no-plots"]) == 0
+    assert (tmp_path / "summary.json").read_bytes() == (shipped_report / "summary.json").read_bytes()
+
+
+def test_set_overrides_reach_the_policy(tmp_path: Path) -> None:
+    scenario = SCENARIOS / "plain_single_turn.yaml"
+    assert (
+        main(
+            [
+                "sim",
+                str(scenario),
+                "--report",
+                str(tmp_path),
+                "--quiet",
+                "--no-plots",
+                "--set",
+                "end_of_turn_ms=1200",
+                "--set",
+                "end_of_turn_max_ms=2000",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["policy"]["end_of_turn_ms"] == 1200
+    assert summary["aggregate"]["response_latency_ms"]["p50"] >= 1200
+
+
+def test_sweep_writes_csv_and_pareto_plot(tmp_path: Path) -> None:
+    args = [
+        "sim",
+        str(SCENARIOS / "long_pause_mid_turn.yaml"),
+        str(SCENARIOS / "plain_two_turns.yaml"),
+        "--sweep",
+        "pause_ms=150:250:50",
+        "--sweep",
+        "end_of_turn_ms=400,800",
+        "--report",
+        str(tmp_path),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    lines = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert lines[0].startswith("pause_ms,end_of_turn_ms,response_latency_p50_ms")
+    assert len(lines) == 1 + 3 * 2
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "duplexer.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        ("name: x\nscript:\n  - say: hi\n    duration_ms: -1\n", "duration_ms"),
+        ("name: x\nscript:\n  - yell: hi\n", "unknown event"),
+        ("name: x\nscript:\n  - say: hi\n    loud: yes\n", "loud"),
+        ("name: x\nscript: [\n", "YAML"),
+    ],
+)
+def test_bad_scenario_exits_2_with_one_line_and_no_report(tmp_path: Path, content: str, field: str) -> None:
+    good = tmp_path / "in" / "a_good.yaml"
+    good.parent.mkdir()
+    shutil.copy(SCENARIOS / "plain_single_turn.yaml", good)
+    (tmp_path / "in" / "z_bad.yaml").write_text(content)
+    report = tmp_path / "report"
+    result = run_cli("sim", str(tmp_path / "in"), "--report", str(report))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "z_bad.yaml" in lines[0] and field in lines[0]
+    assert not report.exists()
+    assert not list(tmp_path.glob(".duplexer-report-*"))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "no_such=1"], "--set no_such"),
+        (["--set", "pause_ms=abc"], "pause_ms=abc"),
+        (["--set", "pause_ms=5000"], "pause_ms"),
+        (["--sweep", "pause_ms=400:100:50"], "--sweep"),
+    ],
+)
+def test_bad_options_exit_2_naming_the_option(tmp_path: Path, args: list[str], needle: str) -> None:
+    result = run_cli("sim", str(SCENARIOS / "plain_single_turn.yaml"), "--report", str(tmp_path / "r"), *args)
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_path_exits_2(tmp_path: Path) -> None:
+    result = run_cli("sim", str(tmp_path / "nope"), "--report", str(tmp_path / "r"))
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+def test_policy_show_and_help_explain() -> None:
+    result = run_cli("policy", "show", "--format", "mermaid")
+    assert result.returncode == 0 and "stateDiagram-v2" in result.stdout
+    helped = run_cli("sim", "--help")
+    assert "--sweep" in helped.stdout and "summary.json" in helped.stdout
+
+
+def test_bench_bus_prints_figures_and_appends_to_the_log(tmp_path: Path) -> None:
+    result = run_cli("bench", "bus", "--events", "5000", "--repeats", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "publish->deliver p99" in result.stdout and "events/s" in result.stdout
+    log = (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "duplexer bench bus --events 5000 --repeats 1" in log
