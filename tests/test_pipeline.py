@@ -127,3 +127,15 @@ def test_llm_failure_mid_reply_speaks_a_fallback_and_the_next_turn_works() -> No
     assert len(assistant) == 2  # both turns were answered
     assert all("Sorry" in text for text in assistant)
     assert len(sink.intervals) == 2
+
+
+def test_energy_vad_hears_loud_frames_not_silence() -> None:
+    import numpy as np
+
+    from duplexer.actors.energy_vad import EnergyVad
+
+    vad = EnergyVad()
+    tone = (np.sin(np.arange(320) / 3.0) * 8000).astype("<i2").tobytes()
+    assert vad.speech_probability(bytes(640), 0.0) == 0.0
+    assert vad.speech_probability(tone, 0.0) == 1.0
+    assert vad.speech_probability(b"", 0.0) == 0.0

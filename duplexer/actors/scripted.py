@@ -98,6 +98,25 @@ class ScriptedAsr:
         return " ".join(self.timeline.words_between(start_ms, end_ms))
 
 
+class CannedAsr:
+    """Scripted ASR for real audio: the n-th final transcript is ``texts[n]`` (then ``default``)."""
+
+    def __init__(
+        self, clock: Clock, texts: Sequence[str] = (), default: str = "hello", final_latency_ms: float = 150.0
+    ) -> None:
+        self.clock, self.texts, self.default = clock, list(texts), default
+        self.final_latency_ms = final_latency_ms
+        self.finals = 0
+
+    async def transcribe(self, pcm: bytes, start_ms: float, end_ms: float, final: bool) -> str:
+        await self.clock.sleep_ms(self.final_latency_ms if final else 0.0)
+        index = self.finals
+        if not final:
+            return ""
+        self.finals += 1
+        return self.texts[index] if index < len(self.texts) else self.default
+
+
 def echo_reply(user_text: str) -> str:
     return f"You said {user_text.rstrip('?.!')}. That is a good point, and here is a short answer."
 
