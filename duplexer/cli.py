@@ -15,12 +15,14 @@ from collections.abc import Callable, Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "duplexer.sims.cli",
     "duplexer.policies.cli",
+    "duplexer.sims.demo_cli",
 )
 
 # name -> (module, function, help). Each function takes the remaining argv and returns an exit code.
 BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "bus": ("duplexer.runtime.bench", "main", "in-process bus publish->deliver latency and rate"),
     "kernels": ("duplexer.kernels.bench", "main", "token interleave kernels: NumPy vs numba"),
+    "demo": ("duplexer.sims.demo_cli", "bench_main", "the demo with real models, speculation on vs off"),
 }
 
 
@@ -33,8 +35,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="duplexer",
-        description="Full-duplex spoken-dialogue engine: listens while it talks, answers fast, "
-        "stops when interrupted.",
+        description="Full-duplex spoken-dialogue engine: listens while it talks, answers fast, stops when interrupted.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
@@ -44,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run a benchmark; prints figures and appends them to docs/benchmarks.md",
         description="Run a benchmark. Figures are printed and appended, with the command, "
-        "to docs/benchmarks.md. Available: "
-        + "; ".join(f"{name}: {spec[2]}" for name, spec in BENCHMARKS.items()),
+        "to docs/benchmarks.md. Available: " + "; ".join(f"{name}: {spec[2]}" for name, spec in BENCHMARKS.items()),
     )
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options for that benchmark")

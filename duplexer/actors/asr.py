@@ -68,9 +68,7 @@ class AsrActor(Actor):
                     self.partial_task = self.spawn(self._partial(seg, now), "partial")
         elif isinstance(event, VadSpeechStart):
             frames = [pcm for start, pcm in self.recent if start >= event.speech_start_ms - FRAME_MS]
-            self.segment = _Segment(
-                event.segment_id, event.speech_start_ms, frames, None, event.speech_start_ms
-            )
+            self.segment = _Segment(event.segment_id, event.speech_start_ms, frames, None, event.speech_start_ms)
         elif isinstance(event, VadSpeechStop):
             seg = self.segment
             if seg is None or seg.segment_id != event.segment_id:

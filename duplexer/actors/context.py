@@ -25,8 +25,7 @@ from duplexer.runtime.events import (
 )
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful voice assistant. Answer in one or two short spoken sentences, "
-    "without lists, markup or emoji."
+    "You are a helpful voice assistant. Answer in one or two short spoken sentences, without lists, markup or emoji."
 )
 
 

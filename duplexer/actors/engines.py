@@ -33,11 +33,16 @@ class LlmEngine(Protocol):
 
 
 class TtsEngine(Protocol):
-    """Streams PCM16 mono audio for a piece of text at ``sample_rate_hz``."""
+    """Streams PCM16 mono audio for a piece of text at ``sample_rate_hz``.
+
+    ``instructions`` are Step-Audio-style tags such as ``slow`` or ``happy``; the engine applies
+    those named in ``renderable_instructions`` and ignores the rest (they are never spoken).
+    """
 
     sample_rate_hz: int
+    renderable_instructions: frozenset[str]
 
-    def synthesize(self, text: str, reply_id: str) -> AsyncIterator[bytes]: ...
+    def synthesize(self, text: str, reply_id: str, instructions: Sequence[str] = ()) -> AsyncIterator[bytes]: ...
 
 
 class AudioSink(Protocol):

@@ -49,10 +49,7 @@ class SpeechTimeline:
 
     def words_between(self, start_ms: float, end_ms: float) -> list[str]:
         return [
-            word
-            for span in self.spans
-            for word_start, word in span.words
-            if start_ms - FRAME_MS <= word_start < end_ms
+            word for span in self.spans for word_start, word in span.words if start_ms - FRAME_MS <= word_start < end_ms
         ]
 
 
@@ -167,8 +164,11 @@ class ScriptedTts:
         self.first_chunk_ms, self.rtf, self.ms_per_char = first_chunk_ms, rtf, ms_per_char
         self.chunk_ms, self.sample_rate_hz, self.jitter = chunk_ms, sample_rate_hz, jitter
 
-    async def synthesize(self, text: str, reply_id: str) -> AsyncIterator[bytes]:
-        remaining_ms = len(text) * self.ms_per_char
+    renderable_instructions = frozenset({"slow", "fast"})
+
+    async def synthesize(self, text: str, reply_id: str, instructions: Sequence[str] = ()) -> AsyncIterator[bytes]:
+        rate = 1.25 if "slow" in instructions else 0.8 if "fast" in instructions else 1.0
+        remaining_ms = len(text) * self.ms_per_char * rate
         await self.clock.sleep_ms(jittered(self.rng, self.first_chunk_ms, self.jitter))
         first = True
         while remaining_ms > 0:

@@ -26,6 +26,10 @@ from duplexer.runtime.events import (
 )
 
 CLAUSE_END = re.compile(r"[.!?;:,](?=\s)|[.!?]$|\n")
+INSTRUCTION_TAG = re.compile(r"^\s*\(\s*([A-Za-z][A-Za-z _-]{0,30}?)\s*\)")
+"""A Step-Audio-style instruction at the start of a reply, e.g. "(slow)" or "(happy)"."""
+MAX_TAG_CHARS = 34
+"""An opening parenthesis unclosed after this many characters is text, not a tag."""
 MIN_CLAUSE_CHARS = 12
 """Shorter clauses wait for more text, so Piper-like engines get enough context."""
 
@@ -33,6 +37,17 @@ MIN_CLAUSE_CHARS = 12
 @dataclass(frozen=True)
 class TtsParams:
     speculative_tts: bool = True
+    default_instructions: tuple[str, ...] = ()
+    """Tags applied to every reply (a persona's speaking rate, say), before the reply's own."""
+
+
+def split_instructions(text: str) -> tuple[tuple[str, ...], str]:
+    """Leading instruction tags and the text without them: "(slow) (happy) Hi" -> (("slow", "happy"), "Hi")."""
+    tags: list[str] = []
+    while match := INSTRUCTION_TAG.match(text):
+        tags.append(match.group(1).strip().lower())
+        text = text[match.end() :]
+    return tuple(tags), text.lstrip()
 
 
 @dataclass
@@ -41,6 +56,7 @@ class _Reply:
     speculative: bool
     committed: bool = False
     pending: str = ""
+    instructions: tuple[str, ...] | None = None  # None until the reply's opening text is seen
     clauses: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     worker: asyncio.Task[None] | None = None
 
@@ -88,26 +104,35 @@ class TtsActor(Actor):
         elif isinstance(event, CommitReply):
             reply.committed = True
         elif isinstance(event, LlmToken):
-            clauses, reply.pending = split_clauses(reply.pending + event.text, final=False)
+            text = reply.pending + event.text
+            if reply.instructions is None:
+                tags, rest = split_instructions(text)
+                if rest.startswith("(") and ")" not in rest and len(rest) <= MAX_TAG_CHARS:
+                    reply.pending = text  # a tag is still arriving
+                    return
+                reply.instructions = self.params.default_instructions + tags
+                text = rest
+            clauses, reply.pending = split_clauses(text, final=False)
             for clause in clauses:
                 reply.clauses.put_nowait(clause)
         elif isinstance(event, LlmDone):
+            if reply.instructions is None:
+                tags, reply.pending = split_instructions(reply.pending)
+                reply.instructions = self.params.default_instructions + tags
             clauses, reply.pending = split_clauses(reply.pending, final=True)
             for clause in clauses:
                 reply.clauses.put_nowait(clause)
             reply.clauses.put_nowait(None)
-        if (
-            reply.worker is None
-            and isinstance(event, (CommitReply, LlmToken, LlmDone))
-            and self._may_render(reply)
-        ):
+        if reply.worker is None and isinstance(event, (CommitReply, LlmToken, LlmDone)) and self._may_render(reply):
             reply.worker = self.spawn(self._render(event.reply_id, reply), event.reply_id)  # type: ignore[attr-defined]
 
     async def _render(self, reply_id: str, reply: _Reply) -> None:
         seq = 0
         while (clause := await reply.clauses.get()) is not None:
+            instructions = reply.instructions or self.params.default_instructions
+            unrendered = tuple(t for t in instructions if t not in self.engine.renderable_instructions)
             try:
-                async for pcm in self.engine.synthesize(clause, reply_id):
+                async for pcm in self.engine.synthesize(clause, reply_id, instructions):
                     duration_ms = 1000.0 * (len(pcm) // 2) / self.engine.sample_rate_hz
                     self.emit(
                         TtsAudio,
@@ -118,6 +143,8 @@ class TtsActor(Actor):
                         sample_rate_hz=self.engine.sample_rate_hz,
                         text=clause,
                         duration_ms=duration_ms,
+                        instructions=instructions,
+                        unrendered_instructions=unrendered,
                     )
                     seq += 1
                     clause = ""  # a clause's text rides on its first chunk only

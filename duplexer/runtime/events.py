@@ -243,6 +243,9 @@ class TtsAudio(Event):
     text: str
     duration_ms: float
     instructions: tuple[str, ...] = ()
+    """Instruction tags of the reply (e.g. slow, happy), stripped from the spoken text."""
+    unrendered_instructions: tuple[str, ...] = ()
+    """The tags this engine could not render."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

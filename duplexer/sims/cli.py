@@ -34,9 +34,7 @@ def run(args: argparse.Namespace) -> int:
             for row in rows:
                 values = " ".join(f"{row['params'][k]:>16g}" for k in keys)
                 lat, take = row["response_latency_p50_ms"], row["pause_takeover_rate"]
-                print(
-                    f"{values} {lat if lat is not None else '-':>10} {take if take is not None else '-':>8}"
-                )
+                print(f"{values} {lat if lat is not None else '-':>10} {take if take is not None else '-':>8}")
             print(f"wrote {args.report / 'sweep.csv'} and {args.report / 'pareto.png'}")
             return 0
         summary = run_scenarios(
@@ -45,10 +43,7 @@ def run(args: argparse.Namespace) -> int:
     except (ScenarioError, UsageError) as exc:
         return fail(str(exc))
     print(summary_table(summary))
-    print(
-        f"wrote {args.report / 'summary.json'}"
-        + ("" if args.no_plots else " and a timeline PNG per scenario")
-    )
+    print(f"wrote {args.report / 'summary.json'}" + ("" if args.no_plots else " and a timeline PNG per scenario"))
     return 0
 
 
@@ -63,9 +58,7 @@ def register(commands: Any) -> None:
         "REPORT/pareto.png instead. The scenario format is in docs/scenarios.md.",
     )
     sim.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="scenario files or folders")
-    sim.add_argument(
-        "--report", type=Path, default=Path("out"), metavar="DIR", help="output folder (default: out)"
-    )
+    sim.add_argument("--report", type=Path, default=Path("out"), metavar="DIR", help="output folder (default: out)")
     sim.add_argument("--seed", type=int, default=0, help="seed for latency jitter (default: 0)")
     sim.add_argument(
         "--set",

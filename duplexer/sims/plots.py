@@ -40,9 +40,7 @@ def plot_timeline(run: SimRun, path: Path) -> None:
     changes = [e for e in run.events if isinstance(e, StateChanged)]
     bounds = [(0.0, "Silence")] + [(e.ts_ms, e.new_state) for e in changes] + [(run.duration_ms, "")]
     for (start, state), (stop, _) in itertools.pairwise(bounds):
-        ax.broken_barh(
-            [(start / 1000, (stop - start) / 1000)], (0.1, 0.8), color=STATE_COLOURS.get(state, "#fff")
-        )
+        ax.broken_barh([(start / 1000, (stop - start) / 1000)], (0.1, 0.8), color=STATE_COLOURS.get(state, "#fff"))
     spec = {e.reply_id for e in run.events if isinstance(e, StartReply) and e.speculative}
     markers = [
         (StartReply, "^", "#000000", "speculation start"),
@@ -50,9 +48,7 @@ def plot_timeline(run: SimRun, path: Path) -> None:
         (CommitReply, "o", "#2ca02c", "commit"),
     ]
     for kind, marker, colour, label in markers:
-        xs = [
-            e.ts_ms / 1000 for e in run.events if isinstance(e, kind) and getattr(e, "reply_id", "") in spec
-        ]
+        xs = [e.ts_ms / 1000 for e in run.events if isinstance(e, kind) and getattr(e, "reply_id", "") in spec]
         if xs:
             ax.scatter(xs, [3.2] * len(xs), marker=marker, color=colour, label=label, zorder=3)
     ax.set_yticks([0.5, 1.5, 2.5, 3.2], ["state", "bot", "user", "speculation"])

@@ -94,9 +94,7 @@ class Say(_Strict):
         n_words = len(self.say.split())
         for pause in self.pauses:
             if pause.after_word >= n_words:
-                raise ValueError(
-                    f"pauses: after_word {pause.after_word} must be less than the {n_words} words said"
-                )
+                raise ValueError(f"pauses: after_word {pause.after_word} must be less than the {n_words} words said")
         if self.segments is not None:
             if self.pauses or self.duration_ms is not None:
                 raise ValueError("give either segments, or duration_ms/pauses, not both")
@@ -224,8 +222,7 @@ def parse_scenario(data: Any, path: Path) -> Scenario:
             if len(kinds) != 1:
                 found = ", ".join(sorted(step)) or "nothing"
                 raise ScenarioError(
-                    f"{path}: script[{i}]: unknown event ({found}); a step has exactly one of "
-                    + ", ".join(STEP_KEYS)
+                    f"{path}: script[{i}]: unknown event ({found}); a step has exactly one of " + ", ".join(STEP_KEYS)
                 )
     try:
         scenario = Scenario.model_validate(data)

@@ -264,9 +264,7 @@ class _User:
                 record.kind, record.text = "backchannel", step.backchannel
                 record.end_ms = begin + step.duration_ms
                 record.segments = [(begin, record.end_ms)]
-                self.timeline.add(
-                    SpeechSpan(begin, record.end_ms, ((begin, step.backchannel),), kind="backchannel")
-                )
+                self.timeline.add(SpeechSpan(begin, record.end_ms, ((begin, step.backchannel),), kind="backchannel"))
             elif isinstance(step, Noise):
                 record.kind = "noise"
                 record.end_ms = begin + step.noise.duration_ms
@@ -345,9 +343,7 @@ async def _simulate(scenario: Scenario, params: PolicyParams, seed: int) -> SimR
     try:
         await asyncio.wait_for(user.run(), timeout=scenario.max_duration_ms / 1000.0)
     except TimeoutError:
-        session.ctx.emit(
-            ErrorEvent, source="simulator", message=f"scenario {scenario.name} hit max_duration_ms"
-        )
+        session.ctx.emit(ErrorEvent, source="simulator", message=f"scenario {scenario.name} hit max_duration_ms")
     await asyncio.sleep(0)
     duration_ms = clock.now_ms()
     while (event := recorder.get_nowait()) is not None:

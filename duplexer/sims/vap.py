@@ -39,7 +39,15 @@ def speech_segments(wav_path: Path) -> list[tuple[float, float]]:
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).astype(np.float64)
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1)
+    return speech_segments_pcm(samples, rate)
+
+
+def speech_segments_pcm(samples: np.ndarray, rate: int) -> list[tuple[float, float]]:
+    """(start_ms, end_ms) of speech in mono samples, by frame energy relative to the loudest frame."""
+    samples = samples.astype(np.float64)
     frame = int(rate * ENERGY_FRAME_MS / 1000)
+    if len(samples) < frame:
+        return []
     n = len(samples) // frame
     rms = np.sqrt((samples[: n * frame].reshape(n, frame) ** 2).mean(axis=1)) + 1e-9
     loud = 20 * np.log10(rms / rms.max()) > SPEECH_DB
@@ -59,9 +67,7 @@ def say_step(root: Path, name: str) -> dict[str, Any]:
     """A `say` step with the recording's segments and word onsets."""
     note = json.loads((root / "annotation" / f"{name}.json").read_text())
     segs = speech_segments(root / "audio" / f"{name}.wav")
-    words = [
-        (round(start * 1000.0, 1), word) for start, word in zip(note["starts"], note["words"], strict=True)
-    ]
+    words = [(round(start * 1000.0, 1), word) for start, word in zip(note["starts"], note["words"], strict=True)]
     return {
         "say": note["text"],
         "segments": [

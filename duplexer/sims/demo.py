@@ -1,0 +1,246 @@
+"""`duplexer demo` and `duplexer talk`: real conversations with real models, measured and written out.
+
+The demo's user side is spoken by Piper: a question that needs a real answer, a
+turn with a mid-turn pause, and a barge-in during a bot reply. It is streamed in
+real time through the whole pipeline twice, with speculation on and off, so the
+latency speculation saves is measured per turn in one run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from duplexer.actors.pipeline import PipelineConfig
+from duplexer.actors.tts import TtsParams
+from duplexer.actors.vad import VadParams
+from duplexer.policies.controller import PolicyParams
+from duplexer.runtime.events import (
+    INPUT_SAMPLE_RATE_HZ,
+    CancelReply,
+    CommitReply,
+    LlmDone,
+    StartReply,
+)
+from duplexer.sims.live import EngineFactory, LiveRun, run_live, without_speculation
+from duplexer.sims.metrics import percentiles, turn_facts
+from duplexer.sims.persona import Persona
+from duplexer.sims.scenario import Backchannel, Noise, Say, Scenario, Segment, Silence, Start
+from duplexer.sims.simulator import SimRun
+from duplexer.sims.vap import speech_segments_pcm
+
+DEMO_POLICY = PolicyParams(backchannel_pause_playout=True)
+"""Bot audio pauses the moment user speech is heard and stops for good after min_barge_in_ms."""
+
+USER_LENGTH_SCALE = 1.1
+"""The demo's user speaks a little slower than the bot, in the same voice."""
+
+
+@dataclass(frozen=True)
+class DemoTurn:
+    parts: tuple[str, ...]
+    """Said with a pause between consecutive parts."""
+    start: Start | None = None
+    pause_ms: float = 450.0
+
+
+DEMO_TURNS: tuple[DemoTurn, ...] = (
+    DemoTurn(("Hello! What is the capital city of France?",)),
+    DemoTurn(("Can you recommend", "a good book to read this weekend?")),
+    DemoTurn(
+        ("Sorry, stop. Tell me a fun fact about cats instead.",),
+        start=Start(after="bot_start", gap_ms=1500.0),
+    ),
+)
+
+
+def trim(pcm: bytes, rate_hz: int = INPUT_SAMPLE_RATE_HZ) -> bytes:
+    """Cut leading and trailing silence."""
+    segments = speech_segments_pcm(np.frombuffer(pcm, dtype="<i2"), rate_hz)
+    if not segments:
+        return pcm
+    start = int(segments[0][0] * rate_hz / 1000)
+    end = int(segments[-1][1] * rate_hz / 1000)
+    return pcm[2 * start : 2 * end]
+
+
+def build_user_side(synthesize: Any, turns: Sequence[DemoTurn] = DEMO_TURNS) -> tuple[Scenario, list[bytes]]:
+    """The scripted user as a scenario with exact speech timing, and its audio, one clip per segment."""
+    steps: list[Say | Backchannel | Noise | Silence] = []
+    clips: list[bytes] = []
+    for turn in turns:
+        segments, t = [], 0.0
+        for part in turn.parts:
+            clip = trim(synthesize(part))
+            duration = 1000.0 * (len(clip) // 2) / INPUT_SAMPLE_RATE_HZ
+            segments.append(Segment(start_ms=t, end_ms=t + duration, words=[(t, w) for w in part.split()]))
+            clips.append(clip)
+            t += duration + turn.pause_ms
+        steps.append(Say(say=" ".join(turn.parts), segments=segments, start=turn.start))
+    scenario = Scenario(name="demo", script=steps, tail_ms=4000.0, max_duration_ms=120_000.0)
+    return scenario, clips
+
+
+def demo_config(persona: Persona | None) -> PipelineConfig:
+    tts = TtsParams(default_instructions=persona.tts_instructions if persona else ())
+    return PipelineConfig(policy=DEMO_POLICY, vad=VadParams(), tts=tts)
+
+
+def _reply_for_step(run: SimRun, index: int) -> str | None:
+    steps = run.steps
+    step = steps[index]
+    next_start = steps[index + 1].start_ms if index + 1 < len(steps) else float("inf")
+    for interval in run.bot_audio:
+        if step.end_ms <= interval.start_ms < next_start:
+            return interval.reply_id
+    return None
+
+
+def _barge_in_stop_ms(run: SimRun, index: int) -> float | None:
+    step = run.steps[index]
+    if not step.bot_speaking_at_onset:
+        return None
+    for interval in run.bot_audio:
+        if interval.start_ms <= step.start_ms < interval.end_ms:
+            return round(interval.end_ms - step.start_ms, 1)
+    return None
+
+
+def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
+    """Per user turn: what was said and heard, the reply, and its timing."""
+    facts_on = turn_facts(on.run)
+    facts_off = turn_facts(off.run) if off else None
+    by_reply: dict[str, dict[str, Any]] = {}
+    for event in on.run.events:
+        if isinstance(event, CommitReply):
+            by_reply.setdefault(event.reply_id, {})["user_transcript"] = event.user_text
+        elif isinstance(event, LlmDone):
+            by_reply.setdefault(event.reply_id, {})["bot_reply"] = event.text
+    records: list[dict[str, Any]] = []
+    for i, step in enumerate(on.run.steps):
+        if step.kind != "say":
+            continue
+        reply_id = _reply_for_step(on.run, i)
+        info = by_reply.get(reply_id or "", {})
+        turn_id = int(reply_id[1:].split("r")[0]) if reply_id else None
+        spec = [e for e in on.run.events if isinstance(e, StartReply) and e.speculative and e.turn_id == turn_id]
+        spec_ids = {e.reply_id for e in spec}
+        committed = {e.reply_id for e in on.run.events if isinstance(e, CommitReply)}
+        cancelled = {e.reply_id for e in on.run.events if isinstance(e, CancelReply)}
+        latency = facts_on.latencies_ms.get(i)
+        saved = None
+        if facts_off is not None and latency is not None and i in facts_off.latencies_ms:
+            saved = round(facts_off.latencies_ms[i] - latency, 1)
+        records.append(
+            {
+                "turn": len(records) + 1,
+                "user_said": step.text,
+                "user_transcript": info.get("user_transcript"),
+                "bot_reply": info.get("bot_reply"),
+                "response_latency_ms": None if latency is None else round(latency, 1),
+                "barge_in_stop_ms": _barge_in_stop_ms(on.run, i),
+                "speculation": {
+                    "started": len(spec_ids),
+                    "committed": len(spec_ids & committed),
+                    "discarded": len((spec_ids & cancelled) - committed),
+                },
+                "latency_saved_ms": saved,
+            }
+        )
+    return records
+
+
+def summarize_demo(records: list[dict[str, Any]], on: LiveRun, off: LiveRun | None) -> dict[str, Any]:
+    latencies = [r["response_latency_ms"] for r in records if r["response_latency_ms"] is not None]
+    stops = [r["barge_in_stop_ms"] for r in records if r["barge_in_stop_ms"] is not None]
+    saved = [r["latency_saved_ms"] for r in records if r["latency_saved_ms"] is not None]
+    return {
+        "response_latency_ms": percentiles(latencies, (10, 50, 90)),
+        "barge_in_stop_ms": percentiles(stops, (50, 90)),
+        "latency_saved_ms": percentiles(saved, (50,)),
+        "output_underruns": int(on.run.underruns + (off.run.underruns if off else 0)),
+        "errors": [e.message for e in on.run.events if type(e).__name__ == "ErrorEvent"],  # type: ignore[attr-defined]
+    }
+
+
+def write_outputs(
+    out_dir: Path, name: str, on: LiveRun, records: list[dict[str, Any]], summary: dict[str, Any]
+) -> None:
+    from duplexer.protocols.wav import interleave_stereo, write_wav
+    from duplexer.sims.plots import plot_timeline
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bot = on.bot_track
+    write_wav(out_dir / f"{name}.wav", interleave_stereo(on.user_track, bot), INPUT_SAMPLE_RATE_HZ, channels=2)
+    document = {"turns": records, "summary": summary, "history": [list(m) for m in on.history]}
+    (out_dir / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
+    plot_timeline(on.run, out_dir / f"{name}_timeline.png")
+
+
+def table(records: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    lines = [f"{'turn':>4}  {'latency':>7}  {'saved':>6}  {'stop':>5}  spec s/c/d  user (heard) -> bot", "-" * 100]
+    for r in records:
+        spec = r["speculation"]
+        lines.append(
+            f"{r['turn']:>4}  {fmt(r['response_latency_ms']):>7}  {fmt(r['latency_saved_ms']):>6}  "
+            f"{fmt(r['barge_in_stop_ms']):>5}  {spec['started']:>4}/{spec['committed']}/{spec['discarded']:<3}  "
+            f"{r['user_transcript']!r} -> {(r['bot_reply'] or '')[:60]!r}"
+        )
+    lat, stop, saved = summary["response_latency_ms"], summary["barge_in_stop_ms"], summary["latency_saved_ms"]
+    lines += [
+        "",
+        f"response latency p50 {fmt(lat['p50'])} ms (p90 {fmt(lat['p90'])}), latency saved p50 {fmt(saved['p50'])} ms, "
+        f"barge-in stop p50 {fmt(stop['p50'])} ms, output underruns {summary['output_underruns']}",
+    ]
+    return "\n".join(lines)
+
+
+async def run_demo(
+    make_engines: EngineFactory,
+    synthesize: Any,
+    persona: Persona | None = None,
+    compare: bool = True,
+    turns: Sequence[DemoTurn] = DEMO_TURNS,
+) -> tuple[LiveRun, LiveRun | None, list[dict[str, Any]], dict[str, Any]]:
+    scenario, clips = build_user_side(synthesize, turns)
+    config = demo_config(persona)
+    prompt = persona.system_prompt if persona else None
+    on = await run_live(scenario, clips, make_engines, config, prompt)
+    off = await run_live(scenario, clips, make_engines, without_speculation(config), prompt) if compare else None
+    records = turn_records(on, off)
+    return on, off, records, summarize_demo(records, on, off)
+
+
+def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = 1500.0) -> tuple[Scenario, list[bytes]]:
+    """A recorded user as a scenario: speech segments by energy, a new turn after a long gap."""
+    segments = speech_segments_pcm(np.frombuffer(pcm, dtype="<i2"), INPUT_SAMPLE_RATE_HZ)
+    if not segments:
+        raise ValueError(f"{name}: no speech found in the recording")
+    groups: list[list[tuple[float, float]]] = [[segments[0]]]
+    for seg in segments[1:]:
+        if seg[0] - groups[-1][-1][1] >= turn_gap_ms:
+            groups.append([seg])
+        else:
+            groups[-1].append(seg)
+    steps: list[Say | Backchannel | Noise | Silence] = []
+    clips: list[bytes] = []
+    for group in groups:
+        t0 = group[0][0]
+        segs = [Segment(start_ms=s - t0, end_ms=e - t0) for s, e in group]
+        steps.append(Say(say="(recorded speech)", segments=segs, start=Start(at_ms=t0)))
+        for s, e in group:
+            clips.append(pcm[2 * int(s * INPUT_SAMPLE_RATE_HZ / 1000) : 2 * int(e * INPUT_SAMPLE_RATE_HZ / 1000)])
+    duration_ms = 1000.0 * (len(pcm) // 2) / INPUT_SAMPLE_RATE_HZ
+    return Scenario(name=name, script=steps, tail_ms=4000.0, max_duration_ms=duration_ms + 60_000.0), clips
+
+
+def with_policy(config: PipelineConfig, **changes: Any) -> PipelineConfig:
+    return replace(config, policy=replace(config.policy, **changes))

@@ -1,0 +1,156 @@
+"""`duplexer demo`, `duplexer talk` and `duplexer bench demo`: real models, real time."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from duplexer.cli_support import fail
+
+
+def _persona(path: Path | None) -> Any:
+    from duplexer.sims.persona import load_persona
+
+    return load_persona(path) if path else None
+
+
+def _engines() -> tuple[Any, Any]:
+    """Load the real models once; returns (engine factory, user-voice synthesizer)."""
+    from duplexer.actors.real import build_engines, load_models
+
+    models = load_models()
+
+    def synthesize_user(text: str) -> bytes:
+        from duplexer.sims.demo import USER_LENGTH_SCALE
+
+        return models.tts.synthesize_blocking(text, length_scale=USER_LENGTH_SCALE)
+
+    return build_engines, synthesize_user
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from duplexer.actors.real import ModelPackageMissing
+    from duplexer.runtime.logging import configure_logging
+    from duplexer.sims.demo import run_demo, table, write_outputs
+    from duplexer.sims.persona import PersonaError
+
+    configure_logging(args.log_level)
+    try:
+        persona = _persona(args.persona)
+        print("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...", file=sys.stderr)
+        make_engines, synthesize = _engines()
+    except (ModelPackageMissing, PersonaError) as exc:
+        return fail(str(exc))
+    print("running the conversation in real time, with speculation on, then off...", file=sys.stderr)
+    on, _, records, summary = asyncio.run(run_demo(make_engines, synthesize, persona, compare=not args.no_compare))
+    write_outputs(args.out, "demo", on, records, summary)
+    print(table(records, summary))
+    print(f"wrote {args.out / 'demo.wav'}, {args.out / 'demo.json'} and {args.out / 'demo_timeline.png'}")
+    return 0
+
+
+def _talk(args: argparse.Namespace) -> int:
+    from duplexer.actors.real import ModelPackageMissing
+    from duplexer.protocols.wav import WavError, read_wav
+    from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
+    from duplexer.runtime.logging import configure_logging
+    from duplexer.sims.demo import demo_config, recording_scenario, summarize_demo, table, turn_records, write_outputs
+    from duplexer.sims.live import run_live
+    from duplexer.sims.persona import PersonaError
+
+    configure_logging(args.log_level)
+    if args.mic:
+        from duplexer.protocols.microphone import MicrophoneUnavailable, talk_live
+
+        try:
+            return talk_live(_persona(args.persona))
+        except (MicrophoneUnavailable, PersonaError, ModelPackageMissing) as exc:
+            return fail(str(exc))
+    if args.file is None:
+        return fail("talk needs a wav file, or --mic")
+    try:
+        pcm = read_wav(args.file, INPUT_SAMPLE_RATE_HZ)
+        scenario, clips = recording_scenario(pcm, args.file.stem)
+        persona = _persona(args.persona)
+        make_engines, _ = _engines()
+    except (WavError, ModelPackageMissing, PersonaError, ValueError) as exc:
+        return fail(str(exc))
+    config = demo_config(persona)
+    run = asyncio.run(run_live(scenario, clips, make_engines, config, persona.system_prompt if persona else None))
+    records = turn_records(run, None)
+    summary = summarize_demo(records, run, None)
+    write_outputs(args.out, args.file.stem, run, records, summary)
+    print(table(records, summary))
+    print(f"wrote {args.out / (args.file.stem + '.wav')}, .json and _timeline.png")
+    return 0
+
+
+def bench_main(argv: Sequence[str]) -> int:
+    """`duplexer bench demo`: the demo conversation with speculation on and off, in one run."""
+    from duplexer.actors.real import ModelPackageMissing
+    from duplexer.runtime.benchlog import append_benchmark
+    from duplexer.sims.demo import run_demo, table
+
+    parser = argparse.ArgumentParser(
+        prog="duplexer bench demo",
+        description="Run the demo conversation with real models in real time, with speculation on and "
+        "off in the same run; print and append response latency, latency saved, barge-in stop latency "
+        "and output underruns to docs/benchmarks.md.",
+    )
+    parser.parse_args(list(argv))
+    try:
+        make_engines, synthesize = _engines()
+    except ModelPackageMissing as exc:
+        return fail(str(exc))
+    _, _, records, summary = asyncio.run(run_demo(make_engines, synthesize))
+    print(table(records, summary))
+    lat, saved, stop = summary["response_latency_ms"], summary["latency_saved_ms"], summary["barge_in_stop_ms"]
+    rows = [
+        ("response latency p50, speculation on", lat["p50"], "<= 800 ms"),
+        ("latency saved by speculation p50", saved["p50"], ">= 300 ms"),
+        ("barge-in stop latency p50", stop["p50"], "<= 150 ms"),
+        ("output underruns (both runs)", summary["output_underruns"], "0"),
+    ]
+    append_benchmark(
+        "demo: real models in real time (Silero, Whisper tiny.en, SmolLM2-135M, Piper)",
+        ("measure", "value (ms or count)", "target"),
+        rows,
+        notes=(f"{len(records)} user turns; per turn: {[r['response_latency_ms'] for r in records]} ms",),
+        argv=["bench", "demo", *argv],
+    )
+    return 0
+
+
+def register(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="a real conversation with real models on this CPU (the main job)",
+        description="Speak a scripted multi-turn conversation with Piper (a question needing a real "
+        "answer, a mid-turn pause, a barge-in) and stream it in real time through the whole pipeline "
+        "with real models: Silero VAD, Whisper tiny.en, SmolLM2-135M and Piper. Runs it with "
+        "speculation on and off to measure the latency it saves. Writes OUT/demo.wav (user left, "
+        "bot right), OUT/demo.json and OUT/demo_timeline.png.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
+    demo.add_argument("--persona", type=Path, help="persona YAML (see personas/)")
+    demo.add_argument("--no-compare", action="store_true", help="skip the speculation-off run")
+    demo.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
+    demo.set_defaults(handler=_demo)
+
+    talk = commands.add_parser(
+        "talk",
+        help="converse with a recorded user (a wav file) or the microphone",
+        description="Converse with a recorded user: the wav (any rate or channel count) is streamed "
+        "in real time as the microphone; turns are split at long silences. Writes OUT/NAME.wav, "
+        ".json and _timeline.png like the demo. With --mic, talk live through PyAudio.",
+    )
+    talk.add_argument("file", type=Path, nargs="?", help="the user's recording (wav)")
+    talk.add_argument("--mic", action="store_true", help="talk live through the default microphone")
+    talk.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
+    talk.add_argument("--persona", type=Path, help="persona YAML (see personas/)")
+    talk.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
+    talk.set_defaults(handler=_talk)

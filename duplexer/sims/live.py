@@ -1,0 +1,198 @@
+"""Live conversations in real time: a scripted or recorded user against any engines.
+
+The reactive user of the simulator speaks real audio here: each speech span it
+utters is written into a microphone track that is streamed in 20 ms frames on
+the wall clock. Everything the bot plays is kept, so the run can be written out
+as a stereo wav (user left, bot right) and measured with the simulator's metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from duplexer.actors.context import ContextManager
+from duplexer.actors.engines import AudioSink, Engines
+from duplexer.actors.pipeline import PipelineConfig, start_pipeline
+from duplexer.actors.scripted import SpeechSpan, SpeechTimeline
+from duplexer.runtime.clock import Clock, LoopClock
+from duplexer.runtime.events import (
+    FRAME_MS,
+    FRAME_SAMPLES,
+    INPUT_SAMPLE_RATE_HZ,
+    AudioFrame,
+    ErrorEvent,
+    Event,
+    HistoryUpdated,
+    PlayoutStarted,
+)
+from duplexer.runtime.session import Session
+from duplexer.sims.scenario import Scenario
+from duplexer.sims.simulator import RECORDED_EVENTS, RecordingSink, SimRun, _BotWatch, _User
+
+EngineFactory = Callable[[Clock, AudioSink], Engines]
+
+
+class MicTrack:
+    """The user's side as one growing PCM16 track at the pipeline rate."""
+
+    def __init__(self) -> None:
+        self.samples = np.zeros(0, dtype="<i2")
+
+    def place(self, start_ms: float, pcm: bytes) -> None:
+        start = round(start_ms * INPUT_SAMPLE_RATE_HZ / 1000)
+        audio = np.frombuffer(pcm, dtype="<i2")
+        end = start + len(audio)
+        if end > len(self.samples):
+            self.samples = np.concatenate([self.samples, np.zeros(end - len(self.samples), dtype="<i2")])
+        self.samples[start:end] = audio
+
+    def frame(self, seq: int) -> bytes:
+        start = seq * FRAME_SAMPLES
+        chunk = self.samples[start : start + FRAME_SAMPLES]
+        if len(chunk) < FRAME_SAMPLES:
+            chunk = np.concatenate([chunk, np.zeros(FRAME_SAMPLES - len(chunk), dtype="<i2")])
+        return chunk.tobytes()
+
+
+class SpokenTimeline(SpeechTimeline):
+    """Each span the user utters takes the next prepared utterance's audio into the mic track."""
+
+    def __init__(self, track: MicTrack, utterances: list[bytes], clock: Clock) -> None:
+        super().__init__()
+        self.track, self.pending, self.clock = track, deque(utterances), clock
+
+    def add(self, span: SpeechSpan) -> None:
+        super().add(span)
+        if span.kind == "noise" or not self.pending:
+            return
+        # Audio cannot start in a frame the microphone already sent.
+        next_frame_ms = (int(self.clock.now_ms() // FRAME_MS) + 1) * FRAME_MS
+        self.track.place(max(span.start_ms, next_frame_ms), self.pending.popleft())
+
+
+class KeepingSink(RecordingSink):
+    """Records bot audio intervals and keeps the audio itself, placed at its play time."""
+
+    def __init__(self, clock: Clock, rate_hz: int) -> None:
+        super().__init__(clock)
+        self.rate_hz = rate_hz
+        self.pieces: list[tuple[float, bytes]] = []
+
+    def write(self, pcm: bytes, sample_rate_hz: int, reply_id: str, ts_ms: float) -> None:
+        super().write(pcm, sample_rate_hz, reply_id, ts_ms)
+        self.pieces.append((ts_ms, pcm))
+
+    def track(self) -> np.ndarray:
+        if not self.pieces:
+            return np.zeros(0, dtype="<i2")
+        end_ms = max(ts + 1000.0 * (len(p) // 2) / self.rate_hz for ts, p in self.pieces)
+        out = np.zeros(int(end_ms * self.rate_hz / 1000) + 1, dtype="<i2")
+        for ts, pcm in self.pieces:
+            start = round(ts * self.rate_hz / 1000)
+            audio = np.frombuffer(pcm, dtype="<i2")
+            out[start : start + len(audio)] = audio[: len(out) - start]
+        # A stop cuts audio that was queued in a frame but never heard.
+        for interval in self.intervals:
+            cut = int(interval.end_ms * self.rate_hz / 1000)
+            nxt = [i.start_ms for i in self.intervals if i.start_ms >= interval.end_ms]
+            until = int(min(nxt) * self.rate_hz / 1000) if nxt else len(out)
+            out[cut:until] = 0
+        return out
+
+
+@dataclass
+class LiveRun:
+    """A live conversation: the simulator's record plus the audio and the history."""
+
+    run: SimRun
+    user_track: np.ndarray
+    bot_track: np.ndarray
+    history: list[tuple[str, str]]
+    history_events: list[HistoryUpdated] = field(default_factory=list)
+
+
+async def _mic(session: Session, track: MicTrack, stop: asyncio.Event) -> None:
+    clock, seq = session.clock, 0
+    while not stop.is_set():
+        session.ctx.emit(AudioFrame, pcm=track.frame(seq), sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
+        seq += 1
+        await clock.sleep_ms(seq * FRAME_MS - clock.now_ms())
+
+
+async def run_live(
+    scenario: Scenario,
+    utterances: list[bytes],
+    make_engines: EngineFactory,
+    config: PipelineConfig,
+    system_prompt: str | None = None,
+    output_rate_hz: int = INPUT_SAMPLE_RATE_HZ,
+    on_event: Callable[[Event], None] | None = None,
+) -> LiveRun:
+    """Play ``scenario`` in real time, speaking ``utterances`` (one per speech span, in order)."""
+    clock = LoopClock()
+    track = MicTrack()
+    timeline = SpokenTimeline(track, utterances, clock)
+    sink = KeepingSink(clock, output_rate_hz)
+    engines = make_engines(clock, sink)
+    context = ContextManager(system_prompt) if system_prompt else ContextManager()
+    session = Session(session_id=scenario.name, clock=clock)
+    recorder = session.bus.subscribe("live-recorder", (*RECORDED_EVENTS, HistoryUpdated), maxsize=1_000_000)
+    actors = start_pipeline(session, engines, config, context)
+    watch = _BotWatch()
+    events: list[Event] = []
+    history_events: list[HistoryUpdated] = []
+    stop_mic = asyncio.Event()
+
+    async def record() -> None:
+        async for event in recorder:
+            if isinstance(event, HistoryUpdated):
+                history_events.append(event)
+            else:
+                events.append(event)
+            watch.see(event)
+            if on_event is not None:
+                on_event(event)
+
+    session.supervisor.spawn(record, "recorder")
+    session.supervisor.spawn(lambda: _mic(session, track, stop_mic), "mic")
+    user = _User(scenario, timeline, clock, watch, sink, {})
+    try:
+        await asyncio.wait_for(user.run(), timeout=scenario.max_duration_ms / 1000.0)
+    except TimeoutError:
+        session.ctx.emit(ErrorEvent, source="live", message=f"{scenario.name} hit max_duration_ms")
+    stop_mic.set()
+    await asyncio.sleep(0)
+    duration_ms = clock.now_ms()
+    while (event := recorder.get_nowait()) is not None:
+        if isinstance(event, HistoryUpdated):
+            history_events.append(event)
+        else:
+            events.append(event)
+    await session.stop()
+    playout: Any = actors["playout"]
+    run = SimRun(
+        scenario=scenario.name,
+        speculation=config.policy.speculation,
+        params=config.policy,
+        steps=user.steps,
+        bot_audio=sink.intervals,
+        events=events,
+        duration_ms=duration_ms,
+        underruns=float(playout.underruns),
+    )
+    return LiveRun(run, track.samples.copy(), sink.track(), list(context.history), history_events)
+
+
+def first_audio_ms(run: SimRun) -> float | None:
+    starts = [e.ts_ms for e in run.events if isinstance(e, PlayoutStarted)]
+    return starts[0] if starts else None
+
+
+def without_speculation(config: PipelineConfig) -> PipelineConfig:
+    return replace(config, policy=replace(config.policy, speculation=False))
