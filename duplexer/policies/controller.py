@@ -382,14 +382,7 @@ def _playout_done(step: _Step, ev: PlayoutDone) -> None:
         return
     if s.reply is None or s.reply.reply_id != ev.reply_id:
         return
-    step.set(reply=None)
-    if s.phase is Phase.USER_OVERLAP:
-        # The bot finished while the user was talking: the user now holds the floor.
-        assert s.overlap_segment is not None
-        step.new_turn(s.overlap_segment, s.speech_start_ms or step.now_ms)
-        step.goto(Phase.USER_SPEAKING, "bot finished during user speech")
-    else:
-        step.goto(Phase.SILENCE, "reply played")
+    _bot_done(step, "reply played")
 
 
 def _playout_stopped(step: _Step, ev: PlayoutStopped) -> None:
@@ -400,13 +393,19 @@ def _playout_stopped(step: _Step, ev: PlayoutStopped) -> None:
     elif s.reply is not None and s.reply.reply_id == ev.reply_id:
         # Playout ended by itself (an output failure): keep what was heard and yield.
         step.emit(TruncateHistory, reply_id=ev.reply_id, played_ms=ev.played_ms)
-        step.set(reply=None)
-        if s.phase is Phase.USER_OVERLAP:
-            assert s.overlap_segment is not None
-            step.new_turn(s.overlap_segment, s.speech_start_ms or step.now_ms)
-            step.goto(Phase.USER_SPEAKING, "playout stopped during user speech")
-        else:
-            step.goto(Phase.SILENCE, "playout stopped")
+        _bot_done(step, "playout stopped")
+
+
+def _bot_done(step: _Step, reason: str) -> None:
+    """The bot's audio ended; a user talking over it now holds the floor, else silence."""
+    s = step.state
+    step.set(reply=None)
+    if s.phase is Phase.USER_OVERLAP:
+        assert s.overlap_segment is not None
+        step.new_turn(s.overlap_segment, s.speech_start_ms or step.now_ms)
+        step.goto(Phase.USER_SPEAKING, f"{reason} during user speech")
+    else:
+        step.goto(Phase.SILENCE, reason)
 
 
 def _overlap_begins(step: _Step, ev: VadSpeechStart) -> None:
