@@ -332,3 +332,23 @@ class MetricEvent(Event):
     name: str
     value: float
     labels: tuple[tuple[str, str], ...] = field(default=())
+
+
+# ---------------------------------------------------------------- audio tokens
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AudioTokens(Event):
+    """User audio as Step-Audio LLM ids: whole 2:3 groups, 2 linguistic then 3 semantic ids per 120 ms.
+
+    Groups are numbered from the start of tokenizer stream ``stream_id`` (a new stream starts
+    only after a tokenizer failure), so consecutive events continue each other. The ids cover
+    user audio ``start_ms``..``end_ms``, with the same time origin as ``AudioFrame.seq * duration``.
+    """
+
+    ids: tuple[int, ...]
+    stream_id: int
+    first_group: int
+    start_ms: float
+    end_ms: float
+    is_user_audio: ClassVar[bool] = True
