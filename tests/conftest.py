@@ -6,8 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Properties, not timings: a loaded 2-core machine must not turn a slow example into a failure.
+settings.register_profile("duplexer", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("duplexer")
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = REPO / "scenarios"

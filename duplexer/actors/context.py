@@ -4,13 +4,22 @@ History is text, not audio tokens. Speculative replies are built from the
 committed history plus the current transcript, so every speculative call of a
 turn shares a byte-identical prompt prefix. An interrupted reply enters history
 only as the words that were actually played.
+
+Tool calls enter history as text too, where they happened in the reply: the words
+played before a call, then the call (``<tool_call>...</tool_call>``), then one ``tool``
+message per result, then the words after. A result that comes after its reply was played
+(a deferred side effect) is recorded when it arrives.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from duplexer.actors.engines import Message
+from duplexer.actors.llm import TOOL_ROLE
+from duplexer.actors.tool_calls import call_text
+from duplexer.actors.tts import split_instructions
 from duplexer.runtime.actor import Actor, SessionContext
 from duplexer.runtime.events import (
     CancelReply,
@@ -20,6 +29,8 @@ from duplexer.runtime.events import (
     PlayoutDone,
     PromptReady,
     StartReply,
+    ToolCallRequested,
+    ToolResult,
     TruncateHistory,
     TtsAudio,
 )
@@ -83,15 +94,37 @@ class ContextManager:
             del self.history[:excess]
 
 
+@dataclass
+class _Call:
+    """A tool call of a reply: how many spoken words preceded it, its text, and its result once known."""
+
+    call_id: str
+    words_before: int
+    text: str
+    result: str | None = None
+
+
 class ContextActor(Actor):
     name = "context"
-    subscribes = (StartReply, CommitReply, CancelReply, TtsAudio, PlayoutDone, TruncateHistory)
+    subscribes = (
+        StartReply,
+        CommitReply,
+        CancelReply,
+        TtsAudio,
+        PlayoutDone,
+        TruncateHistory,
+        ToolCallRequested,
+        ToolResult,
+    )
 
     def __init__(self, ctx: SessionContext, manager: ContextManager | None = None) -> None:
         super().__init__(ctx)
         self.manager = manager or ContextManager()
         self.spoken: dict[str, _Spoken] = {}
         self.committed: set[str] = set()
+        self.calls: dict[str, list[_Call]] = {}
+        self.late_results: dict[str, int | None] = {}
+        """Calls of finished replies whose result is still to come: call id -> turn id."""
 
     def _record(self, role: str, text: str, turn_id: int | None) -> None:
         self.manager.add(role, text)
@@ -112,6 +145,14 @@ class ContextActor(Actor):
         elif isinstance(event, CancelReply):
             if event.reply_id not in self.committed:
                 self.spoken.pop(event.reply_id, None)
+                self.calls.pop(event.reply_id, None)
+        elif isinstance(event, ToolCallRequested):
+            if event.reply_id in self.spoken:
+                _, said = split_instructions(event.text_before)  # tags are not spoken words
+                call = _Call(event.call_id, len(said.split()), call_text(event.name, event.arguments))
+                self.calls.setdefault(event.reply_id, []).append(call)
+        elif isinstance(event, ToolResult):
+            self._result(event)
         elif isinstance(event, TtsAudio):
             spoken = self.spoken.get(event.reply_id)
             if spoken is not None:
@@ -127,5 +168,27 @@ class ContextActor(Actor):
             return
         self.committed.discard(reply_id)
         text = spoken.text() if played_ms is None else spoken.played_text(played_ms)
-        if text:
-            self._record("assistant", text, turn_id)
+        calls = self.calls.pop(reply_id, [])
+        words, said = text.split(), 0
+        for words_before, group in itertools.groupby(calls, key=lambda call: call.words_before):
+            # One round: the words before its calls (as far as they were played), the calls, their results.
+            round_calls = list(group)
+            before = " ".join(words[said:words_before])
+            said = max(said, min(words_before, len(words)))
+            self._record("assistant", " ".join([before, *(c.text for c in round_calls)]).strip(), turn_id)
+            for call in round_calls:
+                if call.result is not None:
+                    self._record(TOOL_ROLE, call.result, turn_id)
+                else:
+                    self.late_results[call.call_id] = turn_id
+        rest = " ".join(words[said:]) if calls else text
+        if rest:
+            self._record("assistant", rest, turn_id)
+
+    def _result(self, result: ToolResult) -> None:
+        if result.call_id in self.late_results:
+            self._record(TOOL_ROLE, result.content, self.late_results.pop(result.call_id))
+            return
+        for call in self.calls.get(result.reply_id, []):
+            if call.call_id == result.call_id:
+                call.result = result.content

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from duplexer.actors.asr import AsrActor, AsrParams
-from duplexer.actors.context import ContextActor, ContextManager
+from duplexer.actors.context import DEFAULT_SYSTEM_PROMPT, ContextActor, ContextManager
 from duplexer.actors.controller import ControllerActor
 from duplexer.actors.engines import Engines
 from duplexer.actors.llm import LlmActor, LlmParams
 from duplexer.actors.playout import PlayoutActor, PlayoutParams
+from duplexer.actors.tool_registry import ToolRegistry
+from duplexer.actors.tools import ToolActor, ToolParams
 from duplexer.actors.tts import TtsActor, TtsParams
 from duplexer.actors.vad import VadActor, VadParams
 from duplexer.policies.controller import PolicyParams
@@ -27,6 +29,7 @@ class PipelineConfig:
     llm: LlmParams = field(default_factory=LlmParams)
     tts: TtsParams = field(default_factory=TtsParams)
     playout: PlayoutParams = field(default_factory=PlayoutParams)
+    tools: ToolParams = field(default_factory=ToolParams)
 
 
 def start_pipeline(
@@ -34,18 +37,27 @@ def start_pipeline(
     engines: Engines,
     config: PipelineConfig | None = None,
     context: ContextManager | None = None,
+    tools: ToolRegistry | None = None,
 ) -> dict[str, Actor]:
-    """Start VAD, ASR, controller, context, LLM, TTS and playout actors on the session's bus."""
+    """Start VAD, ASR, controller, context, LLM, TTS and playout actors on the session's bus.
+
+    With ``tools``, a tool actor runs them too, and the default system prompt teaches the model
+    the tools (a ``context`` passed in keeps its own system prompt).
+    """
     cfg = config or PipelineConfig()
     ctx = session.ctx
+    if tools is not None and context is None:
+        context = ContextManager(system_prompt=DEFAULT_SYSTEM_PROMPT + "\n\n" + tools.prompt())
     actors: list[Actor] = [
         ControllerActor(ctx, cfg.policy),
         ContextActor(ctx, context),
         VadActor(ctx, engines.vad, cfg.vad),
         AsrActor(ctx, engines.asr, cfg.asr),
-        LlmActor(ctx, engines.llm, cfg.llm),
+        LlmActor(ctx, engines.llm, cfg.llm, tools=tools is not None),
         TtsActor(ctx, engines.tts, cfg.tts),
         PlayoutActor(ctx, engines.sink, cfg.playout),
     ]
+    if tools is not None:
+        actors.append(ToolActor(ctx, tools, cfg.tools))
     session.add(*actors)
     return {actor.name: actor for actor in actors}

@@ -7,11 +7,15 @@ milliseconds, deterministically for a seed.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from duplexer.actors.engines import Message
+from duplexer.actors.tool_calls import StreamPiece, ToolCallChunk, call_text
+from duplexer.actors.tool_registry import Tool
 from duplexer.runtime.clock import Clock
 from duplexer.runtime.events import FRAME_MS
 
@@ -178,3 +182,158 @@ class ScriptedTts:
             first = False
             remaining_ms -= piece_ms
             yield bytes(2 * int(self.sample_rate_hz * piece_ms / 1000))
+
+
+# ------------------------------------------------------------------ tool calls
+
+CALL_TEXT_CHUNK_CHARS = 4
+"""Scripted tool-call text streams in pieces this long, about one token each."""
+
+
+@dataclass(frozen=True)
+class ScriptedToolReply:
+    """A scripted reply that calls a tool: the preface, the call as the model writes it, the continuation."""
+
+    preface: str
+    name: str
+    arguments: str = "{}"
+    then: str = ""
+    call_format: str = "step_audio"
+    """step_audio: ``<tool_call>`` text in the stream; openai: call fragments beside it."""
+    raw: str | None = None
+    """Exact text written instead of a well-formed call (to script malformed calls)."""
+
+
+def _last_user_text(messages: Sequence[Message]) -> str:
+    return next((text for role, text in reversed(messages) if role == "user"), "")
+
+
+class ScriptedToolLlm:
+    """Like :class:`ScriptedLlm`, but a reply may call a tool and continue once the result is in.
+
+    A continuation (the prompt ends with a tool message) answers after ``continuation_ttft_ms``:
+    its prompt is the previous one plus the result, so a prefix cache makes that short.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        rng: random.Random,
+        ttft_ms: float = 250.0,
+        tokens_per_s: float = 40.0,
+        jitter: float = 0.0,
+        reply_for: Callable[[str], str | ScriptedToolReply] = echo_reply,
+        continuation_ttft_ms: float | None = None,
+    ) -> None:
+        self.clock, self.rng = clock, rng
+        self.ttft_ms, self.tokens_per_s, self.jitter = ttft_ms, tokens_per_s, jitter
+        self.reply_for = reply_for
+        self.continuation_ttft_ms = ttft_ms if continuation_ttft_ms is None else continuation_ttft_ms
+        self.calls: list[str] = []
+
+    def _pieces(self, reply: str | ScriptedToolReply, continuing: bool) -> Sequence[StreamPiece]:
+        if isinstance(reply, str):
+            return [] if continuing else _words(reply)
+        if continuing:
+            return _words(reply.then)
+        pieces: list[StreamPiece] = [*_words(reply.preface)]
+        if reply.raw is not None:
+            pieces += _chunks(reply.raw)
+        elif reply.call_format == "openai":
+            args = _chunks(reply.arguments)
+            pieces.append(ToolCallChunk(index=0, id="call_0", name=reply.name))
+            pieces += [ToolCallChunk(index=0, arguments=part) for part in args]
+        else:
+            pieces += _chunks(call_text(reply.name, reply.arguments))
+        return pieces
+
+    async def stream(self, messages: Sequence[Message], reply_id: str) -> AsyncIterator[StreamPiece]:
+        continuing = bool(messages) and messages[-1][0] == "tool"
+        self.calls.append(reply_id)
+        ttft_ms = self.continuation_ttft_ms if continuing else self.ttft_ms
+        await self.clock.sleep_ms(jittered(self.rng, ttft_ms, self.jitter))
+        for i, piece in enumerate(self._pieces(self.reply_for(_last_user_text(messages)), continuing)):
+            if i:
+                await self.clock.sleep_ms(1000.0 / self.tokens_per_s)
+            yield piece
+
+
+def _words(text: str) -> list[str]:
+    return [word if i == 0 else " " + word for i, word in enumerate(text.split())]
+
+
+def _chunks(text: str) -> list[str]:
+    return [text[i : i + CALL_TEXT_CHUNK_CHARS] for i in range(0, len(text), CALL_TEXT_CHUNK_CHARS)]
+
+
+@dataclass(frozen=True)
+class ScriptedToolBehaviour:
+    """How a scripted tool answers one call: after ``latency_ms``, ``result`` or (if set) ``error``."""
+
+    arguments: dict[str, Any]
+    latency_ms: float
+    result: Any = "ok"
+    error: str | None = None
+    jitter: float = 0.0
+
+
+JSON_TYPES: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+}
+"""JSON schema type names, as scenarios write them, and the Python types of tool parameters."""
+
+
+class ScriptedToolbox:
+    """Tools that answer from a script, on the session clock; records every call that really ran."""
+
+    def __init__(self, clock: Clock, rng: random.Random) -> None:
+        self.clock, self.rng = clock, rng
+        self.behaviours: dict[str, list[ScriptedToolBehaviour]] = {}
+        self.ran: list[tuple[str, dict[str, Any], float]] = []
+        """(tool, arguments, start_ms) of every call that started."""
+
+    def behave(self, name: str, behaviour: ScriptedToolBehaviour) -> None:
+        self.behaviours.setdefault(name, []).append(behaviour)
+
+    def tool(
+        self,
+        name: str,
+        *,
+        read_only: bool,
+        timeout_ms: float,
+        params: dict[str, str] | None = None,
+    ) -> Tool:
+        """A tool answering from this toolbox. Its schema: ``params`` (JSON type names), else the
+        types of the first scripted call's arguments, all required."""
+        if params is None:
+            first = self.behaviours.get(name, [ScriptedToolBehaviour({}, 0.0)])[0].arguments
+            params = {key: _json_type(value) for key, value in first.items()}
+        fields = {key: (JSON_TYPES[kind], ..., "") for key, kind in params.items()}
+
+        async def run(**arguments: Any) -> Any:
+            self.ran.append((name, arguments, self.clock.now_ms()))
+            behaviour = self._match(name, arguments)
+            await self.clock.sleep_ms(jittered(self.rng, behaviour.latency_ms, behaviour.jitter))
+            if behaviour.error is not None:
+                raise RuntimeError(behaviour.error)
+            return behaviour.result
+
+        return Tool.from_fields(name, run, fields, read_only=read_only, timeout_ms=timeout_ms)
+
+    def _match(self, name: str, arguments: dict[str, Any]) -> ScriptedToolBehaviour:
+        options = self.behaviours.get(name) or [ScriptedToolBehaviour({}, 0.0)]
+        wanted = json.dumps(arguments, sort_keys=True)
+        return next((b for b in options if json.dumps(b.arguments, sort_keys=True) == wanted), options[-1])
+
+
+def _json_type(value: Any) -> str:
+    for kind in ("boolean", "integer", "number", "string", "array", "object"):
+        python_type = JSON_TYPES[kind]
+        if isinstance(value, python_type) and not (kind in ("integer", "number") and isinstance(value, bool)):
+            return kind
+    return "string"

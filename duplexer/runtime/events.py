@@ -334,6 +334,58 @@ class MetricEvent(Event):
     labels: tuple[tuple[str, str], ...] = field(default=())
 
 
+# ---------------------------------------------------------------- tools
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallRequested(Event):
+    """The LLM wrote a tool call in a reply's stream; its text was withheld from speech.
+
+    ``arguments`` is the JSON text as the model wrote it; ``text_before`` is everything the
+    reply had said before the call. ``parse_error`` is set when the call itself was malformed.
+    """
+
+    reply_id: str
+    call_id: str
+    name: str
+    arguments: str
+    text_before: str
+    call_format: str
+    parse_error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallStarted(Event):
+    """A tool began running; ``speculative`` when its reply was not yet committed."""
+
+    reply_id: str
+    call_id: str
+    name: str
+    read_only: bool
+    speculative: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallDeferred(Event):
+    """A side-effecting call waits until its reply has been played to the end, uninterrupted."""
+
+    reply_id: str
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolResult(Event):
+    """How a tool call ended: ok, error, timeout, invalid, cancelled or prevented; ``content`` is text."""
+
+    reply_id: str
+    call_id: str
+    name: str
+    status: str
+    content: str
+    latency_ms: float = 0.0
+
+
 # ---------------------------------------------------------------- audio tokens
 
 

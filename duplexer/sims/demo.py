@@ -53,7 +53,7 @@ DEMO_TURNS: tuple[DemoTurn, ...] = (
     DemoTurn(("Hello! What is the capital city of France?",)),
     DemoTurn(("Can you recommend", "a good book to read this weekend?")),
     DemoTurn(
-        ("Sorry, stop. Tell me a fun fact about cats instead.",),
+        ("Wait, tell me a fun fact about cats instead.",),
         start=Start(after="bot_start", gap_ms=1500.0),
     ),
 )

@@ -7,16 +7,23 @@
 - backchannel false-stop rate: share of backchannels over bot speech that stop the bot;
 - speculation: started, committed, discarded, commit rate, discarded tokens;
 - latency saved: the same turn's latency with speculation off minus on, both in one run.
+
+Tool calls (only in runs that have them): the calls and failures; each call's latency and how
+much of it was hidden behind bot speech; dead air, the total gap in the bot audio of a reply
+that called a tool; and side-effecting calls that ran, or were prevented (after a barge-in, or
+because their reply was discarded otherwise).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from duplexer.actors.tool_calls import ToolStatus
 from duplexer.runtime.events import (
     CancelReply,
     CommitReply,
@@ -25,8 +32,11 @@ from duplexer.runtime.events import (
     LlmDone,
     PlayoutStopped,
     StartReply,
+    ToolCallRequested,
+    ToolCallStarted,
+    ToolResult,
 )
-from duplexer.sims.simulator import SimRun
+from duplexer.sims.simulator import BotInterval, SimRun
 
 BACKCHANNEL_STOP_WINDOW_MS = 1000.0
 """A bot stop within this long after a backchannel ends is blamed on the backchannel."""
@@ -65,6 +75,14 @@ class TurnFacts:
     unanswered_turns: int = 0
     errors: int = 0
     underruns: float = 0.0
+    tool_calls: int = 0
+    tool_failures: int = 0
+    tool_latencies_ms: list[float] = field(default_factory=list)
+    tool_hidden_ms: list[float] = field(default_factory=list)
+    tool_dead_air_ms: list[float] = field(default_factory=list)
+    side_effects_run: int = 0
+    side_effects_prevented_barge_in: int = 0
+    side_effects_prevented_other: int = 0
 
 
 def turn_facts(run: SimRun) -> TurnFacts:
@@ -117,7 +135,47 @@ def turn_facts(run: SimRun) -> TurnFacts:
     facts.spec_committed = len(speculative & committed)
     facts.spec_discarded = len(discarded)
     facts.discarded_tokens = sum(tokens.get(r, 0) for r in discarded)
+    _tool_facts(run, facts)
     return facts
+
+
+def _overlap_ms(start_ms: float, end_ms: float, audio: Sequence[BotInterval]) -> float:
+    return sum(max(0.0, min(end_ms, a.end_ms) - max(start_ms, a.start_ms)) for a in audio)
+
+
+def reply_gaps_ms(reply_id: str, audio: Sequence[BotInterval]) -> list[float]:
+    """The silences inside one reply's audio, between its first and last sound."""
+    spans = sorted((a.start_ms, a.end_ms) for a in audio if a.reply_id == reply_id)
+    return [later[0] - earlier[1] for earlier, later in itertools.pairwise(spans)]
+
+
+def _tool_facts(run: SimRun, facts: TurnFacts) -> None:
+    started: dict[str, ToolCallStarted] = {}
+    cancel_reasons = {e.reply_id: e.reason for e in run.events if isinstance(e, CancelReply)}
+    tool_replies: list[str] = []
+    for event in run.events:
+        if isinstance(event, ToolCallRequested):
+            facts.tool_calls += 1
+            if event.reply_id not in tool_replies:
+                tool_replies.append(event.reply_id)
+        elif isinstance(event, ToolCallStarted):
+            started[event.call_id] = event
+            facts.side_effects_run += not event.read_only
+        elif isinstance(event, ToolResult):
+            status = ToolStatus(event.status)
+            facts.tool_failures += status.failed
+            if status is ToolStatus.PREVENTED:
+                if cancel_reasons.get(event.reply_id) == "barge_in":
+                    facts.side_effects_prevented_barge_in += 1
+                else:
+                    facts.side_effects_prevented_other += 1
+            start = started.get(event.call_id)
+            if start is not None and status in (ToolStatus.OK, ToolStatus.ERROR, ToolStatus.TIMEOUT):
+                facts.tool_latencies_ms.append(event.ts_ms - start.ts_ms)
+                facts.tool_hidden_ms.append(_overlap_ms(start.ts_ms, event.ts_ms, run.bot_audio))
+    for reply_id in tool_replies:
+        if any(a.reply_id == reply_id for a in run.bot_audio):
+            facts.tool_dead_air_ms.append(sum(reply_gaps_ms(reply_id, run.bot_audio)))
 
 
 def summarize(facts: Sequence[TurnFacts], saved_ms: Sequence[float]) -> dict[str, Any]:
@@ -150,6 +208,31 @@ def summarize(facts: Sequence[TurnFacts], saved_ms: Sequence[float]) -> dict[str
         },
         "errors": sum(f.errors for f in facts),
         "output_underruns": int(sum(f.underruns for f in facts)),
+        **_tools_summary(facts),
+    }
+
+
+def _tools_summary(facts: Sequence[TurnFacts]) -> dict[str, Any]:
+    """The "tools" block, only where a run called tools (runs without tools report as before)."""
+    if not any(f.tool_calls for f in facts):
+        return {}
+    latencies = [v for f in facts for v in f.tool_latencies_ms]
+    hidden = [v for f in facts for v in f.tool_hidden_ms]
+    dead_air = [v for f in facts for v in f.tool_dead_air_ms]
+    return {
+        "tools": {
+            "calls": sum(f.tool_calls for f in facts),
+            "failed": sum(f.tool_failures for f in facts),
+            "latency_ms": percentiles(latencies, (50, 90)),
+            "hidden_behind_speech_ms": percentiles(hidden, (50, 90)),
+            "hidden_share": None if not sum(latencies) else round(sum(hidden) / sum(latencies), 4),
+            "dead_air_ms": {**percentiles(dead_air, (50, 90)), "max": _round(max(dead_air)) if dead_air else None},
+            "side_effects": {
+                "run": sum(f.side_effects_run for f in facts),
+                "prevented_after_barge_in": sum(f.side_effects_prevented_barge_in for f in facts),
+                "prevented_other": sum(f.side_effects_prevented_other for f in facts),
+            },
+        }
     }
 
 

@@ -164,6 +164,21 @@ def summary_table(summary: dict[str, Any]) -> str:
             f"{spec['started']:>4}/{spec['committed']}/{spec['discarded']:<3} "
             f"{fmt(spec['commit_rate'], '.2f'):>6} {fmt(m['latency_saved_ms']['p50']):>9}"
         )
+    tool_rows = [(name, m["tools"]) for name, m in rows if "tools" in m]
+    if tool_rows:
+        tool_header = (
+            f"{'tool calls':34} {'calls':>5} {'failed':>6} {'lat p50':>8} {'hidden':>6} "
+            f"{'dead air max':>12} {'side effects run/prevented':>26}"
+        )
+        lines += ["", tool_header, "-" * len(tool_header)]
+        for name, t in tool_rows:
+            fx = t["side_effects"]
+            prevented = fx["prevented_after_barge_in"] + fx["prevented_other"]
+            lines.append(
+                f"{name[:34]:34} {t['calls']:>5} {t['failed']:>6} {fmt(t['latency_ms']['p50']):>8} "
+                f"{fmt(t['hidden_share'], '.2f'):>6} {fmt(t['dead_air_ms']['max']):>12} "
+                f"{str(fx['run']) + '/' + str(prevented):>26}"
+            )
     return "\n".join(lines)
 
 

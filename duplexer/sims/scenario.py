@@ -78,6 +78,59 @@ class Segment(_Strict):
         return self
 
 
+JsonType = Literal["string", "integer", "number", "boolean", "array", "object"]
+
+
+class ToolCallText(_Strict):
+    """The tool call the scripted LLM writes after its preface."""
+
+    name: str = Field(min_length=1)
+    args: dict[str, Any] = {}
+    format: Literal["step_audio", "openai"] = "step_audio"
+    """step_audio: ``<tool_call>`` text in the reply stream; openai: function-call fragments."""
+    text: str | None = None
+    """Exact text written instead of a well-formed call, to script a malformed one."""
+
+
+class ToolBehaviour(_Strict):
+    """How the scripted tool behind a call answers, and how it is registered."""
+
+    latency_ms: NonNegMs = 0.0
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Relative spread of this tool's latency (its own: ``engines.jitter`` does not apply)."""
+    result: Any = "ok"
+    error: str | None = None
+    """The tool raises with this message instead of answering."""
+    side_effect: bool = False
+    """Side-effecting tools run only after their reply was played to the end, uninterrupted."""
+    timeout_ms: PositiveMs = 10_000.0
+    params: dict[str, JsonType] | None = None
+    """The tool's parameters and their JSON types (default: those of ``call.args``)."""
+    registered: bool = True
+    """False: the model calls a tool the session does not have."""
+
+
+class ToolReply(_Strict):
+    """A scripted reply that calls a tool: preface, call, the tool's behaviour, continuation."""
+
+    preface: str = ""
+    call: ToolCallText
+    tool: ToolBehaviour = ToolBehaviour()
+    then: str = ""
+    """What the model says once the result is in."""
+
+
+def _reply_kind(value: Any) -> str:
+    return "tool" if isinstance(value, (dict, ToolReply)) else "text"
+
+
+Reply = Annotated[
+    Annotated[str, Tag("text")] | Annotated[ToolReply, Tag("tool")],
+    Discriminator(_reply_kind),
+]
+"""A reply is text, or (a mapping) a tool-calling reply."""
+
+
 class Say(_Strict):
     """A user turn (or a barge-in, when anchored on bot_start)."""
 
@@ -86,8 +139,8 @@ class Say(_Strict):
     duration_ms: PositiveMs | None = None
     pauses: list[Pause] = []
     segments: list[Segment] | None = None
-    reply: str | None = None
-    """What the scripted LLM answers to this turn (default: an echo)."""
+    reply: Reply | None = None
+    """What the scripted LLM answers to this turn (default: an echo); it may call a tool."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Say:
@@ -167,6 +220,8 @@ class AsrModel(_Strict):
 class LlmModel(_Strict):
     ttft_ms: NonNegMs = 250.0
     tokens_per_s: PositiveMs = 40.0
+    continuation_ttft_ms: NonNegMs | None = None
+    """Time to first token of a continuation after a tool result (default: ttft_ms)."""
 
 
 class TtsModel(_Strict):
@@ -201,6 +256,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
     items = list(loc)
     if len(items) > 2 and items[0] == "script" and items[2] in STEP_KEYS:
         del items[2]  # the union's tag, not a field the user wrote
+    if len(items) > 3 and items[:1] == ["script"] and items[2] == "reply" and items[3] in ("text", "tool"):
+        del items[3]  # the reply union's tag
     parts: list[str] = []
     for item in items:
         if isinstance(item, int):
@@ -231,6 +288,7 @@ def parse_scenario(data: Any, path: Path) -> Scenario:
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
         raise ScenarioError(f"{path}: {_loc(err['loc'])}: {msg}") from None
     _check_anchors(scenario, path)
+    _check_tools(scenario, path)
     return scenario
 
 
@@ -244,6 +302,32 @@ def _check_anchors(scenario: Scenario, path: Path) -> None:
                     f"absolute time {last_at}: times must not go backwards"
                 )
             last_at = step.start.at_ms
+
+
+def tool_replies(scenario: Scenario) -> list[tuple[int, ToolReply]]:
+    """The steps whose scripted reply calls a tool, with their indexes."""
+    return [
+        (i, step.reply)
+        for i, step in enumerate(scenario.script)
+        if isinstance(step, Say) and isinstance(step.reply, ToolReply)
+    ]
+
+
+def _check_tools(scenario: Scenario, path: Path) -> None:
+    """One tool name, one registration: every call of a tool must agree on how it is registered."""
+    first: dict[str, tuple[int, ToolBehaviour]] = {}
+    for i, reply in tool_replies(scenario):
+        name, tool = reply.call.name, reply.tool
+        if name not in first:
+            first[name] = (i, tool)
+            continue
+        j, earlier = first[name]
+        for attr in ("side_effect", "timeout_ms", "params", "registered"):
+            if getattr(tool, attr) != getattr(earlier, attr):
+                raise ScenarioError(
+                    f"{path}: script[{i}].reply.tool.{attr}: tool {name!r} is registered differently "
+                    f"in script[{j}]; give every call of one tool the same {attr}"
+                )
 
 
 def load_scenario(path: Path) -> Scenario:

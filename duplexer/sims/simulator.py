@@ -9,22 +9,28 @@ LLM, TTS and playout actors, the bus, the supervisor) is the live code.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from duplexer.actors.asr import AsrParams
-from duplexer.actors.engines import Engines
+from duplexer.actors.engines import Engines, LlmEngine
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.actors.scripted import (
     ScriptedAsr,
     ScriptedLlm,
+    ScriptedToolBehaviour,
+    ScriptedToolbox,
+    ScriptedToolLlm,
+    ScriptedToolReply,
     ScriptedTts,
     ScriptedVad,
     SpeechSpan,
     SpeechTimeline,
     echo_reply,
 )
+from duplexer.actors.tool_registry import ToolRegistry
 from duplexer.actors.vad import VadParams
 from duplexer.policies.controller import PolicyParams
 from duplexer.runtime.clock import Clock, LoopClock, run_virtual
@@ -44,6 +50,10 @@ from duplexer.runtime.events import (
     PlayoutStopped,
     StartReply,
     StateChanged,
+    ToolCallDeferred,
+    ToolCallRequested,
+    ToolCallStarted,
+    ToolResult,
 )
 from duplexer.runtime.session import Session
 from duplexer.sims.scenario import (
@@ -55,6 +65,8 @@ from duplexer.sims.scenario import (
     ScenarioError,
     Silence,
     Start,
+    ToolReply,
+    tool_replies,
 )
 
 SILENT_FRAME = bytes(2 * FRAME_SAMPLES)
@@ -70,6 +82,10 @@ RECORDED_EVENTS: tuple[type[Event], ...] = (
     PlayoutDone,
     PlayoutStopped,
     ErrorEvent,
+    ToolCallRequested,
+    ToolCallStarted,
+    ToolCallDeferred,
+    ToolResult,
 )
 
 
@@ -129,6 +145,8 @@ class SimRun:
     events: list[Event]
     duration_ms: float
     underruns: float
+    tools_ran: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
+    """(tool, arguments, start_ms) of every scripted tool call that really ran."""
 
 
 def _pipeline_config(scenario: Scenario, params: PolicyParams) -> PipelineConfig:
@@ -218,7 +236,7 @@ class _User:
         clock: Clock,
         watch: _BotWatch,
         sink: RecordingSink,
-        replies: dict[str, str],
+        replies: dict[str, str | ScriptedToolReply],
     ) -> None:
         self.scenario, self.timeline, self.clock = scenario, timeline, clock
         self.watch, self.sink, self.replies = watch, sink, replies
@@ -259,7 +277,7 @@ class _User:
                     in_seg = tuple((begin + t, w) for t, w in words if s <= begin + t < e)
                     self.timeline.add(SpeechSpan(s, e, in_seg))
                 record.end_ms = record.segments[-1][1]
-                self.replies[step.say.strip()] = step.reply or echo_reply(step.say)
+                self.replies[step.say.strip()] = _scripted_reply(step.reply) or echo_reply(step.say)
             elif isinstance(step, Backchannel):
                 record.kind, record.text = "backchannel", step.backchannel
                 record.end_ms = begin + step.duration_ms
@@ -281,6 +299,44 @@ class _User:
         await self._until(prev_end + self.scenario.tail_ms)
 
 
+def _scripted_reply(reply: str | ToolReply | None) -> str | ScriptedToolReply | None:
+    if not isinstance(reply, ToolReply):
+        return reply
+    return ScriptedToolReply(
+        preface=reply.preface,
+        name=reply.call.name,
+        arguments=json.dumps(reply.call.args),
+        then=reply.then,
+        call_format=reply.call.format,
+        raw=reply.call.text,
+    )
+
+
+def scripted_tools(scenario: Scenario, clock: Clock, rng: random.Random) -> tuple[ToolRegistry, ScriptedToolbox]:
+    """A registry of the scenario's scripted tools (those it registers), answering as its steps say."""
+    toolbox = ScriptedToolbox(clock, rng)
+    registry = ToolRegistry()
+    registered: set[str] = set()
+    for _, reply in tool_replies(scenario):
+        call, tool = reply.call, reply.tool
+        toolbox.behave(
+            call.name, ScriptedToolBehaviour(dict(call.args), tool.latency_ms, tool.result, tool.error, tool.jitter)
+        )
+    for _, reply in tool_replies(scenario):
+        call, tool = reply.call, reply.tool
+        if tool.registered and call.name not in registered:
+            registered.add(call.name)
+            registry.add(
+                toolbox.tool(
+                    call.name,
+                    read_only=not tool.side_effect,
+                    timeout_ms=tool.timeout_ms,
+                    params=None if tool.params is None else dict(tool.params),
+                )
+            )
+    return registry, toolbox
+
+
 async def _mic(ctx_session: Session) -> None:
     """The simulated microphone: one frame every FRAME_MS, stamped by sequence number."""
     clock, seq = ctx_session.clock, 0
@@ -296,15 +352,39 @@ async def _simulate(scenario: Scenario, params: PolicyParams, seed: int) -> SimR
     timeline = SpeechTimeline()
     sink = RecordingSink(clock)
     models = scenario.engines
-    replies: dict[str, str] = {}
+    replies: dict[str, str | ScriptedToolReply] = {}
 
-    def reply_for(user_text: str) -> str:
+    def reply_for(user_text: str) -> str | ScriptedToolReply:
         # The reply scripted for the latest turn the user text ends with (speculation sees prefixes).
         for said, reply in reversed(list(replies.items())):
             if user_text.strip().endswith(said) or said.startswith(user_text.strip()):
                 return reply
         return echo_reply(user_text)
 
+    llm: LlmEngine
+    tools: tuple[ToolRegistry, ScriptedToolbox] | None = None
+    if tool_replies(scenario):
+        tools = scripted_tools(scenario, clock, rng)
+        tool_llm = ScriptedToolLlm(
+            clock,
+            rng,
+            models.llm.ttft_ms,
+            models.llm.tokens_per_s,
+            models.jitter,
+            reply_for,
+            models.llm.continuation_ttft_ms,
+        )
+        # It streams call fragments beside text (a ToolCallingLlmEngine), which LlmActor takes;
+        # Engines.llm is typed for text-only engines.
+        llm = cast(LlmEngine, tool_llm)
+    else:
+
+        def text_reply(user_text: str) -> str:
+            reply = reply_for(user_text)
+            assert isinstance(reply, str), "no step of this scenario calls a tool"
+            return reply
+
+        llm = ScriptedLlm(clock, rng, models.llm.ttft_ms, models.llm.tokens_per_s, models.jitter, text_reply)
     engines = Engines(
         vad=ScriptedVad(timeline),
         asr=ScriptedAsr(
@@ -315,7 +395,7 @@ async def _simulate(scenario: Scenario, params: PolicyParams, seed: int) -> SimR
             models.asr.partial_latency_ms,
             models.jitter,
         ),
-        llm=ScriptedLlm(clock, rng, models.llm.ttft_ms, models.llm.tokens_per_s, models.jitter, reply_for),
+        llm=llm,
         tts=ScriptedTts(
             clock,
             rng,
@@ -328,7 +408,9 @@ async def _simulate(scenario: Scenario, params: PolicyParams, seed: int) -> SimR
     )
     session = Session(session_id=scenario.name, clock=clock)
     recorder = session.bus.subscribe("sim-recorder", RECORDED_EVENTS, maxsize=1_000_000)
-    actors = start_pipeline(session, engines, _pipeline_config(scenario, params))
+    actors = start_pipeline(
+        session, engines, _pipeline_config(scenario, params), tools=None if tools is None else tools[0]
+    )
     watch = _BotWatch()
     events: list[Event] = []
 
@@ -359,6 +441,7 @@ async def _simulate(scenario: Scenario, params: PolicyParams, seed: int) -> SimR
         events=events,
         duration_ms=duration_ms,
         underruns=float(playout.underruns),
+        tools_ran=[] if tools is None else list(tools[1].ran),
     )
 
 
