@@ -78,9 +78,7 @@ async def converse(
         start_pipeline(session, engines, PipelineConfig(policy=PolicyParams()), context)
         seq = 0
         while clock.now_ms() < until_ms:
-            session.ctx.emit(
-                AudioFrame, pcm=bytes(2 * FRAME_SAMPLES), sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq
-            )
+            session.ctx.emit(AudioFrame, pcm=bytes(2 * FRAME_SAMPLES), sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
             seq += 1
             await clock.sleep_ms(seq * FRAME_MS - clock.now_ms())
         await asyncio.sleep(0)
@@ -113,9 +111,7 @@ def test_barge_in_stops_the_bot_and_history_keeps_only_what_was_played() -> None
     assert assistant and full.startswith(assistant[0]) and assistant[0] != full
     users = [text for role, text in context.history if role == "user"]
     assert users[:2] == ["tell me about paris", "stop stop that is enough thanks"]
-    assert any(isinstance(e, LlmCancelled) for e in events) or any(
-        isinstance(e, HistoryUpdated) for e in events
-    )
+    assert any(isinstance(e, LlmCancelled) for e in events) or any(isinstance(e, HistoryUpdated) for e in events)
 
 
 def test_llm_failure_mid_reply_speaks_a_fallback_and_the_next_turn_works() -> None:
@@ -139,3 +135,39 @@ def test_energy_vad_hears_loud_frames_not_silence() -> None:
     assert vad.speech_probability(bytes(640), 0.0) == 0.0
     assert vad.speech_probability(tone, 0.0) == 1.0
     assert vad.speech_probability(b"", 0.0) == 0.0
+
+
+def test_a_pipeline_with_a_tokenizer_publishes_whole_interleaved_groups() -> None:
+    import numpy as np
+
+    from duplexer.actors.energy_vad import EnergyVad
+    from duplexer.actors.scripted import CannedAsr
+    from duplexer.actors.tokenizer_engines import LogMelKMeansTestTokenizer
+    from duplexer.runtime.events import AudioTokens
+
+    async def main() -> list[AudioTokens]:
+        clock = LoopClock()
+        rng = random.Random(0)
+        sink = RecordingSink(clock)
+        engines = Engines(EnergyVad(), CannedAsr(clock), ScriptedLlm(clock, rng), ScriptedTts(clock, rng), sink)
+        noise = (np.random.default_rng(0).standard_normal(FRAME_SAMPLES * 50) * 3000).astype("<i2").tobytes()
+        async with Session("t", clock=clock) as session:
+            tokens = session.bus.subscribe("tokens", [AudioTokens])
+            start_pipeline(session, engines, tokenizer=LogMelKMeansTestTokenizer())
+            for seq in range(50):  # one second of audio
+                frame = noise[seq * 2 * FRAME_SAMPLES : (seq + 1) * 2 * FRAME_SAMPLES]
+                session.ctx.emit(AudioFrame, pcm=frame, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
+                await clock.sleep_ms((seq + 1) * FRAME_MS - clock.now_ms())
+            await asyncio.sleep(0.1)
+            got = []
+            while (e := tokens.get_nowait()) is not None:
+                got.append(e)
+            return got  # type: ignore[return-value]
+
+    events = run_virtual(main())
+    ids = [i for e in events for i in e.ids]
+    assert len(ids) >= 5 * 6  # at least 6 whole 120 ms groups from 1 s of audio
+    assert len(ids) % 5 == 0
+    for g in range(0, len(ids), 5):
+        assert all(65536 <= i < 66560 for i in ids[g : g + 2])  # linguistic first
+        assert all(66560 <= i < 70656 for i in ids[g + 2 : g + 5])  # then semantic

@@ -10,6 +10,8 @@ from duplexer.actors.controller import ControllerActor
 from duplexer.actors.engines import Engines
 from duplexer.actors.llm import LlmActor, LlmParams
 from duplexer.actors.playout import PlayoutActor, PlayoutParams
+from duplexer.actors.tokenizer import TokenizerActor, TokenizerParams
+from duplexer.actors.tokenizer_engines import TokenizerEngine
 from duplexer.actors.tool_registry import ToolRegistry
 from duplexer.actors.tools import ToolActor, ToolParams
 from duplexer.actors.tts import TtsActor, TtsParams
@@ -30,6 +32,7 @@ class PipelineConfig:
     tts: TtsParams = field(default_factory=TtsParams)
     playout: PlayoutParams = field(default_factory=PlayoutParams)
     tools: ToolParams = field(default_factory=ToolParams)
+    tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
 
 
 def start_pipeline(
@@ -38,11 +41,13 @@ def start_pipeline(
     config: PipelineConfig | None = None,
     context: ContextManager | None = None,
     tools: ToolRegistry | None = None,
+    tokenizer: TokenizerEngine | None = None,
 ) -> dict[str, Actor]:
     """Start VAD, ASR, controller, context, LLM, TTS and playout actors on the session's bus.
 
     With ``tools``, a tool actor runs them too, and the default system prompt teaches the model
-    the tools (a ``context`` passed in keeps its own system prompt).
+    the tools (a ``context`` passed in keeps its own system prompt). With ``tokenizer``, user audio
+    also becomes interleaved Step-Audio token events, for an audio LLM.
     """
     cfg = config or PipelineConfig()
     ctx = session.ctx
@@ -59,5 +64,7 @@ def start_pipeline(
     ]
     if tools is not None:
         actors.append(ToolActor(ctx, tools, cfg.tools))
+    if tokenizer is not None:
+        actors.append(TokenizerActor(ctx, tokenizer, cfg.tokenizer))
     session.add(*actors)
     return {actor.name: actor for actor in actors}
