@@ -171,3 +171,35 @@ def test_a_pipeline_with_a_tokenizer_publishes_whole_interleaved_groups() -> Non
     for g in range(0, len(ids), 5):
         assert all(65536 <= i < 66560 for i in ids[g : g + 2])  # linguistic first
         assert all(66560 <= i < 70656 for i in ids[g + 2 : g + 5])  # then semantic
+
+
+def test_the_bot_can_speak_first_and_a_greeting_enters_history() -> None:
+    async def main() -> tuple[list[tuple[str, str]], list[str]]:
+        from duplexer.runtime.events import SpeakRequest, StateChanged
+
+        clock = LoopClock()
+        rng = random.Random(0)
+        timeline = SpeechTimeline()
+        sink = RecordingSink(clock)
+        engines = Engines(
+            ScriptedVad(timeline),
+            ScriptedAsr(timeline, clock, rng),
+            ScriptedLlm(clock, rng),
+            ScriptedTts(clock, rng),
+            sink,
+        )
+        context = ContextManager()
+        async with Session("t", clock=clock) as session:
+            states = session.bus.subscribe("states", [StateChanged])
+            start_pipeline(session, engines, context=context)
+            await asyncio.sleep(0)
+            session.ctx.emit(SpeakRequest, reply_id="greeting", text="(slow) Good evening, how can I help?")
+            await asyncio.sleep(10)
+            seen = []
+            while (e := states.get_nowait()) is not None:
+                seen.append(e.new_state)  # type: ignore[attr-defined]
+            return list(context.history), seen
+
+    history, states = run_virtual(main())
+    assert history == [("assistant", "Good evening, how can I help?")]
+    assert states == ["BotReplying", "Silence"]

@@ -28,6 +28,7 @@ from duplexer.runtime.events import (
     HistoryUpdated,
     PlayoutDone,
     PromptReady,
+    SpeakText,
     StartReply,
     ToolCallRequested,
     ToolResult,
@@ -115,6 +116,7 @@ class ContextActor(Actor):
         TruncateHistory,
         ToolCallRequested,
         ToolResult,
+        SpeakText,
     )
 
     def __init__(self, ctx: SessionContext, manager: ContextManager | None = None) -> None:
@@ -142,6 +144,9 @@ class ContextActor(Actor):
         elif isinstance(event, CommitReply):
             self.committed.add(event.reply_id)
             self._record("user", event.user_text, event.turn_id)
+        elif isinstance(event, SpeakText):  # the bot speaks first: history keeps what is played
+            self.spoken[event.reply_id] = _Spoken()
+            self.committed.add(event.reply_id)
         elif isinstance(event, CancelReply):
             if event.reply_id not in self.committed:
                 self.spoken.pop(event.reply_id, None)

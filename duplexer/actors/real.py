@@ -189,6 +189,8 @@ class WhisperAsr:
 class LlamaParams:
     max_tokens: int = 80
     temperature: float = 0.3
+    repeat_penalty: float = 1.3
+    """SmolLM2-135M loops on phrases under role-play prompts at llama.cpp's default of 1.1."""
     n_ctx: int = 2048
     n_threads: int = 2
 
@@ -214,6 +216,7 @@ class LlamaLlm:
                 stream=True,
                 max_tokens=self.params.max_tokens,
                 temperature=self.params.temperature,
+                repeat_penalty=self.params.repeat_penalty,
             )
             for chunk in stream:
                 if stop.is_set():

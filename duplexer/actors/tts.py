@@ -20,6 +20,7 @@ from duplexer.runtime.events import (
     Event,
     LlmDone,
     LlmToken,
+    SpeakText,
     StartReply,
     TtsAudio,
     TtsDone,
@@ -79,7 +80,7 @@ def split_clauses(text: str, final: bool) -> tuple[list[str], str]:
 
 class TtsActor(Actor):
     name = "tts"
-    subscribes = (StartReply, CommitReply, CancelReply, LlmToken, LlmDone)
+    subscribes = (StartReply, CommitReply, CancelReply, LlmToken, LlmDone, SpeakText)
 
     def __init__(self, ctx: SessionContext, engine: TtsEngine, params: TtsParams | None = None) -> None:
         super().__init__(ctx)
@@ -93,6 +94,9 @@ class TtsActor(Actor):
     async def handle(self, event: Event) -> None:
         if isinstance(event, StartReply):
             self.replies[event.reply_id] = _Reply(event.turn_id, event.speculative)
+            return
+        if isinstance(event, SpeakText):
+            self._speak(event)
             return
         reply = self.replies.get(getattr(event, "reply_id", ""))
         if reply is None:
@@ -125,6 +129,17 @@ class TtsActor(Actor):
             reply.clauses.put_nowait(None)
         if reply.worker is None and isinstance(event, (CommitReply, LlmToken, LlmDone)) and self._may_render(reply):
             reply.worker = self.spawn(self._render(event.reply_id, reply), event.reply_id)  # type: ignore[attr-defined]
+
+    def _speak(self, event: SpeakText) -> None:
+        """Fixed text (a greeting): all its clauses are known, so rendering starts at once."""
+        tags, text = split_instructions(event.text)
+        reply = _Reply(event.turn_id, speculative=False, committed=True)
+        reply.instructions = self.params.default_instructions + tags
+        for clause in split_clauses(text, final=True)[0]:
+            reply.clauses.put_nowait(clause)
+        reply.clauses.put_nowait(None)
+        self.replies[event.reply_id] = reply
+        reply.worker = self.spawn(self._render(event.reply_id, reply), event.reply_id)
 
     async def _render(self, reply_id: str, reply: _Reply) -> None:
         seq = 0

@@ -50,6 +50,8 @@ from duplexer.runtime.events import (
     PlayoutStopped,
     ReplyReady,
     ResumePlayout,
+    SpeakRequest,
+    SpeakText,
     StartPlayout,
     StartReply,
     StateChanged,
@@ -110,8 +112,7 @@ class PolicyParams:
                 raise ValueError(f"policy parameter {f.name} must be >= 0, got {value}")
         if not 0 < self.pause_ms <= self.end_of_turn_ms:
             raise ValueError(
-                f"policy parameter pause_ms ({self.pause_ms}) must be > 0 and <= end_of_turn_ms "
-                f"({self.end_of_turn_ms})"
+                f"policy parameter pause_ms ({self.pause_ms}) must be > 0 and <= end_of_turn_ms ({self.end_of_turn_ms})"
             )
         if not self.end_of_turn_min_ms <= self.end_of_turn_ms <= self.end_of_turn_max_ms:
             raise ValueError(
@@ -227,9 +228,7 @@ class _Step:
 
     def start_reply(self, speculative: bool) -> Reply:
         seq = self.state.reply_seq + 1
-        reply = Reply(
-            reply_id=f"t{self.state.turn_id}r{seq}", user_text=self.state.user_text, speculative=speculative
-        )
+        reply = Reply(reply_id=f"t{self.state.turn_id}r{seq}", user_text=self.state.user_text, speculative=speculative)
         self.set(reply_seq=seq, reply=reply)
         if speculative:
             self.set(speculative_calls=self.state.speculative_calls + 1)
@@ -364,6 +363,14 @@ def _reply_ready(step: _Step, ev: ReplyReady) -> None:
     reply = step.state.reply
     if reply is not None and reply.reply_id == ev.reply_id:
         step.set(reply=replace(reply, ready=True))
+
+
+def _bot_speaks_first(step: _Step, ev: SpeakRequest) -> None:
+    reply = Reply(reply_id=ev.reply_id, user_text="", speculative=False, committed=True)
+    step.set(reply=reply)
+    step.emit(SpeakText, reply_id=ev.reply_id, text=ev.text)
+    step.emit(StartPlayout, reply_id=ev.reply_id)
+    step.goto(Phase.BOT_REPLYING, "bot speaks first")
 
 
 def _playout_started(step: _Step, ev: PlayoutStarted) -> None:
@@ -503,11 +510,13 @@ CONTROLLER_INPUTS: tuple[type[Event], ...] = (
     PlayoutProgress,
     PlayoutDone,
     PlayoutStopped,
+    SpeakRequest,
     Tick,
 )
 """Every event type the controller consumes."""
 
 _STALE = "stale: belongs to a reply that is no longer current"
+_NOT_NOW = "the bot never starts talking over the user or itself"
 
 TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
     S: {
@@ -521,6 +530,7 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         PlayoutProgress: _ignore(_STALE),
         PlayoutDone: _rule(_playout_done, note="late done of a stopped reply"),
         PlayoutStopped: _rule(_playout_stopped, note="truncate history to what was played"),
+        SpeakRequest: _rule(_bot_speaks_first, BR, note="the bot speaks first (a greeting)"),
         Tick: _ignore("nothing is timed in silence"),
     },
     US: {
@@ -534,6 +544,7 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         PlayoutProgress: _ignore(_STALE),
         PlayoutDone: _rule(_playout_done, note="late done of a stopped reply"),
         PlayoutStopped: _rule(_playout_stopped, note="truncate history to what was played"),
+        SpeakRequest: _ignore(_NOT_NOW),
         Tick: _rule(_tick_user_speaking, UP, BR, S, note="silence >= pause_ms: pause, speculate"),
     },
     UP: {
@@ -547,6 +558,7 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         PlayoutProgress: _ignore(_STALE),
         PlayoutDone: _rule(_playout_done, note="late done of a stopped reply"),
         PlayoutStopped: _rule(_playout_stopped, note="truncate history to what was played"),
+        SpeakRequest: _ignore(_NOT_NOW),
         Tick: _rule(_tick_user_paused, BR, S, note="end of turn: commit latest reply or start fresh"),
     },
     BR: {
@@ -560,6 +572,7 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         PlayoutProgress: _ignore("progress is for display"),
         PlayoutDone: _rule(_playout_done, S, note="reply played to its end"),
         PlayoutStopped: _rule(_playout_stopped, S, note="playout ended early: keep what was heard"),
+        SpeakRequest: _ignore(_NOT_NOW),
         Tick: _ignore("nothing is timed while the bot speaks alone"),
     },
     UO: {
@@ -573,6 +586,7 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         PlayoutProgress: _ignore("progress is for display"),
         PlayoutDone: _rule(_playout_done, US, note="bot finished: the user holds the floor"),
         PlayoutStopped: _rule(_playout_stopped, US, note="playout ended early: the user holds the floor"),
+        SpeakRequest: _ignore(_NOT_NOW),
         Tick: _rule(_tick_overlap, US, note="overlap >= min_barge_in_ms: barge-in, stop playout"),
     },
 }
@@ -591,9 +605,7 @@ def step(
 ) -> tuple[ControllerState, list[Event]]:
     """Apply one event at ``now_ms``; return the new state and the actions to carry out."""
     if now_ms < state.now_ms:
-        raise ClockWentBackwards(
-            f"controller time went backwards: {now_ms} ms after {state.now_ms} ms ({event.kind})"
-        )
+        raise ClockWentBackwards(f"controller time went backwards: {now_ms} ms after {state.now_ms} ms ({event.kind})")
     rule = rule_for(state.phase, type(event))
     state = replace(state, now_ms=now_ms)
     if rule.handler is None:

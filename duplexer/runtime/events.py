@@ -186,6 +186,24 @@ class TruncateHistory(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SpeakRequest(Event):
+    """Ask the bot to say fixed text on its own (a greeting); honoured only when nobody is speaking."""
+
+    reply_id: str
+    text: str
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeakText(Event):
+    """Say this text as the given reply (no LLM); playout follows a StartPlayout for it."""
+
+    reply_id: str
+    text: str
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StateChanged(Event):
     """The controller moved between states."""
 

@@ -69,11 +69,16 @@ def trim(pcm: bytes, rate_hz: int = INPUT_SAMPLE_RATE_HZ) -> bytes:
     return pcm[2 * start : 2 * end]
 
 
-def build_user_side(synthesize: Any, turns: Sequence[DemoTurn] = DEMO_TURNS) -> tuple[Scenario, list[bytes]]:
+def build_user_side(
+    synthesize: Any, turns: Sequence[DemoTurn] = DEMO_TURNS, after_greeting: bool = False
+) -> tuple[Scenario, list[bytes]]:
     """The scripted user as a scenario with exact speech timing, and its audio, one clip per segment."""
     steps: list[Say | Backchannel | Noise | Silence] = []
     clips: list[bytes] = []
-    for turn in turns:
+    for index, turn in enumerate(turns):
+        start = turn.start
+        if index == 0 and after_greeting:
+            start = Start(after="bot_done", gap_ms=400.0)
         segments, t = [], 0.0
         for part in turn.parts:
             clip = trim(synthesize(part))
@@ -81,7 +86,7 @@ def build_user_side(synthesize: Any, turns: Sequence[DemoTurn] = DEMO_TURNS) -> 
             segments.append(Segment(start_ms=t, end_ms=t + duration, words=[(t, w) for w in part.split()]))
             clips.append(clip)
             t += duration + turn.pause_ms
-        steps.append(Say(say=" ".join(turn.parts), segments=segments, start=turn.start))
+        steps.append(Say(say=" ".join(turn.parts), segments=segments, start=start))
     scenario = Scenario(name="demo", script=steps, tail_ms=4000.0, max_duration_ms=120_000.0)
     return scenario, clips
 
@@ -210,11 +215,14 @@ async def run_demo(
     compare: bool = True,
     turns: Sequence[DemoTurn] = DEMO_TURNS,
 ) -> tuple[LiveRun, LiveRun | None, list[dict[str, Any]], dict[str, Any]]:
-    scenario, clips = build_user_side(synthesize, turns)
+    greeting = persona.greeting if persona else ""
+    scenario, clips = build_user_side(synthesize, turns, after_greeting=bool(greeting))
     config = demo_config(persona)
     prompt = persona.system_prompt if persona else None
-    on = await run_live(scenario, clips, make_engines, config, prompt)
-    off = await run_live(scenario, clips, make_engines, without_speculation(config), prompt) if compare else None
+    on = await run_live(scenario, clips, make_engines, config, prompt, greeting=greeting)
+    off = None
+    if compare:
+        off = await run_live(scenario, clips, make_engines, without_speculation(config), prompt, greeting=greeting)
     records = turn_records(on, off)
     return on, off, records, summarize_demo(records, on, off)
 

@@ -151,6 +151,8 @@ def register(commands: Any) -> None:
     talk.add_argument("file", type=Path, nargs="?", help="the user's recording (wav)")
     talk.add_argument("--mic", action="store_true", help="talk live through the default microphone")
     talk.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
-    talk.add_argument("--persona", type=Path, help="persona YAML (see personas/)")
+    talk.add_argument(
+        "--persona", type=Path, help="persona YAML (see personas/); its greeting is not spoken over a recording"
+    )
     talk.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
     talk.set_defaults(handler=_talk)

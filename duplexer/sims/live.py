@@ -30,6 +30,7 @@ from duplexer.runtime.events import (
     Event,
     HistoryUpdated,
     PlayoutStarted,
+    SpeakRequest,
 )
 from duplexer.runtime.session import Session
 from duplexer.sims.scenario import Scenario
@@ -133,6 +134,7 @@ async def run_live(
     system_prompt: str | None = None,
     output_rate_hz: int = INPUT_SAMPLE_RATE_HZ,
     on_event: Callable[[Event], None] | None = None,
+    greeting: str = "",
 ) -> LiveRun:
     """Play ``scenario`` in real time, speaking ``utterances`` (one per speech span, in order)."""
     clock = LoopClock()
@@ -161,6 +163,9 @@ async def run_live(
 
     session.supervisor.spawn(record, "recorder")
     session.supervisor.spawn(lambda: _mic(session, track, stop_mic), "mic")
+    if greeting:
+        await asyncio.sleep(0)  # let the actors subscribe before the bot speaks first
+        session.ctx.emit(SpeakRequest, reply_id="greeting", text=greeting)
     user = _User(scenario, timeline, clock, watch, sink, {})
     try:
         await asyncio.wait_for(user.run(), timeout=scenario.max_duration_ms / 1000.0)
