@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "duplexer.sims.cli",
     "duplexer.policies.cli",
     "duplexer.sims.demo_cli",
+    "duplexer.protocols.webrtc_cli",
 )
 
 # name -> (module, function, help). Each function takes the remaining argv and returns an exit code.
@@ -23,6 +24,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "bus": ("duplexer.runtime.bench", "main", "in-process bus publish->deliver latency and rate"),
     "kernels": ("duplexer.kernels.bench", "main", "token interleave kernels: NumPy vs numba"),
     "demo": ("duplexer.sims.demo_cli", "bench_main", "the demo with real models, speculation on vs off"),
+    "webrtc": ("duplexer.protocols.webrtc_bench", "main", "barge-in stop latency over WebRTC vs in process"),
 }
 
 

@@ -1,0 +1,415 @@
+"""One WebRTC call: a peer connection glued to its own session of actors, and its teardown.
+
+Theory of operation
+-------------------
+:meth:`Call.answer` builds the session (bus, clock, actors from
+:func:`~duplexer.actors.pipeline.start_pipeline`), the outbound
+:class:`~duplexer.protocols.webrtc_audio.BotAudioTrack` (the session's sink), and
+the peer connection, and answers the offer. The remote audio track is pumped
+into the pipeline as :class:`~duplexer.runtime.events.AudioFrame` events by a
+session task; :class:`CallLinkActor` sends session events over the client's data
+channel as JSON (:mod:`duplexer.protocols.webrtc_messages`) and measures each turn.
+
+Any of these ends the call, once, through :meth:`Call.request_close`: the peer
+connection failing or closing (ICE failure, DTLS close on tab close), the data
+channel closing, the remote track ending, no connection within
+``connect_timeout_s``, no microphone audio for ``media_timeout_s`` (a vanished
+peer), a hangup request, or the server stopping. Closing stops the session
+(every actor and task), the track and the peer connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from duplexer.actors.pipeline import PipelineConfig, start_pipeline
+from duplexer.policies.controller import PolicyParams
+from duplexer.protocols.webrtc_audio import BotAudioTrack, InboundAudio
+from duplexer.protocols.webrtc_engines import EngineFactory
+from duplexer.protocols.webrtc_messages import (
+    FORWARDED_EVENTS,
+    PROTOCOL_VERSION,
+    encode,
+    event_message,
+)
+from duplexer.runtime.actor import Actor, SessionContext
+from duplexer.runtime.events import (
+    INPUT_SAMPLE_RATE_HZ,
+    AudioFrame,
+    CommitReply,
+    Event,
+    LlmToken,
+    PlayoutDone,
+    PlayoutStarted,
+    PlayoutStopped,
+    StartReply,
+    VadSpeechStart,
+    VadSpeechStop,
+)
+from duplexer.runtime.logging import get_logger
+from duplexer.runtime.session import Session
+
+CALL_POLICY = PolicyParams(backchannel_pause_playout=True)
+"""As in the demo: bot audio pauses the moment user speech is heard, and stops for good after min_barge_in_ms."""
+
+MAX_UNSENT_MESSAGES = 2000
+"""Messages held while the data channel is not open yet; the oldest go first beyond this."""
+
+
+class OfferRejected(ValueError):
+    """The offer cannot be answered; the message says why and what to send instead."""
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """What every call of a server shares."""
+
+    pipeline: PipelineConfig = field(default_factory=lambda: PipelineConfig(policy=CALL_POLICY))
+    rtc_configuration: RTCConfiguration = field(default_factory=lambda: RTCConfiguration(iceServers=[]))
+    connect_timeout_s: float = 30.0
+    media_timeout_s: float = 10.0
+    debug: bool = False
+    """Keep each call's sent messages, and accept the client's log of what it received."""
+    log_limit: int = 5000
+    engines_name: str = "real"
+
+
+@dataclass
+class TurnFigures:
+    """One reply's timing, gathered from events as they pass."""
+
+    reply_id: str
+    turn_id: int | None
+    started_ms: float
+    speculative: bool
+    first_token_ms: float | None = None
+    turn_end_ms: float | None = None
+    playout_started_ms: float | None = None
+    barge_in_onset_ms: float | None = None
+
+
+class TurnMeter:
+    """Per-turn latency figures: response latency, LLM first token, barge-in stop latency.
+
+    Bot audio times come from the track, so they are when audio left for the network.
+    """
+
+    def __init__(self, track: BotAudioTrack) -> None:
+        self.track = track
+        self.replies: dict[str, TurnFigures] = {}
+        self.last_speech_end_ms: float | None = None
+        self.playing: str | None = None
+
+    def see(self, event: Event) -> dict[str, Any] | None:
+        """Record ``event``; returns a metrics message when a reply's playout ends."""
+        if isinstance(event, StartReply):
+            self.replies[event.reply_id] = TurnFigures(event.reply_id, event.turn_id, event.ts_ms, event.speculative)
+            while len(self.replies) > 64:
+                self.replies.pop(next(iter(self.replies)))
+        elif isinstance(event, LlmToken):
+            figures = self.replies.get(event.reply_id)
+            if figures is not None and figures.first_token_ms is None:
+                figures.first_token_ms = event.ts_ms
+        elif isinstance(event, VadSpeechStop):
+            self.last_speech_end_ms = event.speech_end_ms
+        elif isinstance(event, CommitReply):
+            figures = self.replies.get(event.reply_id)
+            if figures is not None:
+                figures.turn_end_ms = self.last_speech_end_ms
+        elif isinstance(event, PlayoutStarted):
+            self.playing = event.reply_id
+            figures = self.replies.get(event.reply_id)
+            if figures is not None:
+                figures.playout_started_ms = event.ts_ms
+        elif isinstance(event, VadSpeechStart) and self.playing is not None:
+            figures = self.replies.get(self.playing)
+            if figures is not None and figures.barge_in_onset_ms is None:
+                figures.barge_in_onset_ms = event.speech_start_ms
+        elif isinstance(event, (PlayoutDone, PlayoutStopped)):
+            if self.playing == event.reply_id:
+                self.playing = None
+            figures = self.replies.pop(event.reply_id, None)
+            if figures is not None:
+                return self._metrics(event, figures, stopped=isinstance(event, PlayoutStopped))
+        return None
+
+    def _metrics(self, event: Event, figures: TurnFigures, stopped: bool) -> dict[str, Any]:
+        audio = self.track.replies.get(figures.reply_id)
+        first_audio_ms = audio.first_sent_ms if audio else figures.playout_started_ms
+        response = None
+        if first_audio_ms is not None and figures.turn_end_ms is not None:
+            response = first_audio_ms - figures.turn_end_ms
+        stop = None
+        if stopped and audio is not None and figures.barge_in_onset_ms is not None:
+            stop = audio.last_sent_end_ms - figures.barge_in_onset_ms
+        first_token = None
+        if figures.first_token_ms is not None:
+            first_token = figures.first_token_ms - figures.started_ms
+        return {
+            "type": "metrics",
+            "t_ms": round(event.ts_ms, 1),
+            "turn_id": figures.turn_id,
+            "reply_id": figures.reply_id,
+            "outcome": "stopped" if stopped else "done",
+            "speculative": figures.speculative,
+            "response_latency_ms": _rounded(response),
+            "llm_first_token_ms": _rounded(first_token),
+            "barge_in_stop_ms": _rounded(stop),
+            "played_ms": round(getattr(event, "played_ms", 0.0), 1),
+        }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+class CallLinkActor(Actor):
+    """Sends a session's events to the call's data channel, with per-turn metrics."""
+
+    name = "webrtc"
+    subscribes = FORWARDED_EVENTS
+    queue_size = 8192
+
+    def __init__(self, ctx: SessionContext, call: Call) -> None:
+        super().__init__(ctx)
+        self.call = call
+        self.meter = TurnMeter(call.track)
+
+    async def handle(self, event: Event) -> None:
+        message = event_message(event)
+        if message is not None:
+            self.call.send(message)
+        metrics = self.meter.see(event)
+        if metrics is not None:
+            self.call.send(metrics)
+
+
+class Call:
+    """One browser (or any WebRTC peer) in conversation with its own session of actors."""
+
+    def __init__(
+        self,
+        settings: CallSettings,
+        engines: EngineFactory,
+        on_closed: Callable[[Call], None] = lambda call: None,
+        call_id: str | None = None,
+    ) -> None:
+        self.id = call_id or uuid.uuid4().hex[:12]
+        self.settings = settings
+        self.engines = engines
+        self.on_closed = on_closed
+        self.log = get_logger(component="webrtc", session_id=self.id)
+        self.session = Session(session_id=self.id)
+        self.track = BotAudioTrack(self.session.clock)
+        self.inbound = InboundAudio()
+        self.pc = RTCPeerConnection(configuration=settings.rtc_configuration)
+        self.channel: RTCDataChannel | None = None
+        self.unsent: deque[str] = deque(maxlen=MAX_UNSENT_MESSAGES)
+        self.sent_log: deque[dict[str, Any]] = deque(maxlen=settings.log_limit)
+        self.client_log: list[dict[str, Any]] = []
+        self.client_stats: dict[str, Any] = {}
+        self.messages_sent = 0
+        self.connected = asyncio.Event()
+        self.last_media_s: float | None = None
+        self.close_reason: str | None = None
+        self.closed = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    # ------------------------------------------------------------ answering
+
+    async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        """Start the session and answer ``offer``; raises OfferRejected when it cannot be answered."""
+        pc = self.pc
+        pc.on("connectionstatechange", self._on_connection_state)
+        pc.on("iceconnectionstatechange", self._on_ice_state)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("track", self._on_track)
+        engines = await asyncio.to_thread(self.engines, self.session.clock, self.track)
+        start_pipeline(self.session, engines, self.settings.pipeline)
+        self.session.add(CallLinkActor(self.session.ctx, self))
+        self.send(
+            {
+                "type": "hello",
+                "t_ms": round(self.session.clock.now_ms(), 1),
+                "turn_id": None,
+                "session_id": self.id,
+                "protocol": PROTOCOL_VERSION,
+                "engines": self.settings.engines_name,
+                "input_rate_hz": INPUT_SAMPLE_RATE_HZ,
+            }
+        )
+        try:
+            await pc.setRemoteDescription(offer)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise OfferRejected(f"the offer SDP cannot be used: {exc or type(exc).__name__}") from None
+        if not any(t.kind == "audio" for t in pc.getTransceivers()):
+            raise OfferRejected("the offer has no audio section; add a microphone track before createOffer")
+        pc.addTrack(self.track)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        self._watchdog = asyncio.create_task(self._watch(), name=f"{self.id}:webrtc:watchdog")
+        self.log.info("webrtc_call_answered")
+        local = pc.localDescription
+        assert local is not None
+        return local
+
+    # ------------------------------------------------------------ peer connection events
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        self.log.info("webrtc_connection_state", state=state)
+        if state == "connected":
+            self.connected.set()
+        elif state in ("failed", "closed"):
+            self.request_close(f"connection_{state}")
+
+    def _on_ice_state(self) -> None:
+        if self.pc.iceConnectionState == "failed":
+            self.request_close("ice_failed")
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if self.channel is not None:
+            return  # the first channel carries events; others are ignored
+        self.channel = channel
+        channel.on("open", self._drain_unsent)
+        channel.on("close", lambda: self.request_close("data_channel_closed"))
+        channel.on("message", self._on_client_message)
+        self._drain_unsent()
+
+    def _on_client_message(self, data: str | bytes) -> None:
+        try:
+            message = json.loads(data)
+        except (ValueError, TypeError):
+            message = None
+        if isinstance(message, dict) and message.get("type") == "hangup":
+            self.request_close("hangup")
+        else:
+            self.log.warning("webrtc_bad_client_message", data=str(data)[:200])
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "audio":
+            return
+        track.on("ended", lambda: self.request_close("remote_track_ended"))
+        self.session.supervisor.spawn(lambda: self._pump(track), "webrtc-mic")
+
+    async def _pump(self, track: MediaStreamTrack) -> None:
+        """Feed the caller's microphone into the pipeline, frame by frame."""
+        ctx = self.session.ctx
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                self.request_close("remote_track_ended")
+                return
+            if not isinstance(frame, av.AudioFrame):
+                continue
+            self.last_media_s = self._loop.time()
+            for seq, pcm in self.inbound.push(frame, self.session.clock.now_ms()):
+                ctx.emit(AudioFrame, pcm=pcm, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
+
+    async def _watch(self) -> None:
+        """Close a call that never connects, or whose microphone audio stops arriving."""
+        settings = self.settings
+        try:
+            await asyncio.wait_for(self.connected.wait(), settings.connect_timeout_s)
+        except TimeoutError:
+            self.request_close("connect_timeout")
+            return
+        connected_s = self._loop.time()
+        period_s = min(1.0, settings.media_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period_s)
+            last_s = self.last_media_s if self.last_media_s is not None else connected_s
+            if self._loop.time() - last_s > settings.media_timeout_s:
+                self.request_close("media_timeout")
+                return
+
+    # ------------------------------------------------------------ messages
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send a message on the data channel, or hold it until the channel opens."""
+        if self.settings.debug:
+            self.sent_log.append(message)
+        self.messages_sent += 1
+        self.unsent.append(encode(message))
+        self._drain_unsent()
+
+    def _drain_unsent(self) -> None:
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return
+        while self.unsent:
+            channel.send(self.unsent.popleft())
+
+    # ------------------------------------------------------------ teardown
+
+    @property
+    def closing(self) -> bool:
+        return self._close_task is not None
+
+    def request_close(self, reason: str) -> asyncio.Task[None]:
+        """End the call (once; later requests return the same task)."""
+        if self._close_task is None:
+            self._close_task = asyncio.create_task(self._close(reason), name=f"{self.id}:webrtc:close")
+        return self._close_task
+
+    async def close(self, reason: str) -> None:
+        await self.request_close(reason)
+
+    async def _close(self, reason: str) -> None:
+        self.close_reason = reason
+        self.log.info("webrtc_call_closing", reason=reason)
+        try:
+            self.send({"type": "bye", "t_ms": round(self.session.clock.now_ms(), 1), "turn_id": None, "reason": reason})
+            if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+                self._watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watchdog
+            await self.session.stop()
+            self.track.stop()
+            await self.pc.close()
+        except Exception as exc:  # teardown must finish whatever broke
+            self.log.error("webrtc_close_failed", error=repr(exc))
+        finally:
+            self.closed.set()
+            self.on_closed(self)
+            self.log.info("webrtc_call_closed", reason=reason)
+
+    def summary(self) -> dict[str, Any]:
+        """The call at a glance, for the debug endpoints and benchmarks."""
+        counts = self.inbound.counts
+        out = self.track.counts
+        return {
+            "session_id": self.id,
+            "connection_state": self.pc.connectionState,
+            "closed": self.closed.is_set(),
+            "close_reason": self.close_reason,
+            "messages_sent": self.messages_sent,
+            "inbound": {
+                "frames_in": counts.frames_in,
+                "pipeline_frames": counts.frames_out,
+                "concealed_ms": round(counts.concealed_ms, 1),
+                "resyncs": counts.resyncs,
+            },
+            "outbound": {
+                "audio_frames": out.audio_frames,
+                "silence_frames": out.silence_frames,
+                "flushed_frames": out.flushed_frames,
+                "overflow_frames": out.overflow_frames,
+                "max_queued_frames": out.max_queued_frames,
+            },
+            "session_tasks": len(self.session.supervisor.tasks),
+        }

@@ -1,0 +1,165 @@
+"""`duplexer serve`: the WebRTC server and its call page, for live conversations from a browser."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from duplexer.cli_support import fail
+
+TOKEN_ENV = "DUPLEXER_TOKEN"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+BASE_WORKERS = 8
+WORKERS_PER_CALL = 8
+
+
+def worker_threads(max_sessions: int) -> int:
+    """Threads for the loop's default executor, which aiortc's Opus encoder shares with the engines.
+
+    A real-engine call can hold several workers at once (streams waiting on a model's
+    lock, speculative replies), and a starved encoder would stutter every call's audio.
+    """
+    return BASE_WORKERS + WORKERS_PER_CALL * max_sessions
+
+
+async def _serve(server: Any, preload: Any) -> str | None:
+    """Run until SIGINT/SIGTERM; a one-line error for the user, or None."""
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(worker_threads(server.config.max_sessions), thread_name_prefix="duplexer")
+    )
+    if preload is not None:
+        try:  # load the models now, so a missing package stops the command, not the first call
+            await asyncio.to_thread(preload)
+        except Exception as exc:
+            return f"--engines real could not start: {type(exc).__name__}: {exc}"
+    try:
+        await server.start()
+    except OSError as exc:
+        return f"cannot listen on {server.config.host}:{server.config.port} ({exc.strerror or exc}); try another --port"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await server.stop()
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from duplexer.protocols.webrtc_call import CallSettings
+    from duplexer.protocols.webrtc_engines import (
+        EnginesUnavailable,
+        preload_real_models,
+        real_engines,
+        scripted_engines,
+    )
+    from duplexer.protocols.webrtc_server import IceServer, ServerConfig, WebRtcServer
+    from duplexer.runtime.logging import configure_logging, get_logger
+
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    try:
+        ice = tuple(
+            IceServer(url, args.ice_username, args.ice_credential)
+            if url.startswith(("turn:", "turns:"))
+            else IceServer(url)
+            for url in args.ice_server
+        )
+        if args.connect_timeout <= 0 or args.media_timeout <= 0:
+            raise ValueError("--connect-timeout and --media-timeout must be positive seconds")
+        settings = CallSettings(
+            connect_timeout_s=args.connect_timeout,
+            media_timeout_s=args.media_timeout,
+            debug=args.debug,
+            engines_name=args.engines,
+        )
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            token=token,
+            max_sessions=args.max_sessions,
+            ice_servers=ice,
+            call=settings,
+        )
+    except ValueError as exc:
+        return fail(str(exc))
+    try:
+        configure_logging(args.log_level)
+    except ValueError as exc:
+        return fail(f"--log-level: {exc}")
+    preload = None
+    if args.engines == "real":
+        try:
+            engines = real_engines()
+        except EnginesUnavailable as exc:
+            return fail(str(exc))
+        preload = preload_real_models
+    else:
+        engines = scripted_engines()
+    if args.host not in LOOPBACK_HOSTS and token is None:
+        get_logger(component="webrtc").warning(
+            "webrtc_no_token",
+            host=args.host,
+            hint=f"anyone who can reach the port can call; set --token or {TOKEN_ENV}",
+        )
+    error = asyncio.run(_serve(WebRtcServer(config, engines), preload))
+    return fail(error) if error else 0
+
+
+def register(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve live calls from a browser over WebRTC",
+        description="Serve a web page and a WebRTC signalling endpoint. Each call is its own session of "
+        "actors: the browser's microphone goes in, the bot's voice comes back, and state changes, "
+        "transcripts, bot text and per-turn latency arrive on a data channel. Open http://HOST:PORT/ "
+        "in a browser. Details in docs/webrtc.md. Stop with Ctrl-C or SIGTERM.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080; 0 picks a free one)")
+    serve.add_argument(
+        "--token",
+        help=f"require 'Authorization: Bearer TOKEN' on the API (or set {TOKEN_ENV}, which keeps it out of ps)",
+    )
+    serve.add_argument("--max-sessions", type=int, default=4, metavar="N", help="concurrent calls (default: 4)")
+    serve.add_argument(
+        "--engines",
+        choices=("real", "scripted"),
+        default="real",
+        help="real (default): the models of duplexer.actors.real, loaded once; scripted: model-free engines "
+        "(energy VAD, canned transcript, scripted LLM, a humming voice), for trials and tests",
+    )
+    serve.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a STUN or TURN server for both peers, e.g. stun:stun.example.org:3478 (repeatable; default: "
+        "none, which works on loopback and closed networks)",
+    )
+    serve.add_argument("--ice-username", help="user name for the turn: servers")
+    serve.add_argument("--ice-credential", help="credential for the turn: servers")
+    serve.add_argument(
+        "--connect-timeout", type=float, default=30.0, metavar="S", help="end calls not connected by then"
+    )
+    serve.add_argument(
+        "--media-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="end calls whose microphone audio stops arriving for this long (a vanished peer)",
+    )
+    serve.add_argument(
+        "--debug",
+        action="store_true",
+        help="keep each call's messages and accept the page's received log (GET /calls, /calls/ID)",
+    )
+    serve.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
+    serve.set_defaults(handler=run)

