@@ -138,6 +138,11 @@ class PolicyParams:
         return self.end_of_turn_max_ms + p * 2.0 * (self.end_of_turn_ms - self.end_of_turn_max_ms)
 
 
+LIVE_CALL_POLICY = PolicyParams(backchannel_pause_playout=True)
+"""For live audio: bot audio pauses the moment user speech is heard (a fast audible stop) and
+stops for good only after min_barge_in_ms; shorter speech resumes it."""
+
+
 # ------------------------------------------------------------------ state
 
 

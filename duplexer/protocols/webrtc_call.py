@@ -34,7 +34,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
-from duplexer.policies.controller import PolicyParams
+from duplexer.policies.controller import LIVE_CALL_POLICY
 from duplexer.protocols.webrtc_audio import BotAudioTrack, InboundAudio
 from duplexer.protocols.webrtc_engines import EngineFactory
 from duplexer.protocols.webrtc_messages import (
@@ -60,9 +60,6 @@ from duplexer.runtime.events import (
 from duplexer.runtime.logging import get_logger
 from duplexer.runtime.session import Session
 
-CALL_POLICY = PolicyParams(backchannel_pause_playout=True)
-"""As in the demo: bot audio pauses the moment user speech is heard, and stops for good after min_barge_in_ms."""
-
 MAX_UNSENT_MESSAGES = 2000
 """Messages held while the data channel is not open yet; the oldest go first beyond this."""
 
@@ -75,7 +72,7 @@ class OfferRejected(ValueError):
 class CallSettings:
     """What every call of a server shares."""
 
-    pipeline: PipelineConfig = field(default_factory=lambda: PipelineConfig(policy=CALL_POLICY))
+    pipeline: PipelineConfig = field(default_factory=lambda: PipelineConfig(policy=LIVE_CALL_POLICY))
     rtc_configuration: RTCConfiguration = field(default_factory=lambda: RTCConfiguration(iceServers=[]))
     connect_timeout_s: float = 30.0
     media_timeout_s: float = 10.0

@@ -19,7 +19,7 @@ import numpy as np
 from duplexer.actors.pipeline import PipelineConfig
 from duplexer.actors.tts import TtsParams
 from duplexer.actors.vad import VadParams
-from duplexer.policies.controller import PolicyParams
+from duplexer.policies.controller import LIVE_CALL_POLICY
 from duplexer.runtime.events import (
     INPUT_SAMPLE_RATE_HZ,
     CancelReply,
@@ -33,9 +33,6 @@ from duplexer.sims.persona import Persona
 from duplexer.sims.scenario import Backchannel, Noise, Say, Scenario, Segment, Silence, Start
 from duplexer.sims.simulator import SimRun
 from duplexer.sims.vap import speech_segments_pcm
-
-DEMO_POLICY = PolicyParams(backchannel_pause_playout=True)
-"""Bot audio pauses the moment user speech is heard and stops for good after min_barge_in_ms."""
 
 USER_LENGTH_SCALE = 1.1
 """The demo's user speaks a little slower than the bot, in the same voice."""
@@ -93,7 +90,7 @@ def build_user_side(
 
 def demo_config(persona: Persona | None) -> PipelineConfig:
     tts = TtsParams(default_instructions=persona.tts_instructions if persona else ())
-    return PipelineConfig(policy=DEMO_POLICY, vad=VadParams(), tts=tts)
+    return PipelineConfig(policy=LIVE_CALL_POLICY, vad=VadParams(), tts=tts)
 
 
 def _reply_for_step(run: SimRun, index: int) -> str | None:
