@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "duplexer.sims.cli",
     "duplexer.policies.cli",
     "duplexer.sims.demo_cli",
+    "duplexer.protocols.mqtt_cli",
     "duplexer.protocols.webrtc_cli",
 )
 
@@ -24,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "bus": ("duplexer.runtime.bench", "main", "in-process bus publish->deliver latency and rate"),
     "kernels": ("duplexer.kernels.bench", "main", "token interleave kernels: NumPy vs numba"),
     "demo": ("duplexer.sims.demo_cli", "bench_main", "the demo with real models, speculation on vs off"),
+    "mqtt": ("duplexer.protocols.mqtt_bench", "main", "MQTT bridge: concurrent real-time devices, broker hop"),
     "webrtc": ("duplexer.protocols.webrtc_bench", "main", "barge-in stop latency over WebRTC vs in process"),
 }
 

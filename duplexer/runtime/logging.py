@@ -11,6 +11,16 @@ import structlog
 _configured = False
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is now, so a replaced-then-closed stream is never kept."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "WARNING", stream: TextIO | None = None) -> None:
     """JSON lines to stderr (or ``stream``) at ``level``; safe to call more than once."""
     global _configured
@@ -26,7 +36,7 @@ def configure_logging(level: str = "WARNING", stream: TextIO | None = None) -> N
             structlog.processors.JSONRenderer(sort_keys=True),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or _CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     _configured = True

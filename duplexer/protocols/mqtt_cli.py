@@ -1,0 +1,175 @@
+"""`duplexer mqtt`: bridge an MQTT broker to duplexer sessions, one per device (robots, IoT)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from duplexer.cli_support import fail
+
+PASSWORD_ENV = "DUPLEXER_MQTT_PASSWORD"
+REAL_ENGINES_MODULE = "duplexer.actors.real"
+
+
+class EnginesUnavailable(RuntimeError):
+    """The requested engines cannot be built on this machine."""
+
+
+def parse_policy_sets(items: list[str]) -> dict[str, float | int | bool]:
+    """``KEY=VALUE`` strings as policy overrides; raises ValueError naming the bad item."""
+    overrides: dict[str, float | int | bool] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r} is not KEY=VALUE, e.g. --set end_of_turn_ms=600")
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            overrides[key.strip()] = lowered == "true"
+            continue
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: the value must be a number or true/false") from None
+        overrides[key.strip()] = int(number) if number.is_integer() else number
+    return overrides
+
+
+def real_engine_factory() -> Any:
+    """``duplexer.actors.real.build_engines``, imported only when real engines are asked for."""
+    import importlib
+
+    try:
+        module = importlib.import_module(REAL_ENGINES_MODULE)
+    except ImportError as exc:
+        raise EnginesUnavailable(
+            f"--engines real needs {REAL_ENGINES_MODULE}.build_engines, which cannot be imported ({exc}); "
+            "install the real-model packages, or use --engines scripted for a model-free trial"
+        ) from None
+    build = getattr(module, "build_engines", None)
+    if not callable(build):
+        raise EnginesUnavailable(
+            f"--engines real needs {REAL_ENGINES_MODULE}.build_engines(clock, sink), which it does not define"
+        )
+    return build
+
+
+class _DiscardSink:
+    """A sink for the real engines' start-up check; nothing is played into it."""
+
+    def write(self, pcm: bytes, sample_rate_hz: int, reply_id: str, ts_ms: float) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+async def _serve(bridge: Any, preflight: Any) -> str | None:
+    """Run the bridge until SIGINT/SIGTERM; a one-line error for the user, or None."""
+    from duplexer.protocols.mqtt import BrokerLoginRefused
+    from duplexer.runtime.clock import LoopClock
+
+    if preflight is not None:
+        try:  # load the models now, so a missing package stops the command, not the first device
+            preflight(LoopClock(), _DiscardSink())
+        except Exception as exc:
+            return f"--engines real could not start: {type(exc).__name__}: {exc}"
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, bridge.request_stop)
+    try:
+        await bridge.run()
+    except BrokerLoginRefused as exc:
+        return str(exc)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from duplexer.actors.pipeline import PipelineConfig
+    from duplexer.policies.controller import PolicyParams
+    from duplexer.protocols.mqtt import BridgeConfig, MqttBridge, policy_with, scripted_engines
+    from duplexer.protocols.mqtt_connection import broker_settings
+    from duplexer.protocols.mqtt_topics import Topics, WireError, valid_device_id
+    from duplexer.runtime.logging import configure_logging
+
+    try:
+        configure_logging(args.log_level)
+        password = args.password if args.password is not None else os.environ.get(PASSWORD_ENV)
+        broker = broker_settings(args.broker, args.username, password, args.tls, args.ca_file, args.tls_insecure)
+        topics = Topics(args.prefix)
+        overrides = parse_policy_sets(args.set)
+    except ValueError as exc:
+        return fail(str(exc))
+    if args.device_id is not None and not valid_device_id(args.device_id):
+        return fail(
+            f"--device-id {args.device_id!r} is not valid: use 1-64 of A-Z a-z 0-9 _ . - "
+            "starting with a letter or digit"
+        )
+    if not valid_device_id(args.bridge_id):
+        return fail(f"--bridge-id {args.bridge_id!r} is not valid: use 1-64 of A-Z a-z 0-9 _ . -")
+    try:
+        policy = policy_with(PolicyParams(), overrides)
+    except WireError as exc:
+        return fail(f"--set: {exc.message}")
+    preflight = None
+    if args.engines == "real":
+        try:
+            engines = preflight = real_engine_factory()
+        except EnginesUnavailable as exc:
+            return fail(str(exc))
+    else:
+        engines = scripted_engines()
+    config = BridgeConfig(
+        topics=topics,
+        device_id=args.device_id,
+        bridge_id=args.bridge_id,
+        pipeline=PipelineConfig(policy=policy),
+    )
+    bridge = MqttBridge(broker, engines, config)
+    error = asyncio.run(_serve(bridge, preflight))
+    return fail(error) if error else 0
+
+
+def register(commands: Any) -> None:
+    mqtt = commands.add_parser(
+        "mqtt",
+        help="bridge an MQTT broker to sessions, one per device (robots, IoT)",
+        description="Bridge an MQTT broker to duplexer: each device publishes microphone frames and "
+        "control messages and receives bot audio and events, with one session per device id. "
+        "The topic scheme and payloads are in docs/mqtt.md. Reconnects with backoff when the "
+        "broker goes away; sessions keep their state meanwhile. Stop with Ctrl-C or SIGTERM.",
+    )
+    mqtt.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:1883 or mqtts://host:8883")
+    mqtt.add_argument("--username", help="broker user name")
+    mqtt.add_argument("--password", help=f"broker password (or set {PASSWORD_ENV}, which keeps it out of ps)")
+    mqtt.add_argument("--tls", action="store_true", help="connect with TLS (implied by mqtts://)")
+    mqtt.add_argument("--ca-file", type=Path, metavar="PATH", help="CA certificate for TLS (default: system CAs)")
+    mqtt.add_argument("--tls-insecure", action="store_true", help="skip TLS certificate and host checks (testing only)")
+    who = mqtt.add_mutually_exclusive_group(required=True)
+    who.add_argument("--device-id", metavar="ID", help="serve this one device")
+    who.add_argument("--all-devices", action="store_true", help="serve every device under the prefix")
+    mqtt.add_argument(
+        "--engines",
+        choices=("real", "scripted"),
+        default="real",
+        help="real (default): the models of duplexer.actors.real; scripted: model-free engines "
+        "(energy VAD, canned transcript, scripted LLM and TTS that speaks silence), for tests "
+        "and benchmarks only",
+    )
+    mqtt.add_argument("--prefix", default="duplexer", help="topic prefix (default: duplexer)")
+    mqtt.add_argument("--bridge-id", default="main", help="names this bridge's status topic {prefix}/_bridge/ID/status")
+    mqtt.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy parameter for every session, e.g. --set end_of_turn_ms=600 (see `duplexer policy show`)",
+    )
+    mqtt.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
+    mqtt.set_defaults(handler=run)

@@ -1,0 +1,376 @@
+"""The MQTT wire contract: topic names, the audio frame header, and the JSON messages.
+
+Everything a device has to get right lives here, without I/O, so the bridge, the
+device client, the example and the tests share one definition. docs/mqtt.md
+describes the same contract for integrators; keep the two in step.
+
+Topics (``{p}`` is the prefix, ``duplexer`` by default)::
+
+    {p}/{device}/config     device -> bridge  QoS 1, retained  audio format (JSON)
+    {p}/{device}/audio/in   device -> bridge  QoS 0            header + PCM16 mono
+    {p}/{device}/control    device -> bridge  QoS 1            start/stop/interrupt/policy/stats (JSON)
+    {p}/{device}/status     device -> bridge  QoS 1, retained  online/offline, the device's last will
+    {p}/{device}/audio/out  bridge -> device  QoS 0            header + PCM16 mono at the TTS rate
+    {p}/{device}/events     bridge -> device  QoS 1            JSON, one object per message
+    {p}/_bridge/{id}/status bridge            QoS 1, retained  online/offline, the bridge's last will
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_PREFIX = "duplexer"
+BRIDGE_LEVEL = "_bridge"
+"""Topic level reserved for bridges; device ids may not start with an underscore."""
+
+QOS_AUDIO = 0
+"""Audio is real-time: a late frame is worth less than no frame, and loss is detected by sequence."""
+QOS_EVENTS = 1
+QOS_CONTROL = 1
+QOS_CONFIG = 1
+QOS_STATUS = 1
+
+MAX_AUDIO_PAYLOAD_BYTES = 32 * 1024
+"""Largest audio/in message accepted: 100 ms of 48 kHz PCM16 is 9,608 bytes with its header."""
+MAX_JSON_PAYLOAD_BYTES = 16 * 1024
+"""Largest config or control message accepted."""
+
+DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+ONLINE = "online"
+OFFLINE = "offline"
+
+
+class Channel(enum.StrEnum):
+    """The per-device topic suffixes."""
+
+    CONFIG = "config"
+    AUDIO_IN = "audio/in"
+    CONTROL = "control"
+    STATUS = "status"
+    AUDIO_OUT = "audio/out"
+    EVENTS = "events"
+
+
+DEVICE_PUBLISHES: tuple[tuple[Channel, int], ...] = (
+    (Channel.CONFIG, QOS_CONFIG),
+    (Channel.AUDIO_IN, QOS_AUDIO),
+    (Channel.CONTROL, QOS_CONTROL),
+    (Channel.STATUS, QOS_STATUS),
+)
+"""What the bridge subscribes to, with the QoS it asks for."""
+
+
+class ErrorCode(enum.StrEnum):
+    """Why a device's message was refused; carried as ``code`` in error events."""
+
+    MALFORMED_JSON = "malformed_json"
+    BAD_CONTROL = "bad_control"
+    BAD_CONFIG = "bad_config"
+    UNKNOWN_FORMAT = "unknown_format"
+    WRONG_FRAME_SIZE = "wrong_frame_size"
+    UNKNOWN_DEVICE = "unknown_device"
+    OVERSIZED = "oversized"
+    BAD_DEVICE_ID = "bad_device_id"
+    BAD_STATUS = "bad_status"
+    BAD_POLICY = "bad_policy"
+    SESSION_STOPPED = "session_stopped"
+    TOO_MANY_DEVICES = "too_many_devices"
+    ENGINE_FAILED = "engine_failed"
+    INTERNAL = "internal"
+
+
+class WireError(ValueError):
+    """A message that breaks the contract: a code for machines and one line for people."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# ------------------------------------------------------------------ topics
+
+
+def valid_device_id(device_id: str) -> bool:
+    return DEVICE_ID_PATTERN.fullmatch(device_id) is not None
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(c in self.prefix for c in "+#\0") or self.prefix.startswith("$"):
+            raise ValueError(
+                f"topic prefix {self.prefix!r} is not usable: it must be non-empty, without + # or a leading $"
+            )
+
+    def device(self, device_id: str, channel: Channel) -> str:
+        return f"{self.prefix}/{device_id}/{channel.value}"
+
+    def bridge_status(self, bridge_id: str) -> str:
+        return f"{self.prefix}/{BRIDGE_LEVEL}/{bridge_id}/status"
+
+    def parse_bridge_status(self, topic: str) -> str | None:
+        """The bridge id of a bridge status topic; None for anything else."""
+        head, tail = f"{self.prefix}/{BRIDGE_LEVEL}/", "/status"
+        if topic.startswith(head) and topic.endswith(tail):
+            bridge_id = topic[len(head) : -len(tail)]
+            return bridge_id if bridge_id and "/" not in bridge_id else None
+        return None
+
+    def subscriptions(self, device_id: str | None) -> list[tuple[str, int]]:
+        """Filters the bridge subscribes to: one device's topics, or every device's with ``+``."""
+        level = device_id if device_id is not None else "+"
+        return [(f"{self.prefix}/{level}/{channel.value}", qos) for channel, qos in DEVICE_PUBLISHES]
+
+    def parse(self, topic: str) -> tuple[str, Channel] | None:
+        """The device id and channel of a device topic; None for anything else."""
+        head = self.prefix + "/"
+        if not topic.startswith(head):
+            return None
+        device_id, _, rest = topic[len(head) :].partition("/")
+        if not device_id or device_id == BRIDGE_LEVEL:
+            return None
+        try:
+            return device_id, Channel(rest)
+        except ValueError:
+            return None
+
+
+# ------------------------------------------------------------------ audio frames
+
+AUDIO_MAGIC = b"DX"
+AUDIO_VERSION = 1
+AUDIO_HEADER = struct.Struct("<2sBBI")
+"""magic ``DX``, version, flags, sequence number (uint32, little-endian): 8 bytes before the PCM."""
+AUDIO_HEADER_BYTES = AUDIO_HEADER.size
+SEQ_MODULUS = 1 << 32
+
+FLAG_REPLY_START = 0x01
+"""audio/out: the first frame of a reply."""
+FLAG_DELAYED = 0x02
+"""audio/in: the device held this frame during an outage and sends it late."""
+
+
+@dataclass(frozen=True)
+class AudioHeader:
+    seq: int
+    flags: int = 0
+
+
+def pack_audio(seq: int, pcm: bytes, flags: int = 0) -> bytes:
+    return AUDIO_HEADER.pack(AUDIO_MAGIC, AUDIO_VERSION, flags, seq % SEQ_MODULUS) + pcm
+
+
+def unpack_audio(payload: bytes) -> tuple[AudioHeader, bytes]:
+    """Split an audio message into header and PCM; raises WireError(UNKNOWN_FORMAT) if it is not one."""
+    if len(payload) < AUDIO_HEADER_BYTES:
+        raise WireError(
+            ErrorCode.UNKNOWN_FORMAT,
+            f"audio message of {len(payload)} bytes is shorter than the {AUDIO_HEADER_BYTES}-byte header",
+        )
+    magic, version, flags, seq = AUDIO_HEADER.unpack_from(payload)
+    if magic != AUDIO_MAGIC:
+        raise WireError(
+            ErrorCode.UNKNOWN_FORMAT,
+            f"audio message does not start with the magic {AUDIO_MAGIC!r} (got {magic!r}); "
+            "prefix each frame with the 8-byte header described in docs/mqtt.md",
+        )
+    if version != AUDIO_VERSION:
+        raise WireError(
+            ErrorCode.UNKNOWN_FORMAT,
+            f"audio header version {version} is not supported; this bridge speaks version {AUDIO_VERSION}",
+        )
+    return AudioHeader(seq, flags), payload[AUDIO_HEADER_BYTES:]
+
+
+def seq_distance(seq: int, expected: int) -> int:
+    """Signed distance from ``expected`` to ``seq`` on the wrapping uint32 sequence."""
+    return (seq - expected + SEQ_MODULUS // 2) % SEQ_MODULUS - SEQ_MODULUS // 2
+
+
+# ------------------------------------------------------------------ JSON messages
+
+ENCODING_PCM16LE = "pcm16le"
+MIN_SAMPLE_RATE_HZ = 8_000
+MAX_SAMPLE_RATE_HZ = 48_000
+MIN_FRAME_MS = 10
+MAX_FRAME_MS = 100
+
+
+def _json_object(payload: bytes, what: str, code: ErrorCode) -> dict[str, Any]:
+    if len(payload) > MAX_JSON_PAYLOAD_BYTES:
+        raise WireError(
+            ErrorCode.OVERSIZED,
+            f"{what} message of {len(payload)} bytes exceeds the {MAX_JSON_PAYLOAD_BYTES}-byte limit",
+        )
+    try:
+        value = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(ErrorCode.MALFORMED_JSON, f"{what} message is not UTF-8 JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise WireError(code, f"{what} message must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _reject_unknown(obj: dict[str, Any], allowed: set[str], what: str, code: ErrorCode) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise WireError(code, f"{what} has unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _int_field(obj: dict[str, Any], name: str, default: int, what: str, code: ErrorCode) -> int:
+    value = obj.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WireError(code, f"{what} field {name!r} must be an integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """A device's microphone format, declared in its retained config message."""
+
+    sample_rate_hz: int
+    frame_ms: int = 20
+    channels: int = 1
+    encoding: str = ENCODING_PCM16LE
+
+    @property
+    def frame_samples(self) -> int:
+        return self.sample_rate_hz * self.frame_ms // 1000
+
+    @property
+    def frame_bytes(self) -> int:
+        return 2 * self.frame_samples * self.channels
+
+    def check_frame(self, pcm: bytes) -> None:
+        """Raise WireError(WRONG_FRAME_SIZE) unless ``pcm`` is exactly one frame of this format."""
+        if len(pcm) != self.frame_bytes:
+            raise WireError(
+                ErrorCode.WRONG_FRAME_SIZE,
+                f"audio frame has {len(pcm)} PCM bytes; the config declares {self.frame_ms} ms at "
+                f"{self.sample_rate_hz} Hz mono PCM16, which is {self.frame_bytes} bytes",
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "encoding": self.encoding,
+            "sample_rate_hz": self.sample_rate_hz,
+            "channels": self.channels,
+            "frame_ms": self.frame_ms,
+        }
+
+
+CONFIG_FIELDS = {"encoding", "sample_rate_hz", "channels", "frame_ms"}
+
+
+def parse_config(payload: bytes) -> AudioFormat:
+    """A device's config message; raises WireError naming the field to fix."""
+    what = "config"
+    obj = _json_object(payload, what, ErrorCode.BAD_CONFIG)
+    _reject_unknown(obj, CONFIG_FIELDS, what, ErrorCode.BAD_CONFIG)
+    encoding = obj.get("encoding", ENCODING_PCM16LE)
+    if encoding != ENCODING_PCM16LE:
+        raise WireError(
+            ErrorCode.UNKNOWN_FORMAT,
+            f"audio encoding {encoding!r} is not supported; send {ENCODING_PCM16LE!r} (PCM16 little-endian)",
+        )
+    channels = _int_field(obj, "channels", 1, what, ErrorCode.UNKNOWN_FORMAT)
+    if channels != 1:
+        raise WireError(ErrorCode.UNKNOWN_FORMAT, f"audio must be mono (channels 1), got channels {channels}")
+    if "sample_rate_hz" not in obj:
+        raise WireError(ErrorCode.BAD_CONFIG, "config needs 'sample_rate_hz', e.g. 16000")
+    rate = _int_field(obj, "sample_rate_hz", 0, what, ErrorCode.BAD_CONFIG)
+    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
+        raise WireError(
+            ErrorCode.UNKNOWN_FORMAT,
+            f"sample_rate_hz {rate} is outside {MIN_SAMPLE_RATE_HZ}..{MAX_SAMPLE_RATE_HZ}",
+        )
+    frame_ms = _int_field(obj, "frame_ms", 20, what, ErrorCode.BAD_CONFIG)
+    if not MIN_FRAME_MS <= frame_ms <= MAX_FRAME_MS or rate * frame_ms % 1000:
+        raise WireError(
+            ErrorCode.BAD_CONFIG,
+            f"frame_ms {frame_ms} must be within {MIN_FRAME_MS}..{MAX_FRAME_MS} and give a whole number "
+            f"of samples at {rate} Hz",
+        )
+    return AudioFormat(sample_rate_hz=rate, frame_ms=frame_ms, channels=channels, encoding=encoding)
+
+
+class ControlType(enum.StrEnum):
+    START = "start"
+    STOP = "stop"
+    INTERRUPT = "interrupt"
+    POLICY = "policy"
+    STATS = "stats"
+
+
+PolicyOverrides = dict[str, float | int | bool]
+
+
+@dataclass(frozen=True)
+class Control:
+    """One control message: its type and, for start and policy, policy parameter overrides."""
+
+    type: ControlType
+    policy: PolicyOverrides | None = None
+
+
+def _is_overrides(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(v)) for v in value.values()
+    )
+
+
+def parse_control(payload: bytes) -> Control:
+    """A device's control message; raises WireError naming what to fix."""
+    what = "control"
+    obj = _json_object(payload, what, ErrorCode.BAD_CONTROL)
+    kind = obj.get("type")
+    try:
+        control_type = ControlType(kind if isinstance(kind, str) else "")
+    except ValueError:
+        raise WireError(
+            ErrorCode.BAD_CONTROL,
+            f"control 'type' {kind!r} is not one of {[t.value for t in ControlType]}",
+        ) from None
+    allowed = {"type", "policy"} if control_type in (ControlType.START, ControlType.POLICY) else {"type"}
+    _reject_unknown(obj, allowed, f"control {control_type.value!r}", ErrorCode.BAD_CONTROL)
+    policy = obj.get("policy")
+    if control_type is ControlType.POLICY and policy is None:
+        raise WireError(ErrorCode.BAD_CONTROL, "control 'policy' needs a 'policy' object of overrides")
+    if policy is not None and not _is_overrides(policy):
+        raise WireError(
+            ErrorCode.BAD_POLICY,
+            "'policy' must be an object of parameter names to finite numbers or booleans, "
+            'e.g. {"end_of_turn_ms": 600}',
+        )
+    return Control(control_type, policy)
+
+
+def parse_status(payload: bytes) -> str:
+    """``online`` or ``offline``, sent as plain text or as ``{"state": ...}``."""
+    text = payload.decode("utf-8", errors="replace").strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = None
+        text = str(value.get("state", "")) if isinstance(value, dict) else ""
+    state = text.lower()
+    if state not in (ONLINE, OFFLINE):
+        raise WireError(ErrorCode.BAD_STATUS, f"status must be {ONLINE!r} or {OFFLINE!r}, got {text[:40]!r}")
+    return state
+
+
+def encode_json(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
