@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "kernels": ("duplexer.kernels.bench", "main", "token interleave kernels: NumPy vs numba"),
     "demo": ("duplexer.sims.demo_cli", "bench_main", "the demo with real models, speculation on vs off"),
     "mqtt": ("duplexer.protocols.mqtt_bench", "main", "MQTT bridge: concurrent real-time devices, broker hop"),
+    "llm-serving": ("duplexer.actors.llm_bench", "main", "LLM server: speculation's discarded work, prefix reuse"),
     "webrtc": ("duplexer.protocols.webrtc_bench", "main", "barge-in stop latency over WebRTC vs in process"),
 }
 
