@@ -18,18 +18,32 @@ def _persona(path: Path | None) -> Any:
     return load_persona(path) if path else None
 
 
-def _engines() -> tuple[Any, Any]:
-    """Load the real models once; returns (engine factory, user-voice synthesizer)."""
+def _engines(args: argparse.Namespace | None = None) -> tuple[Any, Any]:
+    """Load the real models once; returns (engine factory, user-voice synthesizer).
+
+    With ``--llm`` naming a server backend, replies come from that server instead of SmolLM2.
+    """
     from duplexer.actors.real import build_engines, load_models
 
     models = load_models()
+    server_llm = None
+    if args is not None and getattr(args, "llm", "local") != "local":
+        from duplexer.actors.llm_select import build_llm_engine, llm_config_from_args
+
+        server_llm = build_llm_engine(llm_config_from_args(args))
+
+    def make_engines(clock: Any, sink: Any) -> Any:
+        engines = build_engines(clock, sink)
+        if server_llm is not None:
+            engines.llm = server_llm
+        return engines
 
     def synthesize_user(text: str) -> bytes:
         from duplexer.sims.demo import USER_LENGTH_SCALE
 
         return models.tts.synthesize_blocking(text, length_scale=USER_LENGTH_SCALE)
 
-    return build_engines, synthesize_user
+    return make_engines, synthesize_user
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -42,8 +56,8 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         persona = _persona(args.persona)
         print("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...", file=sys.stderr)
-        make_engines, synthesize = _engines()
-    except (ModelPackageMissing, PersonaError) as exc:
+        make_engines, synthesize = _engines(args)
+    except (ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
     print("running the conversation in real time, with speculation on, then off...", file=sys.stderr)
     on, _, records, summary = asyncio.run(run_demo(make_engines, synthesize, persona, compare=not args.no_compare))
@@ -76,7 +90,7 @@ def _talk(args: argparse.Namespace) -> int:
         pcm = read_wav(args.file, INPUT_SAMPLE_RATE_HZ)
         scenario, clips = recording_scenario(pcm, args.file.stem)
         persona = _persona(args.persona)
-        make_engines, _ = _engines()
+        make_engines, _ = _engines(args)
     except (WavError, ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
     config = demo_config(persona)
@@ -126,6 +140,8 @@ def bench_main(argv: Sequence[str]) -> int:
 
 
 def register(commands: Any) -> None:
+    from duplexer.actors.llm_select import add_llm_arguments
+
     demo = commands.add_parser(
         "demo",
         help="a real conversation with real models on this CPU (the main job)",
@@ -139,6 +155,7 @@ def register(commands: Any) -> None:
     demo.add_argument("--persona", type=Path, help="persona YAML (see personas/)")
     demo.add_argument("--no-compare", action="store_true", help="skip the speculation-off run")
     demo.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
+    add_llm_arguments(demo)
     demo.set_defaults(handler=_demo)
 
     talk = commands.add_parser(
@@ -155,4 +172,5 @@ def register(commands: Any) -> None:
         "--persona", type=Path, help="persona YAML (see personas/); its greeting is not spoken over a recording"
     )
     talk.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
+    add_llm_arguments(talk)
     talk.set_defaults(handler=_talk)
