@@ -95,7 +95,12 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``--llm*`` options of a command that runs sessions (demo, talk, serve)."""
     group = parser.add_argument_group("LLM backend")
     group.add_argument("--llm", choices=LLM_BACKENDS, default="local", help="LLM backend (default: local)")
-    group.add_argument("--llm-url", help="server base URL (openai: ends in /v1; sglang-server: http://HOST:PORT)")
+    group.add_argument(
+        "--llm-url",
+        "--llm-base-url",
+        dest="llm_url",
+        help="server base URL (openai: ends in /v1; sglang-server: http://HOST:PORT)",
+    )
     group.add_argument("--llm-model", help="openai: model name; sglang: model path")
     group.add_argument("--llm-api-key-env", help="environment variable holding the server's API key")
     group.add_argument("--llm-prompt-format", help="openai: chat|step-audio; sglang*: chatml|step-audio (|model)")
