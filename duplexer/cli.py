@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "demo": ("duplexer.sims.demo_cli", "bench_main", "the demo with real models, speculation on vs off"),
     "mqtt": ("duplexer.protocols.mqtt_bench", "main", "MQTT bridge: concurrent real-time devices, broker hop"),
     "llm-serving": ("duplexer.actors.llm_bench", "main", "LLM server: speculation's discarded work, prefix reuse"),
+    "llm": ("duplexer.actors.llm_bench_backends", "main", "LLM in process vs its HTTP server: TTFT, decode, cancel"),
     "webrtc": ("duplexer.protocols.webrtc_bench", "main", "barge-in stop latency over WebRTC vs in process"),
 }
 
