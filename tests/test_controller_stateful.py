@@ -134,9 +134,7 @@ class ControllerMachine(RuleBasedStateMachine):
         self.segment += 1
         if probability >= self.params.min_speech_probability:
             self.speaking_since = self.now
-        self.apply(
-            ev(VadSpeechStart, segment_id=self.segment, probability=probability, speech_start_ms=self.now)
-        )
+        self.apply(ev(VadSpeechStart, segment_id=self.segment, probability=probability, speech_start_ms=self.now))
         if probability < self.params.min_speech_probability:
             self.apply(ev(VadSpeechStop, segment_id=self.segment, probability=0.1, speech_end_ms=self.now))
         else:
@@ -180,9 +178,7 @@ class ControllerMachine(RuleBasedStateMachine):
         reply_id = data.draw(st.sampled_from(sorted(self.started)))
         self.apply(ev(ReplyReady, reply_id=reply_id))
 
-    @precondition(
-        lambda self: self.playing is None and bool(self.playout_requested - self.ended - self.cancelled)
-    )
+    @precondition(lambda self: self.playing is None and bool(self.playout_requested - self.ended - self.cancelled))
     @rule(data=st.data())
     def playout_starts(self, data: st.DataObject) -> None:
         reply_id = data.draw(st.sampled_from(sorted(self.playout_requested - self.ended - self.cancelled)))

@@ -42,9 +42,7 @@ sem_codes = st.lists(st.integers(0, SEMANTIC_CODEBOOK_SIZE - 1), max_size=60)
 def whole_groups(draw: st.DrawFn) -> tuple[list[int], list[int]]:
     """Codes making whole 2:3 groups."""
     groups = draw(st.integers(0, 15))
-    ling = draw(
-        st.lists(st.integers(0, LINGUISTIC_CODEBOOK_SIZE - 1), min_size=2 * groups, max_size=2 * groups)
-    )
+    ling = draw(st.lists(st.integers(0, LINGUISTIC_CODEBOOK_SIZE - 1), min_size=2 * groups, max_size=2 * groups))
     sem = draw(st.lists(st.integers(0, SEMANTIC_CODEBOOK_SIZE - 1), min_size=3 * groups, max_size=3 * groups))
     return ling, sem
 
@@ -93,9 +91,7 @@ def test_flushed_tail_continues_group_order_then_the_longer_stream(backend: str)
 @pytest.mark.parametrize("backend", BACKENDS)
 @FAST
 @given(ling=ling_codes, sem=sem_codes)
-def test_deinterleave_inverts_interleave_for_any_lengths(
-    backend: str, ling: list[int], sem: list[int]
-) -> None:
+def test_deinterleave_inverts_interleave_for_any_lengths(backend: str, ling: list[int], sem: list[int]) -> None:
     ids = interleave(ling, sem, backend=backend)  # type: ignore[arg-type]
     assert len(ids) == len(ling) + len(sem)
     got_ling, got_sem = deinterleave(ids, backend=backend)  # type: ignore[arg-type]
@@ -118,9 +114,7 @@ def test_numba_interleave_equals_numpy_reference(ling: list[int], sem: list[int]
     sem=st.lists(st.integers(-3, SEMANTIC_CODEBOOK_SIZE + 3), max_size=30),
     flush=st.booleans(),
 )
-def test_numba_interleave_reports_the_same_fault_as_numpy(
-    ling: list[int], sem: list[int], flush: bool
-) -> None:
+def test_numba_interleave_reports_the_same_fault_as_numpy(ling: list[int], sem: list[int], flush: bool) -> None:
     a, b = np.array(ling, np.int64), np.array(sem, np.int64)
     want, got = reference.interleave(a, b, flush), fast.interleave(a, b, flush)
     assert got[0].tolist() == want[0].tolist()

@@ -18,9 +18,7 @@ def test_help_explains_the_options_and_exits_zero(capsys: pytest.CaptureFixture[
         assert option in out
 
 
-@pytest.mark.parametrize(
-    "argv", [["--sessions", "0"], ["--bogus"], ["--seconds", "x"], ["--chunk-ms", "100"]]
-)
+@pytest.mark.parametrize("argv", [["--sessions", "0"], ["--bogus"], ["--seconds", "x"], ["--chunk-ms", "100"]])
 def test_bad_options_exit_with_status_two(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(argv)

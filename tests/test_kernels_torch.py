@@ -79,9 +79,7 @@ def test_int32_codes_are_accepted(table: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("embed", [gpu.interleave_embed, gpu.interleave_embed_unfused])
-def test_out_of_codebook_codes_are_rejected_naming_session_and_index(
-    table: torch.Tensor, embed: object
-) -> None:
+def test_out_of_codebook_codes_are_rejected_naming_session_and_index(table: torch.Tensor, embed: object) -> None:
     ling, sem = random_chunks(2, 2, seed=3)
     ling[1, 3] = LINGUISTIC_CODEBOOK_SIZE  # would silently hit a semantic row if unchecked
     with pytest.raises(TokenRangeError, match="session 1: linguistic code 1024 at index 3"):

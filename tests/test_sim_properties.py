@@ -23,12 +23,8 @@ engines = st.fixed_dictionaries(
             {"onset_lag_ms": st.sampled_from([20, 60, 100]), "offset_lag_ms": st.sampled_from([60, 100, 160])}
         ),
         "asr": st.fixed_dictionaries({"final_latency_ms": st.integers(20, 400)}),
-        "llm": st.fixed_dictionaries(
-            {"ttft_ms": st.integers(30, 1200), "tokens_per_s": st.integers(10, 100)}
-        ),
-        "tts": st.fixed_dictionaries(
-            {"first_chunk_ms": st.integers(20, 300), "rtf": st.sampled_from([0.05, 0.3])}
-        ),
+        "llm": st.fixed_dictionaries({"ttft_ms": st.integers(30, 1200), "tokens_per_s": st.integers(10, 100)}),
+        "tts": st.fixed_dictionaries({"first_chunk_ms": st.integers(20, 300), "rtf": st.sampled_from([0.05, 0.3])}),
         "jitter": st.sampled_from([0.0, 0.2]),
     }
 )
@@ -88,9 +84,7 @@ def test_barge_in_stops_the_bot_within_min_barge_in_plus_a_frame(
 
 @SIM_SETTINGS
 @given(engines=engines, policy=policies, seed=st.integers(0, 3))
-def test_short_backchannels_never_stop_the_bot(
-    engines: dict[str, Any], policy: dict[str, float], seed: int
-) -> None:
+def test_short_backchannels_never_stop_the_bot(engines: dict[str, Any], policy: dict[str, float], seed: int) -> None:
     # Short enough that its speech plus the VAD's offset lag ends before min_barge_in_ms.
     duration = policy["min_barge_in_ms"] - engines["vad"]["offset_lag_ms"] - 2 * FRAME_MS
     if duration <= FRAME_MS:
@@ -137,6 +131,4 @@ def test_replays_are_deterministic_for_a_seed() -> None:
     data = {"name": "g", "engines": {"jitter": 0.3}, "script": [{"say": "hello there"}, {"say": "and more"}]}
     first, second = run(data, seed=5), run(data, seed=5)
     assert [(type(e), e.ts_ms) for e in first.events] == [(type(e), e.ts_ms) for e in second.events]
-    assert [(i.start_ms, i.end_ms) for i in first.bot_audio] == [
-        (i.start_ms, i.end_ms) for i in second.bot_audio
-    ]
+    assert [(i.start_ms, i.end_ms) for i in first.bot_audio] == [(i.start_ms, i.end_ms) for i in second.bot_audio]

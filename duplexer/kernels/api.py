@@ -112,9 +112,7 @@ def interleave(ling_codes: IntLike, sem_codes: IntLike, *, backend: Backend = "n
     return ids  # type: ignore[no-any-return]
 
 
-def deinterleave(
-    ids: IntLike, *, final: bool = True, backend: Backend = "numba"
-) -> tuple[IntArray, IntArray]:
+def deinterleave(ids: IntLike, *, final: bool = True, backend: Backend = "numba") -> tuple[IntArray, IntArray]:
     """LLM ids -> (linguistic codes, semantic codes); `final` accepts the flushed tail form."""
     array = as_ids(ids)
     ling, sem, fault, index = backend_module(backend).deinterleave(array, 0, final)
@@ -286,9 +284,7 @@ class AqaaDemuxer:
         )
         if fault != Fault.NONE:
             value = int(array[index])
-            raise aqaa_fault_error(
-                Fault(fault), self._position + index, value, _aqaa_kind(value), cfg.vocab_size
-            )
+            raise aqaa_fault_error(Fault(fault), self._position + index, value, _aqaa_kind(value), cfg.vocab_size)
         self._segments_closed += int(np.count_nonzero(array == cfg.audio_end_id))
         self._in_segment, self._slot, self._only = seg, slot, only
         self._position += array.shape[0]
@@ -433,9 +429,7 @@ def deinterleave_batch(
         rows, id_len, phase, final, parallel
     )
     values = _fault_values(faults, index, rows)
-    return DeinterleavedBatch(
-        ling, ling_len, sem, sem_len, BatchFaults(faults, index, values, "deinterleave")
-    )
+    return DeinterleavedBatch(ling, ling_len, sem, sem_len, BatchFaults(faults, index, values, "deinterleave"))
 
 
 @dataclass(frozen=True, slots=True)

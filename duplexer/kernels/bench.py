@@ -75,21 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--sessions", type=_positive_int, default=64, help="sessions (64)")
-    parser.add_argument(
-        "--seconds", type=_positive_float, default=60.0, help="audio seconds per session (60)"
-    )
+    parser.add_argument("--seconds", type=_positive_float, default=60.0, help="audio seconds per session (60)")
     parser.add_argument(
         "--chunk-ms",
         type=_positive_int,
         default=4 * GROUP_DURATION_MS,
         help=f"audio per chunk; a multiple of {GROUP_DURATION_MS} ms ({4 * GROUP_DURATION_MS})",
     )
-    parser.add_argument(
-        "--repeats", type=_positive_int, default=5, help="passes per figure; the best counts (5)"
-    )
-    parser.add_argument(
-        "--embed-dim", type=_positive_int, default=1024, help="embedding width for torch (1024)"
-    )
+    parser.add_argument("--repeats", type=_positive_int, default=5, help="passes per figure; the best counts (5)")
+    parser.add_argument("--embed-dim", type=_positive_int, default=1024, help="embedding width for torch (1024)")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch figures")
     parser.add_argument(
         "--torch-threads",
@@ -249,9 +243,7 @@ def _batched(load: Workload, parallel: bool | None) -> dict[str, Callable[[], No
 def warm_numba(load: Workload) -> tuple[float, str]:
     """Call every numba kernel once; returns (seconds taken, cache state in words)."""
     start = time.perf_counter()
-    small = Workload(
-        load.ling[:1, :2], load.sem[:1, :2], load.ids[:1, :2], load.aqaa[:1, :2], load.aqaa_len[:1]
-    )
+    small = Workload(load.ling[:1, :2], load.sem[:1, :2], load.ids[:1, :2], load.aqaa[:1, :2], load.aqaa_len[:1])
     batched = (*_batched(small, True).values(), *_batched(small, False).values())
     for run in (*_per_session(fast, small).values(), *batched):
         run()
@@ -278,9 +270,7 @@ def warm_numba(load: Workload) -> tuple[float, str]:
     return seconds, state
 
 
-def _torch_figures(
-    load: Workload, dim: int, repeats: int, threads: int | None
-) -> tuple[list[list[object]], str]:
+def _torch_figures(load: Workload, dim: int, repeats: int, threads: int | None) -> tuple[list[list[object]], str]:
     """Tokens/s of unfused and fused interleave+embedding over all steps; rows and device."""
     from duplexer.kernels import gpu
 
@@ -345,8 +335,7 @@ def main(argv: Sequence[str]) -> int:
         rates = [tokens / _best_seconds(runs[name], args.repeats) for runs in runners.values()]
         batched_ratios.append(rates[2] / rates[0])
         rows += [
-            [name, label, f"{rate:,.0f}", f"{rate / rates[0]:.2f}"]
-            for label, rate in zip(runners, rates, strict=True)
+            [name, label, f"{rate:,.0f}", f"{rate / rates[0]:.2f}"] for label, rate in zip(runners, rates, strict=True)
         ]
     device_note = "torch figures skipped (--no-torch)"
     if not args.no_torch:
@@ -371,8 +360,7 @@ def main(argv: Sequence[str]) -> int:
         "(no API conversion layer)",
         f"batched calls below {fast.PARALLEL_MIN_TOKENS} tokens use the serial twin unless prange is forced",
         f"numba first call (compile or cache load, all kernels): {compile_s:.2f} s, {cache_state}",
-        f"target numba batched (auto) >= {BATCHED_TARGET_RATIO:g}x reference: {verdict} "
-        f"(lowest {worst:.1f}x)",
+        f"target numba batched (auto) >= {BATCHED_TARGET_RATIO:g}x reference: {verdict} (lowest {worst:.1f}x)",
         device_note,
         f"1-min load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f} on "
         f"{os.cpu_count()} CPUs (other work on the machine slows prange and torch threads most)",

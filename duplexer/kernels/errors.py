@@ -77,8 +77,7 @@ def interleave_fault_error(fault: Fault, position: int, value: int, kind: int = 
         )
     if fault == Fault.ID_RANGE:
         return TokenRangeError(
-            f"position {position}: id {value} is not an audio id "
-            f"(expected {LINGUISTIC_ID_OFFSET}..{AUDIO_ID_END - 1})",
+            f"position {position}: id {value} is not an audio id (expected {LINGUISTIC_ID_OFFSET}..{AUDIO_ID_END - 1})",
             fault,
             position,
             value,
@@ -124,8 +123,7 @@ def aqaa_fault_error(
         )
     if fault == Fault.NOT_AUDIO_ID:
         return TokenRangeError(
-            f"audio_ids[{position}] = {value} is not an audio id "
-            f"(expected {LINGUISTIC_ID_OFFSET}..{AUDIO_ID_END - 1})",
+            f"audio_ids[{position}] = {value} is not an audio id (expected {LINGUISTIC_ID_OFFSET}..{AUDIO_ID_END - 1})",
             fault,
             position,
             value,

@@ -490,9 +490,7 @@ def aqaa_mux(
 ) -> tuple[IntArray, int, int]:
     """Text + audio ids -> one AQAA segment; see `reference.aqaa_mux`."""
     out = np.empty(text.shape[0] + audio.shape[0] + 2, dtype=np.int64)
-    n, fault, index = _mux_row(
-        text, audio, start_id, end_id, vocab_size, text_per, audio_per, with_markers, out
-    )
+    n, fault, index = _mux_row(text, audio, start_id, end_id, vocab_size, text_per, audio_per, with_markers, out)
     return out[:n], int(fault), int(index)
 
 

@@ -252,9 +252,7 @@ def interleave_batch(
     used_l, used_s = np.zeros(n, np.int64), np.zeros(n, np.int64)
     faults, index = np.zeros(n, np.int64), np.full(n, -1, np.int64)
     for b in range(n):
-        ids, used_l[b], used_s[b], faults[b], index[b] = interleave(
-            ling[b, : ling_len[b]], sem[b, : sem_len[b]], flush
-        )
+        ids, used_l[b], used_s[b], faults[b], index[b] = interleave(ling[b, : ling_len[b]], sem[b, : sem_len[b]], flush)
         rows.append(ids)
     out, out_len = _pad_rows(rows, ling.shape[1] + sem.shape[1])
     return out, out_len, used_l, used_s, faults, index

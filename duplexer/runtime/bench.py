@@ -37,9 +37,7 @@ async def _latency_us(n_events: int) -> np.ndarray:
     consumer = asyncio.create_task(consume())
     await asyncio.sleep(0)
     for _ in range(n_events):
-        bus.publish(
-            MetricEvent(session_id="bench", ts_ms=clock.now_ms(), name="t", value=time.perf_counter_ns())
-        )
+        bus.publish(MetricEvent(session_id="bench", ts_ms=clock.now_ms(), name="t", value=time.perf_counter_ns()))
         await asyncio.sleep(0)
     await consumer
     return samples
@@ -66,9 +64,7 @@ async def _throughput_per_s(n_events: int, batch: int, subscribers: int) -> floa
     seq = 0
     while seq < n_events:
         for _ in range(min(batch, n_events - seq)):
-            bus.publish(
-                AudioFrame(session_id="bench", ts_ms=clock.now_ms(), pcm=pcm, sample_rate_hz=16000, seq=seq)
-            )
+            bus.publish(AudioFrame(session_id="bench", ts_ms=clock.now_ms(), pcm=pcm, sample_rate_hz=16000, seq=seq))
             seq += 1
         await asyncio.sleep(0)
     await asyncio.gather(*tasks)
@@ -88,9 +84,7 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--events", type=int, default=200_000, help="events per measurement (default 200000)")
     parser.add_argument("--batch", type=int, default=256, help="events published per loop turn (default 256)")
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="repeat each measurement, keep the best (default 3)"
-    )
+    parser.add_argument("--repeats", type=int, default=3, help="repeat each measurement, keep the best (default 3)")
     args = parser.parse_args(list(argv))
     if args.events < 1000 or args.batch < 1 or args.repeats < 1:
         parser.error("--events must be >= 1000, --batch and --repeats >= 1")

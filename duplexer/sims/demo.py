@@ -90,7 +90,7 @@ def build_user_side(
             clips.append(clip)
             t += duration + turn.pause_ms
         steps.append(Say(say=" ".join(turn.parts), segments=segments, start=start))
-    scenario = Scenario(name="demo", script=steps, tail_ms=4000.0, max_duration_ms=120_000.0)
+    scenario = Scenario(name="demo", script=steps, tail_ms=6000.0, max_duration_ms=120_000.0)
     return scenario, clips
 
 
