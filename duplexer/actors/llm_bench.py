@@ -44,6 +44,7 @@ UTTERANCES = (
     "how do i say thank you very much in french",
 )
 SERVER_START_TIMEOUT_S = 120.0
+SERVER_STOP_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -104,8 +105,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_llama_server(log_path: Path, threads: int) -> Iterator[str]:
-    """llama-cpp-python's server with the bundled SmolLM2 on a free loopback port; yields its base URL."""
+def local_llama_server(log_path: Path, threads: int, start_timeout_s: float = SERVER_START_TIMEOUT_S) -> Iterator[str]:
+    """llama-cpp-python's server with the bundled SmolLM2 on a free loopback port; yields its base URL.
+
+    It serves one request at a time (``--interrupt_requests False``), logs unbuffered (its disconnect
+    notices are prints, read as they come), and is always stopped on exit.
+    """
     from duplexer.actors.real import smollm2_model_path
 
     port = _free_port()
@@ -114,9 +119,11 @@ def local_llama_server(log_path: Path, threads: int) -> Iterator[str]:
     command += ["--interrupt_requests", "False"]
     base_url = f"http://127.0.0.1:{port}/v1"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
     try:
-        end = time.monotonic() + SERVER_START_TIMEOUT_S
+        end = time.monotonic() + start_timeout_s
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"the llama server exited with {process.returncode}; see {log_path}")
@@ -124,16 +131,16 @@ def local_llama_server(log_path: Path, threads: int) -> Iterator[str]:
                 if httpx.get(f"{base_url}/models", timeout=1.0).status_code == 200:
                     break
             if time.monotonic() > end:
-                raise RuntimeError(f"the llama server did not start within {SERVER_START_TIMEOUT_S:.0f} s")
-            time.sleep(0.2)
+                raise RuntimeError(f"the llama server did not start within {start_timeout_s:.0f} s; see {log_path}")
+            time.sleep(0.1)
         yield base_url
     finally:
         process.terminate()
         try:
-            process.wait(10)
+            process.wait(SERVER_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(10)
+            process.wait(SERVER_STOP_TIMEOUT_S)
 
 
 def _engines(args: argparse.Namespace, base_url: str) -> tuple[StreamingHttpLlm, StreamingHttpLlm]:

@@ -25,21 +25,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import httpx
-
 from duplexer.actors.engines import Message
-from duplexer.actors.llm_bench import _free_port
+from duplexer.actors.llm_bench import local_llama_server
 from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
 from duplexer.actors.llm_server import Timeouts
 from duplexer.runtime.benchlog import DEFAULT_BENCH_LOG, append_benchmark
@@ -60,7 +54,6 @@ LONG_TOKENS = 256
 REPEAT_PENALTY = 1.3
 """LlamaLlm's default; sent to the server too so both sample alike (temperature 0: greedy)."""
 SERVER_START_TIMEOUT_S = 60.0
-SERVER_STOP_TIMEOUT_S = 10.0
 OBSERVE_TIMEOUT_S = 20.0
 DISCONNECT_LINE = "Disconnected from client"
 
@@ -153,40 +146,6 @@ async def measure_in_process(args: argparse.Namespace) -> Side:
 
 
 # ------------------------------------------------------------------ HTTP server
-
-
-@contextlib.contextmanager
-def llama_server(log_path: Path, threads: int, start_timeout_s: float) -> Iterator[str]:
-    """llama-cpp-python's server with SmolLM2 on a free loopback port; yields the base URL; always stopped."""
-    from duplexer.actors.real import smollm2_model_path
-
-    port = _free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_model_path())]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads)]
-    command += ["--interrupt_requests", "False"]
-    base_url = f"http://127.0.0.1:{port}/v1"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its disconnect notices are prints, read as they come
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        end = time.monotonic() + start_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the llama server exited with {process.returncode}; see {log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base_url}/models", timeout=1.0).status_code == 200:
-                    break
-            if time.monotonic() > end:
-                raise RuntimeError(f"the llama server did not start within {start_timeout_s:.0f} s; see {log_path}")
-            time.sleep(0.1)
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(SERVER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(SERVER_STOP_TIMEOUT_S)
 
 
 def _disconnects(log_path: Path) -> int:
@@ -325,7 +284,7 @@ def main(argv: Sequence[str]) -> int:
     started = time.monotonic()
     local = asyncio.run(measure_in_process(args))
     log_path = Path(tempfile.gettempdir()) / "duplexer-bench-llm-server.log"  # kept for a look after a failure
-    with llama_server(log_path, args.threads, args.server_start_timeout) as base_url:
+    with local_llama_server(log_path, args.threads, args.server_start_timeout) as base_url:
         http, idle_tiny = asyncio.run(measure_http(args, base_url, log_path))
     elapsed = time.monotonic() - started
 

@@ -440,7 +440,7 @@ class StreamingHttpLlm:
                 if payload.strip() == "[DONE]":
                     break
                 chunk = parser.feed(self._event(payload))
-                _absorb(record, chunk)
+                absorb_usage(record, chunk)
                 if chunk.text:
                     if record.first_piece_s is None:
                         record.first_piece_s = time.monotonic()
@@ -530,7 +530,8 @@ class StreamingHttpLlm:
         raise NotImplementedError
 
 
-def _absorb(record: RequestRecord, chunk: StreamChunk) -> None:
+def absorb_usage(record: RequestRecord, chunk: StreamChunk) -> None:
+    """Copy the token counts a stream chunk reports into the request's record."""
     if chunk.completion_tokens is not None:
         record.completion_tokens = chunk.completion_tokens
     if chunk.prompt_tokens is not None:

@@ -38,6 +38,7 @@ from duplexer.actors.llm_server import (
     RequestOutcome,
     RequestRecord,
     Timeouts,
+    absorb_usage,
     new_request_id,
 )
 from duplexer.actors.llm_sglang_server import TEXT_MODES, SglangChunks, TextMode, sampling_params
@@ -181,9 +182,7 @@ class SglangInProcessLlm:
             if not isinstance(out, Mapping):
                 raise LlmStreamBroken(f"SGLang engine streamed {type(out).__name__}, not a dict")
             chunk = parser.feed(out)
-            for name in ("completion_tokens", "prompt_tokens", "cached_tokens"):
-                if getattr(chunk, name) is not None:
-                    setattr(record, name, getattr(chunk, name))
+            absorb_usage(record, chunk)
             if chunk.text:
                 if record.first_piece_s is None:
                     record.first_piece_s = time.monotonic()
