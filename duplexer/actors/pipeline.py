@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from duplexer.actors.asr import AsrActor, AsrParams
 from duplexer.actors.context import DEFAULT_SYSTEM_PROMPT, ContextActor, ContextManager
@@ -17,8 +19,7 @@ from duplexer.actors.tools import ToolActor, ToolParams
 from duplexer.actors.tts import TtsActor, TtsParams
 from duplexer.actors.vad import VadActor, VadParams
 from duplexer.policies.controller import PolicyParams
-from duplexer.runtime.actor import Actor
-from duplexer.runtime.session import Session
+from duplexer.runtime.actor import Actor, ActorSpec, EngineRef
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,45 @@ class PipelineConfig:
     tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
 
 
+def pipeline_specs(
+    config: PipelineConfig | None = None,
+    context: ContextManager | None = None,
+    tools: ToolRegistry | None = None,
+    tokenizer: TokenizerEngine | None = None,
+) -> list[ActorSpec]:
+    """The pipeline's actors as specs, with engines named (:class:`EngineRef`) rather than given.
+
+    With ``tools``, a tool actor runs them too, and the default system prompt teaches the model
+    the tools (a ``context`` passed in keeps its own system prompt). With ``tokenizer``, user audio
+    also becomes interleaved Step-Audio token events, for an audio LLM.
+    """
+    cfg = config or PipelineConfig()
+    if tools is not None and context is None:
+        context = ContextManager(system_prompt=DEFAULT_SYSTEM_PROMPT + "\n\n" + tools.prompt())
+    specs = [
+        ActorSpec.of(ControllerActor, cfg.policy),
+        ActorSpec.of(ContextActor, context),
+        ActorSpec.of(VadActor, EngineRef("vad"), cfg.vad),
+        ActorSpec.of(AsrActor, EngineRef("asr"), cfg.asr),
+        ActorSpec.of(LlmActor, EngineRef("llm"), cfg.llm, tools=tools is not None),
+        ActorSpec.of(TtsActor, EngineRef("tts"), cfg.tts),
+        ActorSpec.of(PlayoutActor, EngineRef("sink"), cfg.playout),
+    ]
+    if tools is not None:
+        specs.append(ActorSpec.of(ToolActor, tools, cfg.tools))
+    if tokenizer is not None:
+        specs.append(ActorSpec.of(TokenizerActor, tokenizer, cfg.tokenizer))
+    return specs
+
+
+class PlacesActors(Protocol):
+    """An executor's session: builds specs where it runs them (locally, or on Ray hosts)."""
+
+    def place(self, specs: Iterable[ActorSpec], engines: Any = None) -> dict[str, Actor]: ...
+
+
 def start_pipeline(
-    session: Session,
+    session: PlacesActors,
     engines: Engines,
     config: PipelineConfig | None = None,
     context: ContextManager | None = None,
@@ -45,26 +83,6 @@ def start_pipeline(
 ) -> dict[str, Actor]:
     """Start VAD, ASR, controller, context, LLM, TTS and playout actors on the session's bus.
 
-    With ``tools``, a tool actor runs them too, and the default system prompt teaches the model
-    the tools (a ``context`` passed in keeps its own system prompt). With ``tokenizer``, user audio
-    also becomes interleaved Step-Audio token events, for an audio LLM.
+    See :func:`pipeline_specs`. Returns the actors running in this process, by name.
     """
-    cfg = config or PipelineConfig()
-    ctx = session.ctx
-    if tools is not None and context is None:
-        context = ContextManager(system_prompt=DEFAULT_SYSTEM_PROMPT + "\n\n" + tools.prompt())
-    actors: list[Actor] = [
-        ControllerActor(ctx, cfg.policy),
-        ContextActor(ctx, context),
-        VadActor(ctx, engines.vad, cfg.vad),
-        AsrActor(ctx, engines.asr, cfg.asr),
-        LlmActor(ctx, engines.llm, cfg.llm, tools=tools is not None),
-        TtsActor(ctx, engines.tts, cfg.tts),
-        PlayoutActor(ctx, engines.sink, cfg.playout),
-    ]
-    if tools is not None:
-        actors.append(ToolActor(ctx, tools, cfg.tools))
-    if tokenizer is not None:
-        actors.append(TokenizerActor(ctx, tokenizer, cfg.tokenizer))
-    session.add(*actors)
-    return {actor.name: actor for actor in actors}
+    return session.place(pipeline_specs(config, context, tools, tokenizer), engines)

@@ -90,6 +90,52 @@ class Actor:
 
 
 @dataclass(frozen=True)
+class EngineRef:
+    """Stands in an :class:`ActorSpec`'s arguments for the engine named ``field`` of the process it runs in."""
+
+    field: str
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """How to build one actor anywhere: its class and arguments, without a session context.
+
+    An executor builds it where the actor is placed, as ``cls(ctx, *args, **kwargs)`` with that
+    process's context, and with each :class:`EngineRef` replaced by the engine of that process.
+    Specs are plain data (a class, parameters), so they can be sent to another process.
+    """
+
+    cls: type[Actor]
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, actor_cls: type[Actor], *args: Any, **kwargs: Any) -> ActorSpec:
+        return cls(actor_cls, args, tuple(kwargs.items()))
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+    @property
+    def engine_fields(self) -> tuple[str, ...]:
+        values = [*self.args, *(v for _, v in self.kwargs)]
+        return tuple(v.field for v in values if isinstance(v, EngineRef))
+
+    def build(self, ctx: SessionContext, engines: Any = None) -> Actor:
+        def resolve(value: Any) -> Any:
+            if not isinstance(value, EngineRef):
+                return value
+            if engines is None:
+                raise ValueError(f"actor {self.name!r} needs the {value.field!r} engine, and none was given")
+            return getattr(engines, value.field)
+
+        args = [resolve(v) for v in self.args]
+        kwargs = {k: resolve(v) for k, v in self.kwargs}
+        return self.cls(ctx, *args, **kwargs)
+
+
+@dataclass(frozen=True)
 class RestartPolicy:
     """Exponential backoff between restarts; give up after ``max_restarts`` in a row."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import time
 from typing import Protocol
 
 
@@ -32,6 +33,26 @@ class LoopClock:
 
     def now_ms(self) -> float:
         return (self._loop.time() - self._origin_s) * 1000.0
+
+    async def sleep_ms(self, duration_ms: float) -> None:
+        await asyncio.sleep(max(0.0, duration_ms) / 1000.0)
+
+
+class EpochClock:
+    """Session time shared by processes: milliseconds since a wall-clock epoch (``time.time()`` seconds).
+
+    Each process converts the epoch to its own monotonic clock once, at construction, so time
+    never jumps afterwards. On one machine every process reads the same monotonic clock; across
+    machines the clocks agree as well as the machines' wall clocks do (NTP: about a millisecond).
+    The Ray executor stamps a session's events with it in the driver and in every Ray actor.
+    """
+
+    def __init__(self, epoch_s: float | None = None) -> None:
+        self.epoch_s = time.time() if epoch_s is None else epoch_s
+        self._origin_s = time.monotonic() - (time.time() - self.epoch_s)
+
+    def now_ms(self) -> float:
+        return (time.monotonic() - self._origin_s) * 1000.0
 
     async def sleep_ms(self, duration_ms: float) -> None:
         await asyncio.sleep(max(0.0, duration_ms) / 1000.0)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from types import TracebackType
+from typing import Any
 
-from duplexer.runtime.actor import Actor, RestartPolicy, SessionContext, Supervisor
+from duplexer.runtime.actor import Actor, ActorSpec, RestartPolicy, SessionContext, Supervisor
 from duplexer.runtime.bus import Bus
 from duplexer.runtime.clock import Clock, LoopClock
 from duplexer.runtime.metrics import Metrics
@@ -30,6 +32,12 @@ class Session:
     def add(self, *actors: Actor) -> None:
         for actor in actors:
             self.supervisor.start(actor)
+
+    def place(self, specs: Iterable[ActorSpec], engines: Any = None) -> dict[str, Actor]:
+        """Build every spec here, on this session's bus, and start it; returns them by name."""
+        actors = {spec.name: spec.build(self.ctx, engines) for spec in specs}
+        self.add(*actors.values())
+        return actors
 
     async def stop(self) -> None:
         await self.supervisor.stop()

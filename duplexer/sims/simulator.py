@@ -9,13 +9,15 @@ LLM, TTS and playout actors, the bus, the supervisor) is the live code.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from duplexer.actors.asr import AsrParams
-from duplexer.actors.engines import Engines, LlmEngine
+from duplexer.actors.engines import AudioSink, Engines, LlmEngine
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.actors.scripted import (
     ScriptedAsr,
@@ -59,6 +61,7 @@ from duplexer.runtime.session import Session
 from duplexer.sims.scenario import (
     DEFAULT_MS_PER_WORD,
     Backchannel,
+    EngineModels,
     Noise,
     Say,
     Scenario,
@@ -346,12 +349,63 @@ async def _mic(ctx_session: Session) -> None:
         await clock.sleep_ms(seq * FRAME_MS - clock.now_ms())
 
 
-async def _simulate(scenario: Scenario, params: PolicyParams, seed: int) -> SimRun:
-    clock = LoopClock()
+def _scripted_engines(
+    models: EngineModels,
+    clock: Clock,
+    rng: random.Random,
+    timeline: SpeechTimeline,
+    sink: AudioSink,
+    llm: LlmEngine | None = None,
+) -> Engines:
+    return Engines(
+        vad=ScriptedVad(timeline),
+        asr=ScriptedAsr(
+            timeline,
+            clock,
+            rng,
+            models.asr.final_latency_ms,
+            models.asr.partial_latency_ms,
+            models.jitter,
+        ),
+        llm=llm or ScriptedLlm(clock, rng, models.llm.ttft_ms, models.llm.tokens_per_s, models.jitter),
+        tts=ScriptedTts(
+            clock,
+            rng,
+            models.tts.first_chunk_ms,
+            models.tts.rtf,
+            models.tts.ms_per_char,
+            jitter=models.jitter,
+        ),
+        sink=sink,
+    )
+
+
+def host_engines(models: EngineModels, seed: str, clock: Clock, sink: AudioSink) -> Engines:
+    """A scenario's scripted engines in another process (a Ray host), for the actors placed there.
+
+    Only engines that need no simulated user run there (TTS): the scripted VAD, ASR and LLM read
+    the user's script, so they stay in the simulator's process.
+    """
+    return _scripted_engines(models, clock, random.Random(seed), SpeechTimeline(), sink)
+
+
+SessionMaker = Callable[[str, Callable[..., Engines]], Any]
+"""Makes an executor's session: (session id, engine factory for its other processes) -> session."""
+
+
+async def _simulate(
+    scenario: Scenario, params: PolicyParams, seed: int, make_session: SessionMaker | None = None
+) -> SimRun:
+    models = scenario.engines
+    session = (
+        Session(session_id=scenario.name, clock=LoopClock())
+        if make_session is None
+        else make_session(scenario.name, functools.partial(host_engines, models, f"{seed}:{scenario.name}"))
+    )
+    clock: Clock = session.clock
     rng = random.Random(f"{seed}:{scenario.name}")
     timeline = SpeechTimeline()
     sink = RecordingSink(clock)
-    models = scenario.engines
     replies: dict[str, str | ScriptedToolReply] = {}
 
     def reply_for(user_text: str) -> str | ScriptedToolReply:
@@ -385,28 +439,7 @@ async def _simulate(scenario: Scenario, params: PolicyParams, seed: int) -> SimR
             return reply
 
         llm = ScriptedLlm(clock, rng, models.llm.ttft_ms, models.llm.tokens_per_s, models.jitter, text_reply)
-    engines = Engines(
-        vad=ScriptedVad(timeline),
-        asr=ScriptedAsr(
-            timeline,
-            clock,
-            rng,
-            models.asr.final_latency_ms,
-            models.asr.partial_latency_ms,
-            models.jitter,
-        ),
-        llm=llm,
-        tts=ScriptedTts(
-            clock,
-            rng,
-            models.tts.first_chunk_ms,
-            models.tts.rtf,
-            models.tts.ms_per_char,
-            jitter=models.jitter,
-        ),
-        sink=sink,
-    )
-    session = Session(session_id=scenario.name, clock=clock)
+    engines = _scripted_engines(models, clock, rng, timeline, sink, llm)
     recorder = session.bus.subscribe("sim-recorder", RECORDED_EVENTS, maxsize=1_000_000)
     actors = start_pipeline(
         session, engines, _pipeline_config(scenario, params), tools=None if tools is None else tools[0]

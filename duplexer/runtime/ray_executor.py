@@ -1,0 +1,319 @@
+"""The Ray executor: one session's actors spread over Ray actors, on a bus that crosses processes.
+
+The driver (the process that owns the transport: a WebRTC call, an MQTT device,
+the simulated user) keeps the actors that must sit next to it: playout, which
+writes to the call's sink, and by default the actors that read every audio frame
+(VAD, ASR, tokenizer), because sending 50 frames a second per session across
+processes costs more than running a small VAD where the audio already is
+(``duplexer bench executors`` measures both). The other actors run in Ray actors,
+"session hosts", built from the same actor classes: nothing in an actor knows
+which executor runs it.
+
+A session host holds session state (the controller's state, the history), so it
+is never restarted behind the session's back: when one dies, its session gets a
+fatal :class:`~duplexer.runtime.events.ErrorEvent` and ends, and no other session
+notices. Inside a host, the ordinary supervisor restarts a crashed actor as it
+does locally. Engines shared by many sessions (an LLM on a GPU node) run as Ray
+Serve deployments, which replace a dead replica on their own
+(:mod:`duplexer.actors.serve_engines`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from duplexer.runtime.actor import Actor, ActorSpec, RestartPolicy, SessionContext, Supervisor
+from duplexer.runtime.clock import EpochClock
+from duplexer.runtime.events import ErrorEvent, Event
+from duplexer.runtime.linked_bus import CONTROL, LinkedBus
+from duplexer.runtime.logging import get_logger
+from duplexer.runtime.metrics import Metrics
+
+RAY_INSTALL_HINT = "pip install 'duplexer[ray]' (Ray with Ray Serve)"
+DRIVER_ONLY = frozenset({"playout"})
+"""Actors that must run in the driver: playout writes to the call's audio sink."""
+HOST_STOP_TIMEOUT_S = 5.0
+
+
+class RayUnavailable(RuntimeError):
+    """Ray is not installed, or the cluster cannot be reached; the message says which."""
+
+
+class PlacementError(ValueError):
+    """A placement names an unknown actor, or puts a driver-only actor on a host."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which Ray host runs each actor of a session; actors not named run in the driver.
+
+    Written as ``HOST=ACTOR,ACTOR;HOST=ACTOR``, e.g. ``session=controller,context,llm,tts``.
+    Each host is one Ray actor per session.
+    """
+
+    hosts: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for host, actors in self.hosts:
+            if not host or host == "driver":
+                raise PlacementError(f"placement: {host!r} is not a host name")
+            for actor in actors:
+                if actor in DRIVER_ONLY:
+                    raise PlacementError(f"placement: {actor!r} must run in the driver, next to its sink")
+                if actor in seen:
+                    raise PlacementError(f"placement: {actor!r} is placed twice")
+                seen.add(actor)
+
+    @classmethod
+    def parse(cls, text: str) -> Placement:
+        if text in PLACEMENTS:
+            return PLACEMENTS[text]
+        hosts = []
+        for part in text.split(";"):
+            host, sep, names = part.partition("=")
+            actors = tuple(a.strip() for a in names.split(",") if a.strip())
+            if not sep or not actors:
+                raise PlacementError(
+                    f"placement {text!r}: expected HOST=ACTOR,ACTOR[;HOST=...] or one of {', '.join(PLACEMENTS)}"
+                )
+            hosts.append((host.strip(), actors))
+        return cls(tuple(hosts))
+
+    def host_of(self, actor: str) -> str | None:
+        for host, actors in self.hosts:
+            if actor in actors:
+                return host
+        return None
+
+    def actors(self) -> frozenset[str]:
+        return frozenset(a for _, actors in self.hosts for a in actors)
+
+    def describe(self) -> str:
+        return ";".join(f"{host}={','.join(actors)}" for host, actors in self.hosts)
+
+
+PLACEMENTS: dict[str, Placement] = {
+    "session": Placement((("session", ("controller", "context", "llm", "tts")),)),
+    "audio-remote": Placement((("session", ("vad", "asr", "tokenizer", "controller", "context", "llm", "tts")),)),
+    "split": Placement(
+        tuple((name, (name,)) for name in ("vad", "asr", "controller", "context", "llm", "tts", "tools"))
+    ),
+}
+"""Named placements. ``session`` (the default) keeps audio in the driver; ``audio-remote`` moves the
+audio readers to the session host; ``split`` gives every subsystem a Ray actor of its own."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How sessions run on Ray."""
+
+    address: str | None = None
+    """A running cluster (``ray start --head`` prints it), or None to start a local instance."""
+    placement: Placement = field(default_factory=lambda: PLACEMENTS["session"])
+    batch_ms: float = 0.0
+    """Hold data events for a host up to this long, to send fewer, larger messages (0: one per loop turn)."""
+    host_num_cpus: float = 0.0
+    """CPUs reserved per session host; hosts mostly wait on I/O, so by default they reserve none."""
+    max_restarts: int = 0
+    """Ray restarts of a session host. A restarted host would have lost the session's state, so 0."""
+    num_cpus: int | None = None
+    """CPUs of a local instance (default: this machine's)."""
+    log_level: str = "WARNING"
+
+
+def ray_module() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable(f"--executor ray needs Ray: {RAY_INSTALL_HINT}") from None
+    return ray
+
+
+def ensure_ray(options: RayOptions) -> Any:
+    """Connect to the cluster at ``options.address``, or start a local instance; once per process."""
+    ray = ray_module()
+    if ray.is_initialized():
+        return ray
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if options.address:
+        kwargs["address"] = options.address
+    else:
+        kwargs["num_cpus"] = options.num_cpus or os.cpu_count() or 1
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise RayUnavailable(f"--ray-address {options.address}: cannot connect to a Ray cluster ({exc})") from None
+    return ray
+
+
+class RaySession:
+    """A session on Ray, used like :class:`~duplexer.runtime.session.Session`.
+
+    Actors added with :meth:`add` run in the driver. :meth:`place` builds each spec
+    where the placement says: in the driver with the given engines, or in a session
+    host with engines from ``engine_factory`` (called there as ``factory(clock, sink)``).
+    ``failed`` is set when a host dies; the session is then over.
+    """
+
+    def __init__(
+        self,
+        options: RayOptions,
+        session_id: str | None = None,
+        engine_factory: Callable[..., Any] | None = None,
+        restart_policy: RestartPolicy | None = None,
+    ) -> None:
+        self.ray = ensure_ray(options)
+        self.options = options
+        self.session_id = session_id or uuid.uuid4().hex[:12]
+        self.clock = EpochClock()
+        self.metrics = Metrics()
+        self.bus = LinkedBus(self.session_id, self.clock, self.metrics)
+        self.ctx = SessionContext(self.session_id, self.bus, self.clock, self.metrics)
+        self.restart_policy = restart_policy or RestartPolicy()
+        self.supervisor = Supervisor(self.ctx, self.restart_policy)
+        self.engine_factory = engine_factory
+        self.hosts: dict[str, Any] = {}
+        self.failed = asyncio.Event()
+        self.failure: str | None = None
+        self.host_counters: dict[str, dict[str, float]] = {}
+        self._pulls: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.log = get_logger(session_id=self.session_id, executor="ray")
+
+    def add(self, *actors: Actor) -> None:
+        for actor in actors:
+            self.supervisor.start(actor)
+
+    def place(self, specs: Iterable[ActorSpec], engines: Any = None) -> dict[str, Actor]:
+        """Start each actor where the placement puts it; returns the ones running in the driver."""
+        from duplexer.runtime.ray_host import host_class
+
+        specs = list(specs)
+        unknown = self.options.placement.actors() - {spec.name for spec in specs}
+        if unknown:
+            raise PlacementError(f"placement names actors this session does not run: {', '.join(sorted(unknown))}")
+        local: dict[str, Actor] = {}
+        remote: dict[str, list[ActorSpec]] = {}
+        for spec in specs:
+            host = self.options.placement.host_of(spec.name)
+            if host is None:
+                actor = spec.build(self.ctx, engines)
+                self.supervisor.start(actor)
+                local[spec.name] = actor
+            else:
+                remote.setdefault(host, []).append(spec)
+        cls = host_class(self.options.max_restarts, self.options.host_num_cpus)
+        kinds = {host: _kinds(host_specs) for host, host_specs in remote.items()}
+        for host in remote:
+            self.hosts[host] = cls.options(name=f"duplexer:{self.session_id}:{host}", namespace="duplexer").remote(
+                self.session_id, host, self.clock.epoch_s, self.options.log_level
+            )
+        driver_kinds = self.bus.subscribed_kinds()
+        for host, host_specs in remote.items():
+            peers = {other: (self.hosts[other], kinds[other]) for other in remote if other != host}
+            self.hosts[host].start.remote(
+                host_specs,
+                self.engine_factory,
+                peers,
+                driver_kinds,
+                self.options.batch_ms,
+                self.restart_policy,
+            )
+            self.bus.link(host, kinds[host], self._sender(self.hosts[host]), self.options.batch_ms)
+            self._pulls.append(asyncio.create_task(self._pull(host, self.hosts[host]), name=f"pull:{host}"))
+        self.bus.on_subscribe = self._driver_kinds_changed
+        return local
+
+    def _sender(self, handle: Any) -> Callable[[str, int, list[Event]], None]:
+        def send(lane: str, seq: int, events: list[Event]) -> None:
+            method = handle.deliver_control if lane == CONTROL else handle.deliver
+            method.remote("driver", lane, seq, events)
+
+        return send
+
+    def _driver_kinds_changed(self) -> None:
+        kinds = self.bus.subscribed_kinds()
+        for handle in self.hosts.values():
+            handle.set_driver_kinds.remote(kinds)
+
+    async def _pull(self, host: str, handle: Any) -> None:
+        """Long-poll one host for the events the driver's subscribers want."""
+        while True:
+            try:
+                batch = await handle.pull.remote()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the host died: its session is over
+                if not self._stopping:
+                    self._lost(host, exc)
+                return
+            if not batch and self._stopping:
+                return
+            self.bus.deliver_local(batch)
+
+    def _lost(self, host: str, exc: BaseException) -> None:
+        reason = f"session host {host!r} died ({type(exc).__name__}); session {self.session_id} ends"
+        self.failure = reason
+        self.metrics.incr("ray.host_lost", host=host)
+        self.log.error("session_host_lost", host=host, error=str(exc).splitlines()[0] if str(exc) else "")
+        self.ctx.emit(ErrorEvent, source=f"ray:{host}", message=reason, fatal=True)
+        self.failed.set()
+
+    async def ping(self) -> dict[str, float]:
+        """Each host's session time: a liveness probe (raises if a host is gone)."""
+        names = list(self.hosts)
+        times = await asyncio.gather(*(self.hosts[n].ping.remote() for n in names))
+        return dict(zip(names, times, strict=True))
+
+    async def stop(self) -> None:
+        """Stop the driver's actors and every host; kill the hosts so no Ray actor outlives the session."""
+        self._stopping = True
+        self.bus.flush_all()
+        await self.supervisor.stop()
+        names = list(self.hosts)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(_await(self.hosts[n].stop.remote()), HOST_STOP_TIMEOUT_S) for n in names),
+            return_exceptions=True,
+        )
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, dict):
+                self.host_counters[name] = result
+        if self._pulls:
+            _done, pending = await asyncio.wait(self._pulls, timeout=HOST_STOP_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._pulls, return_exceptions=True)
+        for handle in self.hosts.values():
+            self.ray.kill(handle, no_restart=True)
+        for name in names:
+            self.bus.unlink(name)
+        self._pulls.clear()
+
+    async def __aenter__(self) -> RaySession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def _await(ref: Any) -> Any:
+    return await ref
+
+
+def _kinds(specs: Iterable[ActorSpec]) -> frozenset[type[Event]] | None:
+    kinds: set[type[Event]] = set()
+    for spec in specs:
+        kinds.update(spec.cls.subscribes)
+    return frozenset(kinds)

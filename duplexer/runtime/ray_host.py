@@ -1,0 +1,171 @@
+"""The Ray actor that hosts some of one session's actors: the same actor classes, on a bus linked to the driver.
+
+A host builds its actors from :class:`~duplexer.runtime.actor.ActorSpec` s and runs
+them under the ordinary :class:`~duplexer.runtime.actor.Supervisor`, which restarts
+a crashed actor in place. Events for other hosts are sent straight to them; events
+for the driver wait in an outbox the driver long-polls (a driver is not a Ray actor,
+so nothing can call it). Control events arrive through a method in a concurrency
+group of their own, so a backlog of audio batches never holds up an interrupt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from duplexer.runtime.actor import ActorSpec, RestartPolicy, SessionContext, Supervisor
+from duplexer.runtime.clock import EpochClock
+from duplexer.runtime.events import Event
+from duplexer.runtime.linked_bus import CONTROL, LinkedBus
+from duplexer.runtime.logging import configure_logging
+from duplexer.runtime.metrics import Metrics
+
+DRIVER = "driver"
+"""The link name of the process that created the session (the transport edge)."""
+
+CONCURRENCY_GROUPS = {CONTROL: 1}
+"""Control batches have a thread and loop of their own; data batches and the rest share the default one."""
+
+
+class NoSinkHere:
+    """The audio sink of a Ray host: playout runs in the driver, where the speaker or track is."""
+
+    def write(self, pcm: bytes, sample_rate_hz: int, reply_id: str, ts_ms: float) -> None:
+        raise RuntimeError("playout must run in the driver process, next to its audio sink")
+
+    def flush(self) -> None:
+        raise RuntimeError("playout must run in the driver process, next to its audio sink")
+
+
+class SessionHost:
+    """One Ray actor's share of a session (wrapped by ``ray.remote`` in :func:`host_class`)."""
+
+    def __init__(self, session_id: str, host: str, epoch_s: float, log_level: str = "WARNING") -> None:
+        configure_logging(log_level)
+        logging.getLogger("ray").setLevel(logging.WARNING)
+        self.session_id, self.host = session_id, host
+        self.clock = EpochClock(epoch_s)
+        self.metrics = Metrics()
+        self.bus = LinkedBus(session_id, self.clock, self.metrics)
+        self.ctx = SessionContext(session_id, self.bus, self.clock, self.metrics)
+        self.supervisor: Supervisor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.to_driver: list[Event] = []
+        self._driver_waiter: asyncio.Future[None] | None = None
+        self._stopped = asyncio.Event()
+        self._early: list[tuple[str, str, int, list[Event]]] = []
+        self._early_lock = threading.Lock()
+        """Batches that arrived before ``start`` finished (Ray may start an async actor's calls out of order)."""
+
+    async def start(
+        self,
+        specs: list[ActorSpec],
+        engine_factory: Callable[..., Any] | None,
+        peers: dict[str, tuple[Any, frozenset[type[Event]] | None]],
+        driver_kinds: frozenset[type[Event]] | None,
+        batch_ms: float,
+        restart_policy: RestartPolicy,
+    ) -> list[str]:
+        """Build and start the actors; link the other hosts and the driver. Returns the actors' names."""
+        self.loop = asyncio.get_running_loop()
+        engines = None
+        if any(spec.engine_fields for spec in specs):
+            if engine_factory is None:
+                raise ValueError(f"host {self.host!r}: actors need engines and no engine factory was given")
+            engines = engine_factory(self.clock, NoSinkHere())
+        for name, (handle, kinds) in peers.items():
+            self.bus.link(name, kinds, self._sender(handle), batch_ms)
+        self.bus.link(DRIVER, driver_kinds, self._to_driver, 0.0)
+        supervisor = Supervisor(self.ctx, restart_policy)
+        for spec in specs:
+            supervisor.start(spec.build(self.ctx, engines))
+        with self._early_lock:
+            self.supervisor = supervisor
+            early, self._early = self._early, []
+        for batch in early:
+            self.bus.receive(*batch)
+        return [spec.name for spec in specs]
+
+    def _sender(self, handle: Any) -> Callable[[str, int, list[Event]], None]:
+        me = self.host
+
+        def send(lane: str, seq: int, events: list[Event]) -> None:
+            method = handle.deliver_control if lane == CONTROL else handle.deliver
+            method.remote(me, lane, seq, events)
+
+        return send
+
+    def _to_driver(self, lane: str, seq: int, events: list[Event]) -> None:
+        self.to_driver.extend(events)
+        waiter = self._driver_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _receive(self, sender: str, lane: str, seq: int, events: list[Event]) -> None:
+        with self._early_lock:
+            if self.supervisor is None:
+                self._early.append((sender, lane, seq, events))
+                return
+        self.bus.receive(sender, lane, seq, events)
+
+    async def deliver(self, sender: str, lane: str, seq: int, events: list[Event]) -> None:
+        self._receive(sender, lane, seq, events)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def deliver_control(self, sender: str, lane: str, seq: int, events: list[Event]) -> None:
+        with self._early_lock:
+            if self.loop is None:
+                self._early.append((sender, lane, seq, events))
+                return
+            loop = self.loop
+        loop.call_soon_threadsafe(self._receive, sender, lane, seq, events)
+
+    async def pull(self) -> list[Event]:
+        """Events for the driver; waits until there are some (the driver keeps one pull waiting)."""
+        while not self.to_driver:
+            if self._stopped.is_set():
+                return []
+            self._driver_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._driver_waiter
+            finally:
+                self._driver_waiter = None
+        batch, self.to_driver = self.to_driver, []
+        return batch
+
+    async def set_driver_kinds(self, kinds: frozenset[type[Event]] | None) -> None:
+        self.bus.set_link_kinds(DRIVER, kinds)
+
+    async def ping(self) -> float:
+        """This host's session time, in ms (a liveness probe and a clock check)."""
+        return self.clock.now_ms()
+
+    async def restarts(self) -> dict[str, int]:
+        return {} if self.supervisor is None else dict(self.supervisor.restarts)
+
+    async def stop(self) -> dict[str, float]:
+        """Stop every actor; hand the driver what is still queued for it; return this host's counters."""
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        self.bus.flush_all()
+        self._stopped.set()
+        waiter = self._driver_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return dict(self.metrics.counters)
+
+
+def host_class(max_restarts: int, num_cpus: float) -> Any:
+    """The Ray actor class for session hosts, with its fault-tolerance and resource declarations."""
+    decorate: Any = ray.remote  # its stubs lack concurrency_groups
+    return decorate(
+        max_restarts=max_restarts,
+        max_task_retries=0,
+        num_cpus=num_cpus,
+        concurrency_groups=CONCURRENCY_GROUPS,
+    )(SessionHost)
