@@ -52,6 +52,38 @@ def test_whisper_transcribes_a_real_phrase(models) -> None:  # type: ignore[no-u
     assert "basketball" in text and "thursday" in text
 
 
+SHORT_WINDOW_PHRASES = (
+    "basketball_long_male_en-US-Wavenet-A",
+    "live_short_female_en-US-Wavenet-E",
+    "student_short_female_en-US-Wavenet-C",
+    "experiment_long_female_en-US-Wavenet-F",
+)
+"""Phrases on which a short window without its silence states loops ("Are you a student? Are you ...")."""
+
+
+@needs_phrases
+@pytest.mark.parametrize("name", SHORT_WINDOW_PHRASES)
+def test_whisper_short_window_hears_every_reference_word_once(models, name: str) -> None:  # type: ignore[no-untyped-def]
+    from duplexer.actors.asr_bench import normalize_words
+
+    assert models.asr.window == "short"
+    pcm = read_wav(PHRASES / f"{name}.wav", INPUT_SAMPLE_RATE_HZ)
+    text = asyncio.run(models.asr.transcribe(pcm, 0.0, 0.0, final=True))
+    reference = normalize_words((PHRASES / f"{name}.txt").read_text())
+    assert normalize_words(text) == reference, text
+
+
+@needs_phrases
+def test_whisper_short_and_full_windows_agree(models) -> None:  # type: ignore[no-untyped-def]
+    from duplexer.actors.asr_bench import normalize_words
+    from duplexer.kernels.audio import pcm16_to_float
+
+    audio = pcm16_to_float(read_wav(PHRASES / "work_long_male_en-US-Wavenet-B.wav", INPUT_SAMPLE_RATE_HZ))
+    short = models.asr.transcribe_audio(audio, "short")
+    full = models.asr.transcribe_audio(audio, "full")
+    assert normalize_words(short) == normalize_words(full)
+
+
 def test_llm_streams_and_stops_when_the_stream_is_closed(models) -> None:  # type: ignore[no-untyped-def]
     messages = [("system", "Answer briefly."), ("user", "Count from one to fifty in words.")]
 

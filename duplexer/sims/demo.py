@@ -8,8 +8,9 @@ latency speculation saves is measured per turn in one run.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,28 +18,36 @@ from typing import Any
 import numpy as np
 
 from duplexer.actors.asr import AsrParams
-from duplexer.actors.pipeline import PipelineConfig
+from duplexer.actors.context import ContextManager
+from duplexer.actors.engines import AudioSink
+from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.actors.tts import TtsParams
 from duplexer.actors.vad import VadParams
 from duplexer.policies.controller import LIVE_CALL_POLICY
+from duplexer.runtime.clock import LoopClock
 from duplexer.runtime.events import (
+    FRAME_MS,
     INPUT_SAMPLE_RATE_HZ,
+    AudioFrame,
     CancelReply,
     CommitReply,
+    Event,
     LlmDone,
+    SpeakRequest,
     StartReply,
 )
-from duplexer.sims.live import EngineFactory, LiveRun, run_live, without_speculation
+from duplexer.runtime.session import Session
+from duplexer.sims.live import EngineFactory, KeepingSink, LiveRun, MicTrack, run_live, without_speculation
 from duplexer.sims.metrics import percentiles, turn_facts
 from duplexer.sims.persona import Persona
 from duplexer.sims.scenario import Backchannel, Noise, Say, Scenario, Segment, Silence, Start
-from duplexer.sims.simulator import SimRun
+from duplexer.sims.simulator import RECORDED_EVENTS, BotInterval, SimRun, StepRecord
 from duplexer.sims.vap import speech_segments_pcm
 
 WHISPER_ASR = AsrParams(partial_interval_ms=float("inf"))
-"""No partials with Whisper: a call costs ~0.43 s whatever the clip length (its encoder always sees a
-30 s window), so partials cannot make the final cheaper, and on 2 cores a running partial delays
-the final by up to one call."""
+"""No partials with Whisper: each call transcribes the whole segment again (~0.1-0.15 s with its short
+window), so partials cannot make the final cheaper, and on 2 cores a running partial delays the
+final, which starts at the VAD's speech stop, by up to one call."""
 
 USER_LENGTH_SCALE = 1.1
 """The demo's user speaks a little slower than the bot, in the same voice."""
@@ -167,8 +176,10 @@ def summarize_demo(records: list[dict[str, Any]], on: LiveRun, off: LiveRun | No
     latencies = [r["response_latency_ms"] for r in records if r["response_latency_ms"] is not None]
     stops = [r["barge_in_stop_ms"] for r in records if r["barge_in_stop_ms"] is not None]
     saved = [r["latency_saved_ms"] for r in records if r["latency_saved_ms"] is not None]
+    facts = turn_facts(on.run)
     return {
         "response_latency_ms": percentiles(latencies, (10, 50, 90)),
+        "pause_takeovers": f"{facts.pause_takeovers}/{facts.pauses}",
         "barge_in_stop_ms": percentiles(stops, (50, 90)),
         "latency_saved_ms": percentiles(saved, (50,)),
         "output_underruns": int(on.run.underruns + (off.run.underruns if off else 0)),
@@ -206,7 +217,8 @@ def table(records: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     lines += [
         "",
         f"response latency p50 {fmt(lat['p50'])} ms (p90 {fmt(lat['p90'])}), latency saved p50 {fmt(saved['p50'])} ms, "
-        f"barge-in stop p50 {fmt(stop['p50'])} ms, output underruns {summary['output_underruns']}",
+        f"barge-in stop p50 {fmt(stop['p50'])} ms, output underruns {summary['output_underruns']}, "
+        f"mid-turn pauses taken over {summary['pause_takeovers']}",
     ]
     return "\n".join(lines)
 
@@ -230,20 +242,29 @@ async def run_demo(
     return on, off, records, summarize_demo(records, on, off)
 
 
-def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = 1500.0) -> tuple[Scenario, list[bytes]]:
+def group_turns(segments: Sequence[tuple[float, float]], turn_gap_ms: float) -> list[list[tuple[float, float]]]:
+    """Speech segments grouped into user turns: a new turn after a silence of ``turn_gap_ms``."""
+    groups: list[list[tuple[float, float]]] = []
+    for seg in segments:
+        if groups and seg[0] - groups[-1][-1][1] < turn_gap_ms:
+            groups[-1].append(seg)
+        else:
+            groups.append([seg])
+    return groups
+
+
+TURN_GAP_MS = 1500.0
+"""A recorded or live user's speech is split into turns at silences this long (for measuring only)."""
+
+
+def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = TURN_GAP_MS) -> tuple[Scenario, list[bytes]]:
     """A recorded user as a scenario: speech segments by energy, a new turn after a long gap."""
     segments = speech_segments_pcm(np.frombuffer(pcm, dtype="<i2"), INPUT_SAMPLE_RATE_HZ)
     if not segments:
         raise ValueError(f"{name}: no speech found in the recording")
-    groups: list[list[tuple[float, float]]] = [[segments[0]]]
-    for seg in segments[1:]:
-        if seg[0] - groups[-1][-1][1] >= turn_gap_ms:
-            groups.append([seg])
-        else:
-            groups[-1].append(seg)
     steps: list[Say | Backchannel | Noise | Silence] = []
     clips: list[bytes] = []
-    for group in groups:
+    for group in group_turns(segments, turn_gap_ms):
         t0 = group[0][0]
         segs = [Segment(start_ms=s - t0, end_ms=e - t0) for s, e in group]
         steps.append(Say(say="(recorded speech)", segments=segs, start=Start(at_ms=t0)))
@@ -251,6 +272,130 @@ def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = 1500.0) -> tu
             clips.append(pcm[2 * int(s * INPUT_SAMPLE_RATE_HZ / 1000) : 2 * int(e * INPUT_SAMPLE_RATE_HZ / 1000)])
     duration_ms = 1000.0 * (len(pcm) // 2) / INPUT_SAMPLE_RATE_HZ
     return Scenario(name=name, script=steps, tail_ms=4000.0, max_duration_ms=duration_ms + 60_000.0), clips
+
+
+# ------------------------------------------------------------------ live microphone
+
+
+class TeeSink:
+    """Bot audio to a recorder (for the outputs) and, when there is one, a speaker."""
+
+    def __init__(self, recorder: KeepingSink, speaker: AudioSink | None) -> None:
+        self.recorder, self.speaker = recorder, speaker
+
+    def write(self, pcm: bytes, sample_rate_hz: int, reply_id: str, ts_ms: float) -> None:
+        self.recorder.write(pcm, sample_rate_hz, reply_id, ts_ms)
+        if self.speaker is not None:
+            self.speaker.write(pcm, sample_rate_hz, reply_id, ts_ms)
+
+    def flush(self) -> None:
+        self.recorder.flush()
+        if self.speaker is not None:
+            self.speaker.flush()
+
+
+def live_steps(
+    samples: np.ndarray, bot_audio: Sequence[BotInterval], turn_gap_ms: float = TURN_GAP_MS
+) -> list[StepRecord]:
+    """The user's turns in a live recording, found afterwards the way ``talk FILE.wav`` finds them."""
+    steps: list[StepRecord] = []
+    for group in group_turns(speech_segments_pcm(samples, INPUT_SAMPLE_RATE_HZ), turn_gap_ms):
+        start, end = group[0][0], group[-1][1]
+        over_bot = any(i.start_ms <= start < i.end_ms for i in bot_audio)
+        steps.append(StepRecord(len(steps), "say", "(live speech)", start, end, list(group), over_bot))
+    return steps
+
+
+async def run_microphone(
+    devices: Any,
+    make_engines: EngineFactory,
+    config: PipelineConfig,
+    system_prompt: str | None = None,
+    stop: asyncio.Event | None = None,
+    greeting: str = "",
+    on_event: Callable[[Event], None] | None = None,
+) -> LiveRun:
+    """Talk live: microphone frames into the pipeline, bot audio to the speaker, until ``stop`` is set
+    (``talk_live`` sets it on Ctrl-C). Frame ``k`` of the microphone is session time ``k * FRAME_MS``,
+    numbered from the session clock at the first frame, so the VAD's times match the controller's."""
+    from duplexer.protocols.microphone import MicrophoneInput, SpeakerOutput
+
+    stop = stop or asyncio.Event()
+    clock = LoopClock()
+    recorder_sink = KeepingSink(clock, INPUT_SAMPLE_RATE_HZ)
+    speaker = SpeakerOutput(devices) if devices.output_info is not None else None
+    engines = make_engines(clock, TeeSink(recorder_sink, speaker))
+    context = ContextManager(system_prompt) if system_prompt else ContextManager()
+    session = Session(session_id="mic", clock=clock)
+    recorder = session.bus.subscribe("mic-recorder", RECORDED_EVENTS, maxsize=1_000_000)
+    actors = start_pipeline(session, engines, config, context)
+    events: list[Event] = []
+    track = MicTrack()
+    mic = MicrophoneInput(devices)
+
+    async def record() -> None:
+        async for event in recorder:
+            events.append(event)
+            if on_event is not None:
+                on_event(event)
+
+    async def pump() -> None:
+        seq: int | None = None
+        async for pcm in mic.frames():
+            if seq is None:
+                seq = max(0, int(clock.now_ms() // FRAME_MS) - 1)
+            track.place(seq * FRAME_MS, pcm)
+            session.ctx.emit(AudioFrame, pcm=pcm, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
+            seq += 1
+
+    session.supervisor.spawn(record, "recorder")
+    mic.start()
+    session.supervisor.spawn(pump, "mic")
+    if greeting:
+        await asyncio.sleep(0)
+        session.ctx.emit(SpeakRequest, reply_id="greeting", text=greeting)
+    try:
+        await stop.wait()
+    finally:
+        mic.close()
+        await asyncio.sleep(0)
+        duration_ms = clock.now_ms()
+        while (event := recorder.get_nowait()) is not None:
+            events.append(event)
+        await session.stop()
+        if speaker is not None:
+            speaker.close()
+    playout: Any = actors["playout"]
+    run = SimRun(
+        scenario="mic",
+        speculation=config.policy.speculation,
+        params=config.policy,
+        steps=live_steps(track.samples, recorder_sink.intervals),
+        bot_audio=recorder_sink.intervals,
+        events=events,
+        duration_ms=duration_ms,
+        underruns=float(playout.underruns),
+    )
+    return LiveRun(run, track.samples.copy(), recorder_sink.track(), list(context.history))
+
+
+async def talk_live(
+    devices: Any,
+    make_engines: EngineFactory,
+    config: PipelineConfig,
+    system_prompt: str | None = None,
+    greeting: str = "",
+) -> LiveRun:
+    """:func:`run_microphone` until Ctrl-C (SIGINT), which ends the session cleanly."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        return await run_microphone(devices, make_engines, config, system_prompt, stop, greeting)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def with_policy(config: PipelineConfig, **changes: Any) -> PipelineConfig:

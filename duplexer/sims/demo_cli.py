@@ -78,12 +78,7 @@ def _talk(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     if args.mic:
-        from duplexer.protocols.microphone import MicrophoneUnavailable, talk_live
-
-        try:
-            return talk_live(_persona(args.persona))
-        except (MicrophoneUnavailable, PersonaError, ModelPackageMissing) as exc:
-            return fail(str(exc))
+        return _talk_mic(args)
     if args.file is None:
         return fail("talk needs a wav file, or --mic")
     try:
@@ -100,6 +95,44 @@ def _talk(args: argparse.Namespace) -> int:
     write_outputs(args.out, args.file.stem, run, records, summary)
     print(table(records, summary))
     print(f"wrote {args.out / (args.file.stem + '.wav')}, .json and _timeline.png")
+    return 0
+
+
+def _talk_mic(args: argparse.Namespace) -> int:
+    """Live talk through PyAudio until Ctrl-C; writes OUT/mic.wav, .json and _timeline.png like talk."""
+    from duplexer.actors.real import ModelPackageMissing
+    from duplexer.protocols.microphone import MicrophoneUnavailable, open_devices
+    from duplexer.sims.demo import demo_config, summarize_demo, table, talk_live, turn_records, write_outputs
+    from duplexer.sims.persona import PersonaError
+
+    if args.file is not None:
+        return fail("talk takes a wav file or --mic, not both")
+    try:
+        devices = open_devices()
+    except MicrophoneUnavailable as exc:
+        return fail(str(exc))
+    try:
+        try:
+            persona = _persona(args.persona)
+            print("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...", file=sys.stderr)
+            make_engines, _ = _engines(args)
+        except (ModelPackageMissing, PersonaError, ValueError) as exc:
+            return fail(str(exc))
+        speaker = "the default output" if devices.output_info is not None else "no speaker (bot audio only recorded)"
+        print(f"listening on {devices.input_name!r}, replying through {speaker}; Ctrl-C ends", file=sys.stderr)
+        prompt = persona.system_prompt if persona else None
+        greeting = persona.greeting if persona else ""
+        try:
+            run = asyncio.run(talk_live(devices, make_engines, demo_config(persona), prompt, greeting))
+        except MicrophoneUnavailable as exc:
+            return fail(str(exc))
+    finally:
+        devices.close()
+    records = turn_records(run, None)
+    summary = summarize_demo(records, run, None)
+    write_outputs(args.out, "mic", run, records, summary)
+    print(table(records, summary))
+    print(f"wrote {args.out / 'mic.wav'}, .json and _timeline.png")
     return 0
 
 
@@ -166,7 +199,12 @@ def register(commands: Any) -> None:
         ".json and _timeline.png like the demo. With --mic, talk live through PyAudio.",
     )
     talk.add_argument("file", type=Path, nargs="?", help="the user's recording (wav)")
-    talk.add_argument("--mic", action="store_true", help="talk live through the default microphone")
+    talk.add_argument(
+        "--mic",
+        action="store_true",
+        help="talk live through the default microphone and speaker (needs PyAudio: the 'mic' extra); "
+        "Ctrl-C ends and writes OUT/mic.wav, .json and _timeline.png",
+    )
     talk.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
     talk.add_argument(
         "--persona", type=Path, help="persona YAML (see personas/); its greeting is not spoken over a recording"
