@@ -29,6 +29,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "llm-serving": ("duplexer.actors.llm_bench", "main", "LLM server: speculation's discarded work, prefix reuse"),
     "llm": ("duplexer.actors.llm_bench_backends", "main", "LLM in process vs its HTTP server: TTFT, decode, cancel"),
     "webrtc": ("duplexer.protocols.webrtc_bench", "main", "barge-in stop latency over WebRTC vs in process"),
+    "asr": ("duplexer.actors.asr_bench", "main", "Whisper short window vs 30 s window: word accuracy, time per call"),
+    "executors": ("duplexer.sims.executor_bench", "main", "local vs Ray executor: event hop latency, sessions"),
 }
 
 

@@ -48,8 +48,12 @@ class EpochClock:
     """
 
     def __init__(self, epoch_s: float | None = None) -> None:
-        self.epoch_s = time.time() if epoch_s is None else epoch_s
-        self._origin_s = time.monotonic() - (time.time() - self.epoch_s)
+        self.rebase(time.time() if epoch_s is None else epoch_s)
+
+    def rebase(self, epoch_s: float) -> None:
+        """Count from a new epoch (every process of a session moves together, before anything happens)."""
+        self.epoch_s = epoch_s
+        self._origin_s = time.monotonic() - (time.time() - epoch_s)
 
     def now_ms(self) -> float:
         return (time.monotonic() - self._origin_s) * 1000.0

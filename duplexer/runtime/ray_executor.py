@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from duplexer.runtime.metrics import Metrics
 RAY_INSTALL_HINT = "pip install 'duplexer[ray]' (Ray with Ray Serve)"
 DRIVER_ONLY = frozenset({"playout"})
 """Actors that must run in the driver: playout writes to the call's audio sink."""
+OPTIONAL_ACTORS = frozenset({"tools", "tokenizer"})
+"""Actors a placement may name that a session runs only when configured (tools, an audio tokenizer)."""
 HOST_STOP_TIMEOUT_S = 5.0
 
 
@@ -172,6 +175,7 @@ class RaySession:
         self.ray = ensure_ray(options)
         self.options = options
         self.session_id = session_id or uuid.uuid4().hex[:12]
+        self._nonce = uuid.uuid4().hex[:8]  # session ids need not be unique across a cluster; actor names must
         self.clock = EpochClock()
         self.metrics = Metrics()
         self.bus = LinkedBus(self.session_id, self.clock, self.metrics)
@@ -180,6 +184,7 @@ class RaySession:
         self.supervisor = Supervisor(self.ctx, self.restart_policy)
         self.engine_factory = engine_factory
         self.hosts: dict[str, Any] = {}
+        self._started: dict[str, Any] = {}
         self.failed = asyncio.Event()
         self.failure: str | None = None
         self.host_counters: dict[str, dict[str, float]] = {}
@@ -196,7 +201,7 @@ class RaySession:
         from duplexer.runtime.ray_host import host_class
 
         specs = list(specs)
-        unknown = self.options.placement.actors() - {spec.name for spec in specs}
+        unknown = self.options.placement.actors() - {spec.name for spec in specs} - OPTIONAL_ACTORS
         if unknown:
             raise PlacementError(f"placement names actors this session does not run: {', '.join(sorted(unknown))}")
         local: dict[str, Actor] = {}
@@ -212,13 +217,13 @@ class RaySession:
         cls = host_class(self.options.max_restarts, self.options.host_num_cpus)
         kinds = {host: _kinds(host_specs) for host, host_specs in remote.items()}
         for host in remote:
-            self.hosts[host] = cls.options(name=f"duplexer:{self.session_id}:{host}", namespace="duplexer").remote(
-                self.session_id, host, self.clock.epoch_s, self.options.log_level
-            )
+            self.hosts[host] = cls.options(
+                name=f"duplexer:{self.session_id}:{host}:{self._nonce}", namespace="duplexer"
+            ).remote(self.session_id, host, self.clock.epoch_s, self.options.log_level)
         driver_kinds = self.bus.subscribed_kinds()
         for host, host_specs in remote.items():
             peers = {other: (self.hosts[other], kinds[other]) for other in remote if other != host}
-            self.hosts[host].start.remote(
+            started = self._started[host] = self.hosts[host].start.remote(
                 host_specs,
                 self.engine_factory,
                 peers,
@@ -227,7 +232,7 @@ class RaySession:
                 self.restart_policy,
             )
             self.bus.link(host, kinds[host], self._sender(self.hosts[host]), self.options.batch_ms)
-            self._pulls.append(asyncio.create_task(self._pull(host, self.hosts[host]), name=f"pull:{host}"))
+            self._pulls.append(asyncio.create_task(self._pull(host, self.hosts[host], started), name=f"pull:{host}"))
         self.bus.on_subscribe = self._driver_kinds_changed
         return local
 
@@ -243,8 +248,17 @@ class RaySession:
         for handle in self.hosts.values():
             handle.set_driver_kinds.remote(kinds)
 
-    async def _pull(self, host: str, handle: Any) -> None:
-        """Long-poll one host for the events the driver's subscribers want."""
+    async def _pull(self, host: str, handle: Any, started: Any) -> None:
+        """Wait for the host to start, then long-poll it for the events the driver's subscribers want."""
+        try:
+            await started
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # its actors could not be built there: the session cannot go on
+            if not self._stopping:
+                died = isinstance(exc, self.ray.exceptions.RayActorError)
+                self._lost(host, exc, "died" if died else "could not start")
+            return
         while True:
             try:
                 batch = await handle.pull.remote()
@@ -258,13 +272,26 @@ class RaySession:
                 return
             self.bus.deliver_local(batch)
 
-    def _lost(self, host: str, exc: BaseException) -> None:
-        reason = f"session host {host!r} died ({type(exc).__name__}); session {self.session_id} ends"
+    def _lost(self, host: str, exc: BaseException, what: str = "died") -> None:
+        cause = _first_line(exc)
+        reason = f"session host {host!r} {what} ({cause}); session {self.session_id} ends"
         self.failure = reason
         self.metrics.incr("ray.host_lost", host=host)
-        self.log.error("session_host_lost", host=host, error=str(exc).splitlines()[0] if str(exc) else "")
+        self.log.error("session_host_lost", host=host, error=cause)
         self.ctx.emit(ErrorEvent, source=f"ray:{host}", message=reason, fatal=True)
         self.failed.set()
+
+    async def ready(self, restart_clock: bool = False) -> None:
+        """Wait until every host has built and started its actors (raises if one could not).
+
+        With ``restart_clock``, session time then starts again from 0 in every process, so a
+        scripted conversation is not shortened by the seconds Ray took to start the hosts.
+        """
+        await asyncio.gather(*self._started.values())
+        if restart_clock:
+            epoch = time.time()
+            self.clock.rebase(epoch)
+            await asyncio.gather(*(handle.rebase_clock.remote(epoch) for handle in self.hosts.values()))
 
     async def ping(self) -> dict[str, float]:
         """Each host's session time: a liveness probe (raises if a host is gone)."""
@@ -306,6 +333,14 @@ class RaySession:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The cause of a Ray error in one line: the innermost exception's type and message."""
+    cause = getattr(exc, "cause", None)
+    inner = cause if isinstance(cause, BaseException) else exc
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    return f"{type(inner).__name__}: {lines[-1]}" if lines else type(inner).__name__
 
 
 async def _await(ref: Any) -> Any:

@@ -58,6 +58,7 @@ class SessionHost:
         self.to_driver: list[Event] = []
         self._driver_waiter: asyncio.Future[None] | None = None
         self._stopped = asyncio.Event()
+        self._driver_kinds: Any = "unset"
         self._early: list[tuple[str, str, int, list[Event]]] = []
         self._early_lock = threading.Lock()
         """Batches that arrived before ``start`` finished (Ray may start an async actor's calls out of order)."""
@@ -80,7 +81,7 @@ class SessionHost:
             engines = engine_factory(self.clock, NoSinkHere())
         for name, (handle, kinds) in peers.items():
             self.bus.link(name, kinds, self._sender(handle), batch_ms)
-        self.bus.link(DRIVER, driver_kinds, self._to_driver, 0.0)
+        self.bus.link(DRIVER, self._driver_kinds if self._driver_kinds != "unset" else driver_kinds, self._to_driver)
         supervisor = Supervisor(self.ctx, restart_policy)
         for spec in specs:
             supervisor.start(spec.build(self.ctx, engines))
@@ -139,7 +140,13 @@ class SessionHost:
         return batch
 
     async def set_driver_kinds(self, kinds: frozenset[type[Event]] | None) -> None:
-        self.bus.set_link_kinds(DRIVER, kinds)
+        if DRIVER in self.bus.links:
+            self.bus.set_link_kinds(DRIVER, kinds)
+        else:  # arrived before start: start links the driver with these
+            self._driver_kinds = kinds
+
+    async def rebase_clock(self, epoch_s: float) -> None:
+        self.clock.rebase(epoch_s)
 
     async def ping(self) -> float:
         """This host's session time, in ms (a liveness probe and a clock check)."""

@@ -39,6 +39,9 @@ class Session:
         self.add(*actors.values())
         return actors
 
+    async def ready(self, restart_clock: bool = False) -> None:
+        """Every actor of a local session is running as soon as it is added; nothing to wait for."""
+
     async def stop(self) -> None:
         await self.supervisor.stop()
 

@@ -1,4 +1,4 @@
-"""`duplexer sim`: replay scenarios on the virtual clock; report or sweep."""
+"""`duplexer sim`: replay scenarios on the virtual clock (or in real time, on either executor); report or sweep."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from duplexer.cli_support import fail
+from duplexer.runtime.executors import add_executor_arguments
+
+DEFAULT_CONCURRENCY = 8
+"""Scenarios playing at once in real time."""
+SIM_RAY_PLACEMENT = "session=controller,context,tts"
+"""The simulator's default Ray placement: the scripted VAD, ASR, LLM and tools read the simulated
+user's script, so they run beside it in the driver; the controller, context and TTS go to Ray."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     progress = not args.quiet and sys.stderr.isatty()
     try:
+        runner = _runner(args, progress)
+    except (ValueError, RuntimeError) as exc:  # a bad placement, or no Ray
+        return fail(str(exc))
+    try:
         overrides = parse_overrides(args.set)
         if args.sweep:
             grid = parse_sweep(args.sweep)
@@ -37,14 +48,41 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{values} {lat if lat is not None else '-':>10} {take if take is not None else '-':>8}")
             print(f"wrote {args.report / 'sweep.csv'} and {args.report / 'pareto.png'}")
             return 0
+        if args.sweep and runner is not None:
+            raise UsageError("--sweep runs on the virtual clock only; leave out --executor ray and --real-time")
         summary = run_scenarios(
-            args.paths, args.report, args.seed, overrides, plots=not args.no_plots, progress=progress
+            args.paths, args.report, args.seed, overrides, plots=not args.no_plots, progress=progress, runner=runner
         )
     except (ScenarioError, UsageError) as exc:
         return fail(str(exc))
     print(summary_table(summary))
     print(f"wrote {args.report / 'summary.json'}" + ("" if args.no_plots else " and a timeline PNG per scenario"))
     return 0
+
+
+def _runner(args: argparse.Namespace, progress: bool) -> Any:
+    """None for the virtual clock; else a runner that plays the scenarios in real time on the executor."""
+    if args.executor == "local" and not args.real_time:
+        return None
+    from duplexer.sims.realtime import run_real_time
+
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be >= 1, got {args.concurrency}")
+    make_session = None
+    if args.executor == "ray":
+        from duplexer.runtime.executors import ray_options
+        from duplexer.runtime.ray_executor import RaySession, ensure_ray
+
+        options = ray_options(args)
+        ensure_ray(options)
+
+        def make_session(session_id: str, engine_factory: Any) -> RaySession:
+            return RaySession(options, session_id, engine_factory)
+
+    def run_jobs(jobs: Any) -> Any:
+        return run_real_time(jobs, args.seed, make_session, args.concurrency, progress)
+
+    return run_jobs
 
 
 def register(commands: Any) -> None:
@@ -55,7 +93,8 @@ def register(commands: Any) -> None:
         "clock, with scripted engines. Each scenario runs twice, with speculation as configured "
         "and with it off, to measure the latency speculation saves. Writes REPORT/summary.json "
         "and a timeline PNG per scenario; with --sweep, writes REPORT/sweep.csv and "
-        "REPORT/pareto.png instead. The scenario format is in docs/scenarios.md.",
+        "REPORT/pareto.png instead. The scenario format is in docs/scenarios.md. With "
+        "--executor ray (or --real-time) the scenarios play on the wall clock, several at once.",
     )
     sim.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="scenario files or folders")
     sim.add_argument("--report", type=Path, default=Path("out"), metavar="DIR", help="output folder (default: out)")
@@ -74,6 +113,19 @@ def register(commands: Any) -> None:
         metavar="KEY=START:STOP:STEP",
         help="sweep a policy parameter over a range (stop included); repeat for a grid",
     )
+    sim.add_argument(
+        "--real-time",
+        action="store_true",
+        help="play the scenarios on the wall clock instead of the virtual one (implied by --executor ray)",
+    )
+    sim.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"in real time, how many scenarios play at once (default: {DEFAULT_CONCURRENCY})",
+    )
+    add_executor_arguments(sim, SIM_RAY_PLACEMENT)
     sim.add_argument("--no-plots", action="store_true", help="skip the timeline PNGs")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")

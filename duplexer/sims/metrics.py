@@ -106,9 +106,11 @@ def turn_facts(run: SimRun) -> TurnFacts:
                     facts.pause_takeovers += 1
         if step.kind == "say" and step.bot_speaking_at_onset:
             onset = step.start_ms
-            ended = [a.end_ms for a in audio if a.start_ms <= onset < a.end_ms]
-            if ended and any(onset <= t <= step.end_ms for t in stopped_at):
-                facts.barge_in_stops_ms.append(ended[0] - onset)
+            playing = [a.reply_id for a in audio if a.start_ms <= onset < a.end_ms]
+            if playing and any(onset <= t <= step.end_ms for t in stopped_at):
+                # the stopped reply's last audio, however many stretches it was played in
+                ended = max(a.end_ms for a in audio if a.reply_id == playing[0])
+                facts.barge_in_stops_ms.append(ended - onset)
         if step.kind == "backchannel" and step.bot_speaking_at_onset:
             facts.backchannels += 1
             window_end = step.end_ms + BACKCHANNEL_STOP_WINDOW_MS

@@ -7,7 +7,7 @@ import itertools
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,7 +18,7 @@ from tqdm import tqdm
 from duplexer.policies.controller import PolicyParams
 from duplexer.sims.metrics import TurnFacts, latency_saved, summarize, turn_facts
 from duplexer.sims.scenario import Scenario, ScenarioError, collect_scenarios
-from duplexer.sims.simulator import policy_for, simulate
+from duplexer.sims.simulator import SimRun, policy_for, simulate
 
 
 class UsageError(ValueError):
@@ -107,6 +107,10 @@ def _prepare(paths: Sequence[Path], base: PolicyParams) -> list[tuple[Scenario, 
     return [(sc, policy_for(sc, base, str(path))) for path, sc in loaded]
 
 
+Runner = Callable[[Sequence[tuple[Scenario, PolicyParams]]], list[SimRun]]
+"""Runs (scenario, params) jobs and returns their runs in order: on the virtual clock, or in real time."""
+
+
 def run_scenarios(
     paths: Sequence[Path],
     report_dir: Path,
@@ -114,6 +118,7 @@ def run_scenarios(
     overrides: dict[str, Any],
     plots: bool = True,
     progress: bool = True,
+    runner: Runner | None = None,
 ) -> dict[str, Any]:
     """Replay every scenario with speculation as configured and with it off; write the report."""
     base = make_params(overrides)
@@ -123,10 +128,15 @@ def run_scenarios(
     per_scenario: dict[str, Any] = {}
     all_facts: list[TurnFacts] = []
     all_saved: list[float] = []
+    jobs = [job for sc, params in prepared for job in ((sc, params), (sc, replace(params, speculation=False)))]
+    if runner is None:
+        runs = [
+            simulate(sc, params, seed) for sc, params in tqdm(jobs, desc="scenarios", disable=not progress, leave=False)
+        ]
+    else:
+        runs = runner(jobs)
     with staged_report(report_dir) as stage:
-        for scenario, params in tqdm(prepared, desc="scenarios", disable=not progress, leave=False):
-            main = simulate(scenario, params, seed)
-            baseline = simulate(scenario, replace(params, speculation=False), seed)
+        for (scenario, _), main, baseline in zip(prepared, runs[0::2], runs[1::2], strict=True):
             facts, base_facts = turn_facts(main), turn_facts(baseline)
             saved = latency_saved(facts, base_facts)
             per_scenario[scenario.name] = summarize([facts], saved)

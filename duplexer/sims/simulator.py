@@ -112,6 +112,11 @@ class BotInterval:
     end_ms: float
 
 
+CONTIGUOUS_MS = FRAME_MS
+"""Chunks of one reply less than a frame apart play as one stretch of audio. On the virtual clock
+they abut exactly; on the wall clock a write lands a few milliseconds early or late."""
+
+
 class RecordingSink:
     """The simulator's speaker: records when bot audio was audible, per reply."""
 
@@ -122,8 +127,8 @@ class RecordingSink:
     def write(self, pcm: bytes, sample_rate_hz: int, reply_id: str, ts_ms: float) -> None:
         end_ms = ts_ms + 1000.0 * (len(pcm) // 2) / sample_rate_hz
         last = self.intervals[-1] if self.intervals else None
-        if last is not None and last.reply_id == reply_id and abs(last.end_ms - ts_ms) < 1.0:
-            last.end_ms = end_ms
+        if last is not None and last.reply_id == reply_id and last.start_ms <= ts_ms <= last.end_ms + CONTIGUOUS_MS:
+            last.end_ms = max(last.end_ms, end_ms)
         else:
             self.intervals.append(BotInterval(reply_id, ts_ms, end_ms))
 
@@ -444,6 +449,7 @@ async def _simulate(
     actors = start_pipeline(
         session, engines, _pipeline_config(scenario, params), tools=None if tools is None else tools[0]
     )
+    await session.ready(restart_clock=True)  # Ray hosts take seconds to start; the script waits for them
     watch = _BotWatch()
     events: list[Event] = []
 

@@ -1,0 +1,260 @@
+"""The Ray executor on a real local Ray instance: same outcomes as the local executor, failures contained.
+
+One Ray instance (``num_cpus=2``) serves the whole module: starting one takes several seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from duplexer.actors.pipeline import PipelineConfig, start_pipeline
+from duplexer.policies.controller import PolicyParams
+from duplexer.protocols.webrtc_engines import scripted_engines
+from duplexer.runtime.events import (
+    FRAME_MS,
+    INPUT_SAMPLE_RATE_HZ,
+    AudioFrame,
+    ErrorEvent,
+    PlayoutStarted,
+    PromptReady,
+)
+from duplexer.sims.metrics import turn_facts
+from duplexer.sims.realtime import run_real_time
+from duplexer.sims.report import _prepare
+from duplexer.sims.simulator import SimRun, simulate
+from tests.conftest import SCENARIOS
+
+ray = pytest.importorskip("ray")
+
+from duplexer.runtime.ray_executor import (  # noqa: E402
+    Placement,
+    PlacementError,
+    RayOptions,
+    RaySession,
+    ensure_ray,
+)
+
+pytestmark = pytest.mark.slow
+
+OPTIONS = RayOptions(num_cpus=2, placement=Placement.parse("session=controller,context,tts"))
+CONCURRENCY = 2
+"""Scenarios at once. Each session starts a Ray worker process, which takes a couple of CPU-seconds;
+on 2 cores, more sessions at once starve the ones already talking (see docs/deploy.md)."""
+LATENCY_TOLERANCE_MS = 250.0
+"""Wall-clock runs on a loaded 2-core machine drift from the virtual clock by tens of milliseconds."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance() -> Iterator[None]:
+    ensure_ray(OPTIONS)
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _alive_session_hosts() -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("duplexer:")]
+
+
+def _outcome(run: SimRun) -> dict[str, Any]:
+    facts = turn_facts(run)
+    return {
+        "answered": sorted(facts.latencies_ms),
+        "unanswered": facts.unanswered_turns,
+        "pause_takeovers": facts.pause_takeovers,
+        "backchannel_stops": facts.backchannel_stops,
+        "barge_in_stops": len(facts.barge_in_stops_ms),
+        "tool_calls": facts.tool_calls,
+        "errors": facts.errors,
+    }
+
+
+REPRESENTATIVE = (
+    "plain_two_turns",
+    "barge_in_mid",
+    "backchannel_during_reply",
+    "long_pause_mid_turn",
+    "noise_burst_over_bot",
+    "several_short_pauses",
+    "rapid_short_exchanges",
+    "tool_weather_behind_preface",
+)
+"""One scenario per behaviour: answers, barge-in, backchannel, pauses, noise, a tool call."""
+
+
+def test_representative_scenarios_have_the_same_outcome_under_ray_as_on_the_virtual_clock() -> None:
+    jobs = _prepare([SCENARIOS / f"{name}.yaml" for name in REPRESENTATIVE], PolicyParams())
+
+    def make_session(session_id: str, factory: Any) -> RaySession:
+        return RaySession(OPTIONS, session_id, factory)
+
+    runs = run_real_time(jobs, 0, make_session, concurrency=CONCURRENCY)
+    mismatches = []
+    for (scenario, params), run in zip(jobs, runs, strict=True):
+        reference = simulate(scenario, params, 0)
+        got, want = _outcome(run), _outcome(reference)
+        if got != want:
+            mismatches.append(f"{scenario.name}: ray {got} != virtual {want}")
+            continue
+        ray_lat, ref_lat = turn_facts(run).latencies_ms, turn_facts(reference).latencies_ms
+        for step, latency in ref_lat.items():
+            if abs(ray_lat[step] - latency) > LATENCY_TOLERANCE_MS:
+                mismatches.append(f"{scenario.name} step {step}: latency {ray_lat[step]:.0f} vs {latency:.0f} ms")
+    assert not mismatches, "\n".join(mismatches)
+    assert _alive_session_hosts() == [], "session hosts outlived their sessions"
+
+
+_engines = scripted_engines(("hello there",), llm_ttft_ms=100.0)
+"""Model-free engines (energy VAD, canned transcripts, scripted LLM, humming TTS); a factory from the
+package, so Ray workers can unpickle it (they cannot import this test module)."""
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, pcm: bytes, sample_rate_hz: int, reply_id: str, ts_ms: float) -> None:
+        self.writes += 1
+
+    def flush(self) -> None:
+        pass
+
+
+def _speech_frame(seq: int) -> bytes:
+    import numpy as np
+
+    n = INPUT_SAMPLE_RATE_HZ * FRAME_MS // 1000
+    t = (np.arange(n) + seq * n) / INPUT_SAMPLE_RATE_HZ
+    return (0.3 * 32767 * np.sin(2 * np.pi * 180.0 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype("<i2").tobytes()
+
+
+async def _speak_and_wait_for_reply(session: Any, speech_ms: float = 900.0, timeout_s: float = 30.0) -> bool:
+    """Stream speech then silence into the session in real time; True once the bot starts playing."""
+    sub = session.bus.subscribe("test-watch", (PlayoutStarted,))
+    silent = bytes(2 * INPUT_SAMPLE_RATE_HZ * FRAME_MS // 1000)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    seq = 0
+    try:
+        while loop.time() - start < timeout_s:
+            pcm = _speech_frame(seq) if seq * FRAME_MS < speech_ms else silent
+            session.ctx.emit(AudioFrame, pcm=pcm, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
+            seq += 1
+            await asyncio.sleep(max(0.0, start + seq * FRAME_MS / 1000 - loop.time()))
+            if sub.get_nowait() is not None:
+                return True
+        return False
+    finally:
+        session.bus.unsubscribe(sub)
+
+
+def _session(placement: str) -> RaySession:
+    return RaySession(replace(OPTIONS, placement=Placement.parse(placement)), engine_factory=_engines)
+
+
+async def _started(placement: str) -> tuple[RaySession, _Sink]:
+    session = _session(placement)
+    sink = _Sink()
+    start_pipeline(session, _engines(session.clock, sink), PipelineConfig())
+    return session, sink
+
+
+def test_a_conversation_turn_works_with_every_subsystem_in_its_own_ray_actor() -> None:
+    async def main() -> None:
+        session, sink = await _started("split")
+        try:
+            await session.ready()
+            assert set(session.hosts) == {"vad", "asr", "controller", "context", "llm", "tts"}
+            assert await _speak_and_wait_for_reply(session), "no reply with every subsystem on Ray"
+            assert sink.writes > 0
+        finally:
+            await session.stop()
+
+    asyncio.run(main())
+    assert _alive_session_hosts() == []
+
+
+def test_a_dead_session_host_ends_only_its_own_session() -> None:
+    async def main() -> None:
+        doomed, _ = await _started("session")
+        survivor, _ = await _started("session")
+        await survivor.ready()
+        errors = doomed.bus.subscribe("test-errors", (ErrorEvent,))
+        try:
+            await asyncio.gather(doomed.ready(), survivor.ready())
+            ray.kill(doomed.hosts["session"], no_restart=True)
+            await asyncio.wait_for(doomed.failed.wait(), timeout=10)
+            fatal = [e for e in iter(errors.get_nowait, None) if isinstance(e, ErrorEvent) and e.fatal]
+            assert fatal and "session host 'session' died" in fatal[0].message
+            assert not survivor.failed.is_set()
+            assert await _speak_and_wait_for_reply(survivor), "the other session stopped answering"
+        finally:
+            await doomed.stop()
+            await survivor.stop()
+
+    asyncio.run(main())
+    assert _alive_session_hosts() == []
+
+
+def test_a_killed_shared_engine_replica_gives_an_error_and_serve_replaces_it() -> None:
+    from duplexer.actors.serve_engines import ShareOptions, deploy_shared_engines, shutdown_shared_engines
+
+    slow_llm = scripted_engines(("hello there",), llm_ttft_ms=1500.0)
+    shared = deploy_shared_engines(slow_llm, ShareOptions(kinds=("llm",)))
+
+    async def main() -> None:
+        session = RaySession(replace(OPTIONS, placement=Placement.parse("session")), engine_factory=shared)
+        sink = _Sink()
+        errors = session.bus.subscribe("test-errors", (ErrorEvent,))
+        prompts = session.bus.subscribe("test-prompts", (PromptReady,))
+        start_pipeline(session, shared(session.clock, sink), PipelineConfig())
+        try:
+            await session.ready()
+            speaking = asyncio.create_task(_speak_and_wait_for_reply(session))
+            await asyncio.wait_for(prompts.get(), timeout=10)
+            await asyncio.sleep(0.3)  # the call is in flight: its scripted time to first token is 1.5 s
+            assert _replicas("llm"), "no LLM replica is running"
+            for replica in _replicas("llm"):
+                ray.kill(replica, no_restart=True)
+            await speaking  # the turn ends with the spoken fallback, or nothing
+            seen = [e for e in iter(errors.get_nowait, None) if isinstance(e, ErrorEvent)]
+            assert any("llm" in e.source for e in seen), [e.message for e in seen]
+            assert not session.failed.is_set(), "an engine failure must not end the session"
+            await asyncio.wait_for(_until_replaced("llm"), timeout=30)
+        finally:
+            await session.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        shutdown_shared_engines(["llm"])
+    assert _alive_session_hosts() == []
+
+
+def _replicas(kind: str) -> list[Any]:
+    return [
+        ray.get_actor(a["name"], namespace=a["namespace"])
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("SERVE_REPLICA::duplexer-" + kind)
+    ]
+
+
+async def _until_replaced(kind: str) -> None:
+    while not _replicas(kind):
+        await asyncio.sleep(0.2)
+
+
+def test_a_placement_that_is_wrong_is_refused_with_one_line() -> None:
+    with pytest.raises(PlacementError, match="must run in the driver"):
+        Placement.parse("session=playout")
+    with pytest.raises(PlacementError, match="expected HOST=ACTOR"):
+        Placement.parse("nonsense")
+    with pytest.raises(PlacementError, match="placed twice"):
+        Placement.parse("a=vad;b=vad")
