@@ -68,7 +68,7 @@ VOICE_GAP_MS = 500.0
 VOICE_TURN_TIMEOUT_MS = 15_000.0
 SIM_PLACEMENT = "session=controller,context,tts"
 AUDIO_REMOTE_PLACEMENT = "session=vad,asr,controller,context,llm,tts"
-"""``audio-remote`` without its tokenizer: the voice pipeline runs none (the named placement needs one)."""
+"""``audio-remote`` as the voice pipeline runs it (it has no tokenizer), written out so the table says what ran."""
 
 
 # ------------------------------------------------------------------ pure helpers
