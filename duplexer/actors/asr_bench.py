@@ -88,7 +88,7 @@ def _load_average() -> str:
 def main(argv: Sequence[str]) -> int:
     from duplexer.actors.real import SHORT_WINDOW_PAD_S, ModelPackageMissing, WhisperAsr
     from duplexer.cli_support import fail
-    from duplexer.runtime.benchlog import append_benchmark
+    from duplexer.runtime.benchlog import append_benchmark, format_table
 
     parser = argparse.ArgumentParser(
         prog="duplexer bench asr",
@@ -130,19 +130,18 @@ def main(argv: Sequence[str]) -> int:
             )
         )
     header = ("window", "exact match", "WER", "mean ms/call", "p50 ms", "p90 ms", "max ms")
-    width = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        print("  ".join(str(cell).rjust(w) for cell, w in zip(row, width, strict=True)))
     notes = [
         f"{len(phrases)} VAP phrases ({args.phrases.name}/), Whisper tiny.en int8, 2 threads, greedy; "
         "both windows per phrase in turn, after one warm-up call each",
         f"load average (1/5/15 min) before {load_before}, after {load_after}",
     ]
-    for window in WINDOWS:
-        for name, reference, text in scores[window].misses:
-            line = f"{window} window missed {name}: {reference!r} -> {text!r}"
-            print(line)
-            notes.append(line)
+    misses = [
+        f"{window} window missed {name}: {reference!r} -> {text!r}"
+        for window in WINDOWS
+        for name, reference, text in scores[window].misses
+    ]
+    notes += misses
+    print("\n".join([format_table(header, rows), *misses]))
     append_benchmark(
         "ASR: Whisper short window vs 30 s window on the VAP phrases",
         header,

@@ -36,7 +36,7 @@ from duplexer.actors.engines import Message
 from duplexer.actors.llm_bench import local_llama_server
 from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
 from duplexer.actors.llm_server import Timeouts
-from duplexer.runtime.benchlog import DEFAULT_BENCH_LOG, append_benchmark
+from duplexer.runtime.benchlog import DEFAULT_BENCH_LOG, append_benchmark, format_table
 
 SYSTEM = "You are a helpful voice assistant. Answer in two or three sentences."
 QUESTIONS = (
@@ -309,10 +309,7 @@ def main(argv: Sequence[str]) -> int:
         ),
     ]
     header = ("measure", "in-process", "HTTP server", "HTTP / in-process")
-    print(f"{header[0]:62} {header[1]:>12} {header[2]:>12} {header[3]:>18}")
-    for name, a, b, c in rows:
-        print(f"{name:62} {a:>12} {b:>12} {c:>18}")
-    print(f"(run took {elapsed:.0f} s)")
+    print(f"{format_table(header, rows)}\n(run took {elapsed:.0f} s)")
     append_benchmark(
         "LLM backends: in-process llama.cpp vs its HTTP server",
         header,

@@ -131,14 +131,6 @@ class ShareOptions:
     num_cpus: float = 0.0
     max_ongoing_requests: int = 16
 
-    @classmethod
-    def parse_kinds(cls, text: str) -> tuple[str, ...]:
-        kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-        bad = [k for k in kinds if k not in SHAREABLE]
-        if bad:
-            raise ValueError(f"--share {text!r}: {', '.join(bad)} cannot be shared; choose from {', '.join(SHAREABLE)}")
-        return kinds
-
 
 def deploy_shared_engines(base: Callable[[Clock, AudioSink], Engines], options: ShareOptions) -> SharedEngines:
     """Start one Serve application per shared kind (Ray must be initialised) and return the factory."""

@@ -124,17 +124,14 @@ class LinkedBus(Bus):
             self.metrics.incr("bus.link_reordered", sender=sender)
             self._inbound[(sender, lane)] = (expected, held)
             return
-        self._deliver(events)
+        self.deliver_local(events)
         expected += 1
         while expected in held:
-            self._deliver(held.pop(expected))
+            self.deliver_local(held.pop(expected))
             expected += 1
         self._inbound[(sender, lane)] = (expected, held)
 
     def deliver_local(self, events: list[Event]) -> None:
         """Deliver events that came from elsewhere to local subscribers only (no sequence check)."""
-        self._deliver(events)
-
-    def _deliver(self, events: list[Event]) -> None:
         for event in events:
             Bus.publish(self, event)

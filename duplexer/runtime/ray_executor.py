@@ -32,7 +32,7 @@ from typing import Any
 from duplexer.runtime.actor import Actor, ActorSpec, RestartPolicy, SessionContext, Supervisor
 from duplexer.runtime.clock import EpochClock
 from duplexer.runtime.events import ErrorEvent, Event
-from duplexer.runtime.linked_bus import CONTROL, LinkedBus
+from duplexer.runtime.linked_bus import LinkedBus
 from duplexer.runtime.logging import get_logger
 from duplexer.runtime.metrics import Metrics
 
@@ -198,7 +198,7 @@ class RaySession:
 
     def place(self, specs: Iterable[ActorSpec], engines: Any = None) -> dict[str, Actor]:
         """Start each actor where the placement puts it; returns the ones running in the driver."""
-        from duplexer.runtime.ray_host import host_class
+        from duplexer.runtime.ray_host import DRIVER, host_class, sender_to
 
         specs = list(specs)
         unknown = self.options.placement.actors() - {spec.name for spec in specs} - OPTIONAL_ACTORS
@@ -231,17 +231,10 @@ class RaySession:
                 self.options.batch_ms,
                 self.restart_policy,
             )
-            self.bus.link(host, kinds[host], self._sender(self.hosts[host]), self.options.batch_ms)
+            self.bus.link(host, kinds[host], sender_to(self.hosts[host], DRIVER), self.options.batch_ms)
             self._pulls.append(asyncio.create_task(self._pull(host, self.hosts[host], started), name=f"pull:{host}"))
         self.bus.on_subscribe = self._driver_kinds_changed
         return local
-
-    def _sender(self, handle: Any) -> Callable[[str, int, list[Event]], None]:
-        def send(lane: str, seq: int, events: list[Event]) -> None:
-            method = handle.deliver_control if lane == CONTROL else handle.deliver
-            method.remote("driver", lane, seq, events)
-
-        return send
 
     def _driver_kinds_changed(self) -> None:
         kinds = self.bus.subscribed_kinds()

@@ -21,7 +21,7 @@ import ray
 from duplexer.runtime.actor import ActorSpec, RestartPolicy, SessionContext, Supervisor
 from duplexer.runtime.clock import EpochClock
 from duplexer.runtime.events import Event
-from duplexer.runtime.linked_bus import CONTROL, LinkedBus
+from duplexer.runtime.linked_bus import CONTROL, LinkedBus, Send
 from duplexer.runtime.logging import configure_logging
 from duplexer.runtime.metrics import Metrics
 
@@ -30,6 +30,16 @@ DRIVER = "driver"
 
 CONCURRENCY_GROUPS = {CONTROL: 1}
 """Control batches have a thread and loop of their own; data batches and the rest share the default one."""
+
+
+def sender_to(handle: Any, sender: str) -> Send:
+    """Sends a link's batches to the session host behind ``handle``: control ones to its control group."""
+
+    def send(lane: str, seq: int, events: list[Event]) -> None:
+        method = handle.deliver_control if lane == CONTROL else handle.deliver
+        method.remote(sender, lane, seq, events)
+
+    return send
 
 
 class NoSinkHere:
@@ -80,7 +90,7 @@ class SessionHost:
                 raise ValueError(f"host {self.host!r}: actors need engines and no engine factory was given")
             engines = engine_factory(self.clock, NoSinkHere())
         for name, (handle, kinds) in peers.items():
-            self.bus.link(name, kinds, self._sender(handle), batch_ms)
+            self.bus.link(name, kinds, sender_to(handle, self.host), batch_ms)
         self.bus.link(DRIVER, self._driver_kinds if self._driver_kinds != "unset" else driver_kinds, self._to_driver)
         supervisor = Supervisor(self.ctx, restart_policy)
         for spec in specs:
@@ -91,15 +101,6 @@ class SessionHost:
         for batch in early:
             self.bus.receive(*batch)
         return [spec.name for spec in specs]
-
-    def _sender(self, handle: Any) -> Callable[[str, int, list[Event]], None]:
-        me = self.host
-
-        def send(lane: str, seq: int, events: list[Event]) -> None:
-            method = handle.deliver_control if lane == CONTROL else handle.deliver
-            method.remote(me, lane, seq, events)
-
-        return send
 
     def _to_driver(self, lane: str, seq: int, events: list[Event]) -> None:
         self.to_driver.extend(events)
@@ -168,7 +169,12 @@ class SessionHost:
 
 
 def host_class(max_restarts: int, num_cpus: float) -> Any:
-    """The Ray actor class for session hosts, with its fault-tolerance and resource declarations."""
+    """The Ray actor class for session hosts, with its fault-tolerance and resource declarations.
+
+    Made anew per session. Each ``ray.remote`` exports the class again, which blocks the driver's
+    loop for 40-75 ms; caching the class made sessions in the test module stop answering (not yet
+    understood), so it is not cached.
+    """
     decorate: Any = ray.remote  # its stubs lack concurrency_groups
     return decorate(
         max_restarts=max_restarts,
