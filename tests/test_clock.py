@@ -45,3 +45,31 @@ def test_waiting_forever_is_reported_not_hung() -> None:
 
     with pytest.raises(VirtualClockDeadlock):
         run_virtual(main())
+
+
+def test_the_controller_keeps_ticking_every_frame_after_the_session_clock_restarts() -> None:
+    """The Ray executor restarts session time once its hosts are up; a controller started before
+    that must not wait out the seconds the clock moved back before its next tick."""
+    from duplexer.actors.controller import ControllerActor
+    from duplexer.runtime.clock import EpochClock
+    from duplexer.runtime.events import FRAME_MS, Tick
+    from duplexer.runtime.session import Session
+
+    async def main() -> int:
+        clock = EpochClock(time.time() - 5.0)  # hosts took 5 s to start
+        session = Session(clock=clock)
+        ticks = session.bus.subscribe("ticks", (Tick,))
+        session.add(ControllerActor(session.ctx))
+        await asyncio.sleep(0.1)
+        clock.rebase(time.time())
+        while ticks.get_nowait() is not None:
+            pass
+        await asyncio.sleep(0.3)
+        count = 0
+        while ticks.get_nowait() is not None:
+            count += 1
+        await session.stop()
+        return count
+
+    # 300 ms is 15 frames; a stalled ticker gives none
+    assert asyncio.run(main()) >= 0.3 * 300 / FRAME_MS

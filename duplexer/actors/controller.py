@@ -32,6 +32,8 @@ class ControllerActor(Actor):
         while True:
             deadline = self.controller.next_deadline_ms()
             now_ms = clock.now_ms()
+            if next_tick_ms > now_ms + period_ms:  # the session clock was restarted (the Ray executor does, once)
+                next_tick_ms = now_ms + period_ms
             wake_ms = next_tick_ms
             if deadline is not None and now_ms + MIN_EARLY_WAKE_MS < deadline < next_tick_ms:
                 wake_ms = deadline

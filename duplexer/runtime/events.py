@@ -55,6 +55,8 @@ class AudioFrame(Event):
     pcm: bytes
     sample_rate_hz: int
     seq: int
+    """Frame ``seq`` covers session time ``[seq, seq + 1) * duration_ms``: the VAD times speech, and so
+    every silence rule, from it. A source numbers its frames from the session clock, not from 0."""
     is_user_audio: ClassVar[bool] = True
 
     @property

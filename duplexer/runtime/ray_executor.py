@@ -190,6 +190,7 @@ class RaySession:
         self.host_counters: dict[str, dict[str, float]] = {}
         self._pulls: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._kinds_version = 0
         self.log = get_logger(session_id=self.session_id, executor="ray")
 
     def add(self, *actors: Actor) -> None:
@@ -237,9 +238,10 @@ class RaySession:
         return local
 
     def _driver_kinds_changed(self) -> None:
+        self._kinds_version += 1
         kinds = self.bus.subscribed_kinds()
         for handle in self.hosts.values():
-            handle.set_driver_kinds.remote(kinds)
+            handle.set_driver_kinds.remote(self._kinds_version, kinds)
 
     async def _pull(self, host: str, handle: Any, started: Any) -> None:
         """Wait for the host to start, then long-poll it for the events the driver's subscribers want."""

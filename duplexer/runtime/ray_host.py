@@ -11,6 +11,7 @@ group of their own, so a backlog of audio batches never holds up an interrupt.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -68,7 +69,8 @@ class SessionHost:
         self.to_driver: list[Event] = []
         self._driver_waiter: asyncio.Future[None] | None = None
         self._stopped = asyncio.Event()
-        self._driver_kinds: Any = "unset"
+        self._driver_kinds: tuple[int, frozenset[type[Event]] | None] | None = None
+        """The newest (version, kinds) from ``set_driver_kinds``: Ray runs an async actor's calls in any order."""
         self._early: list[tuple[str, str, int, list[Event]]] = []
         self._early_lock = threading.Lock()
         """Batches that arrived before ``start`` finished (Ray may start an async actor's calls out of order)."""
@@ -91,7 +93,7 @@ class SessionHost:
             engines = engine_factory(self.clock, NoSinkHere())
         for name, (handle, kinds) in peers.items():
             self.bus.link(name, kinds, sender_to(handle, self.host), batch_ms)
-        self.bus.link(DRIVER, self._driver_kinds if self._driver_kinds != "unset" else driver_kinds, self._to_driver)
+        self.bus.link(DRIVER, driver_kinds if self._driver_kinds is None else self._driver_kinds[1], self._to_driver)
         supervisor = Supervisor(self.ctx, restart_policy)
         for spec in specs:
             supervisor.start(spec.build(self.ctx, engines))
@@ -140,11 +142,14 @@ class SessionHost:
         batch, self.to_driver = self.to_driver, []
         return batch
 
-    async def set_driver_kinds(self, kinds: frozenset[type[Event]] | None) -> None:
+    async def set_driver_kinds(self, version: int, kinds: frozenset[type[Event]] | None) -> None:
+        """The event types the driver now subscribes to. Calls may run out of order: the newest wins."""
+        if self._driver_kinds is not None and self._driver_kinds[0] >= version:
+            return
+        self._driver_kinds = (version, kinds)
         if DRIVER in self.bus.links:
             self.bus.set_link_kinds(DRIVER, kinds)
-        else:  # arrived before start: start links the driver with these
-            self._driver_kinds = kinds
+        # else: it arrived before start, which links the driver with these
 
     async def rebase_clock(self, epoch_s: float) -> None:
         self.clock.rebase(epoch_s)
@@ -168,12 +173,11 @@ class SessionHost:
         return dict(self.metrics.counters)
 
 
+@functools.cache
 def host_class(max_restarts: int, num_cpus: float) -> Any:
     """The Ray actor class for session hosts, with its fault-tolerance and resource declarations.
 
-    Made anew per session. Each ``ray.remote`` exports the class again, which blocks the driver's
-    loop for 40-75 ms; caching the class made sessions in the test module stop answering (not yet
-    understood), so it is not cached.
+    Cached: each ``ray.remote`` exports the class again, which blocks the driver's loop for 40-75 ms.
     """
     decorate: Any = ray.remote  # its stubs lack concurrency_groups
     return decorate(

@@ -632,12 +632,12 @@ class VoiceWorkload:
             except Exception as exc:
                 await session.stop()
                 raise RuntimeError(f"session host did not start: {exc!r}") from None
-        mic_origin_ms = clock.now_ms()
+        first_seq = math.ceil(clock.now_ms() / FRAME_MS)  # frames are numbered in session time
 
         async def mic() -> None:
-            seq = 0
+            seq = first_seq
             while True:
-                due = mic_origin_ms + (seq + 1) * FRAME_MS  # a frame exists once spoken
+                due = (seq + 1) * FRAME_MS  # a frame exists once spoken
                 await clock.sleep_ms(due - clock.now_ms())
                 lags.append((timing.wall_s(due), clock.now_ms() - due))
                 had_speech = bool(pending)
