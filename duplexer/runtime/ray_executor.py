@@ -159,10 +159,11 @@ def ensure_ray(options: RayOptions) -> Any:
 class RaySession:
     """A session on Ray, used like :class:`~duplexer.runtime.session.Session`.
 
-    Actors added with :meth:`add` run in the driver. :meth:`place` builds each spec
-    where the placement says: in the driver with the given engines, or in a session
+    Actors added with :meth:`add` run in the driver at once. :meth:`place` builds each
+    spec where the placement says: in the driver with the given engines, or in a session
     host with engines from ``engine_factory`` (called there as ``factory(clock, sink)``).
-    ``failed`` is set when a host dies; the session is then over.
+    Placed actors start together in :meth:`ready`, which must be awaited before the
+    conversation begins. ``failed`` is set when a host dies; the session is then over.
     """
 
     def __init__(
@@ -191,6 +192,9 @@ class RaySession:
         self._pulls: list[asyncio.Task[None]] = []
         self._stopping = False
         self._kinds_version = 0
+        self._sent_kinds: frozenset[type[Event]] | None = None
+        self._placed: list[Actor] = []
+        """The driver's placed actors, built but not started until :meth:`ready`."""
         self.log = get_logger(session_id=self.session_id, executor="ray")
 
     def add(self, *actors: Actor) -> None:
@@ -198,7 +202,10 @@ class RaySession:
             self.supervisor.start(actor)
 
     def place(self, specs: Iterable[ActorSpec], engines: Any = None) -> dict[str, Actor]:
-        """Start each actor where the placement puts it; returns the ones running in the driver."""
+        """Build each actor where the placement puts it; returns the ones that run in the driver.
+
+        Nothing starts until :meth:`ready`, so no actor sees session time before it is final.
+        """
         from duplexer.runtime.ray_host import DRIVER, host_class, sender_to
 
         specs = list(specs)
@@ -210,9 +217,7 @@ class RaySession:
         for spec in specs:
             host = self.options.placement.host_of(spec.name)
             if host is None:
-                actor = spec.build(self.ctx, engines)
-                self.supervisor.start(actor)
-                local[spec.name] = actor
+                local[spec.name] = spec.build(self.ctx, engines)
             else:
                 remote.setdefault(host, []).append(spec)
         cls = host_class(self.options.max_restarts, self.options.host_num_cpus)
@@ -221,7 +226,8 @@ class RaySession:
             self.hosts[host] = cls.options(
                 name=f"duplexer:{self.session_id}:{host}:{self._nonce}", namespace="duplexer"
             ).remote(self.session_id, host, self.clock.epoch_s, self.options.log_level)
-        driver_kinds = self.bus.subscribed_kinds()
+        self._placed.extend(local.values())
+        driver_kinds = self._sent_kinds = self._driver_kinds()
         for host, host_specs in remote.items():
             peers = {other: (self.hosts[other], kinds[other]) for other in remote if other != host}
             started = self._started[host] = self.hosts[host].start.remote(
@@ -237,9 +243,19 @@ class RaySession:
         self.bus.on_subscribe = self._driver_kinds_changed
         return local
 
-    def _driver_kinds_changed(self) -> None:
-        self._kinds_version += 1
+    def _driver_kinds(self) -> frozenset[type[Event]] | None:
+        """What the driver's subscribers want, and its placed actors once they start."""
         kinds = self.bus.subscribed_kinds()
+        if kinds is None:
+            return None
+        return kinds | {kind for actor in self._placed for kind in actor.subscribes}
+
+    def _driver_kinds_changed(self) -> None:
+        kinds = self._driver_kinds()
+        if kinds == self._sent_kinds:
+            return
+        self._sent_kinds = kinds
+        self._kinds_version += 1
         for handle in self.hosts.values():
             handle.set_driver_kinds.remote(self._kinds_version, kinds)
 
@@ -277,16 +293,21 @@ class RaySession:
         self.failed.set()
 
     async def ready(self, restart_clock: bool = False) -> None:
-        """Wait until every host has built and started its actors (raises if one could not).
+        """Wait until every host has built its actors (raises if one could not), then start the
+        placed actors everywhere.
 
-        With ``restart_clock``, session time then starts again from 0 in every process, so a
-        scripted conversation is not shortened by the seconds Ray took to start the hosts.
+        With ``restart_clock``, session time starts from 0 now, in every process, so a scripted
+        conversation is not shortened by the seconds Ray took to start the hosts. No placed actor
+        has run before this, so none sees time go back.
         """
         await asyncio.gather(*self._started.values())
-        if restart_clock:
-            epoch = time.time()
+        epoch = time.time() if restart_clock else None
+        if epoch is not None:
             self.clock.rebase(epoch)
-            await asyncio.gather(*(handle.rebase_clock.remote(epoch) for handle in self.hosts.values()))
+        for actor in self._placed:  # its kinds are already the driver's: no set_driver_kinds calls
+            self.supervisor.start(actor)
+        self._placed = []
+        await asyncio.gather(*(handle.go.remote(epoch) for handle in self.hosts.values()))
 
     async def ping(self) -> dict[str, float]:
         """Each host's session time: a liveness probe (raises if a host is gone)."""

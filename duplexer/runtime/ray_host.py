@@ -65,6 +65,8 @@ class SessionHost:
         self.bus = LinkedBus(session_id, self.clock, self.metrics)
         self.ctx = SessionContext(session_id, self.bus, self.clock, self.metrics)
         self.supervisor: Supervisor | None = None
+        self.restart_policy = RestartPolicy()
+        self.actors: list[Any] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.to_driver: list[Event] = []
         self._driver_waiter: asyncio.Future[None] | None = None
@@ -73,7 +75,7 @@ class SessionHost:
         """The newest (version, kinds) from ``set_driver_kinds``: Ray runs an async actor's calls in any order."""
         self._early: list[tuple[str, str, int, list[Event]]] = []
         self._early_lock = threading.Lock()
-        """Batches that arrived before ``start`` finished (Ray may start an async actor's calls out of order)."""
+        """Batches that arrived before the actors started (in :meth:`go`); delivered then, in order."""
 
     async def start(
         self,
@@ -84,7 +86,10 @@ class SessionHost:
         batch_ms: float,
         restart_policy: RestartPolicy,
     ) -> list[str]:
-        """Build and start the actors; link the other hosts and the driver. Returns the actors' names."""
+        """Build the actors and link the other hosts and the driver; the actors start in :meth:`go`.
+
+        Returns the actors' names.
+        """
         self.loop = asyncio.get_running_loop()
         engines = None
         if any(spec.engine_fields for spec in specs):
@@ -94,15 +99,27 @@ class SessionHost:
         for name, (handle, kinds) in peers.items():
             self.bus.link(name, kinds, sender_to(handle, self.host), batch_ms)
         self.bus.link(DRIVER, driver_kinds if self._driver_kinds is None else self._driver_kinds[1], self._to_driver)
-        supervisor = Supervisor(self.ctx, restart_policy)
-        for spec in specs:
-            supervisor.start(spec.build(self.ctx, engines))
+        self.restart_policy = restart_policy
+        self.actors = [spec.build(self.ctx, engines) for spec in specs]
+        return [spec.name for spec in specs]
+
+    async def go(self, epoch_s: float | None) -> None:
+        """Start the actors (after ``start``), with session time counted from ``epoch_s`` when given.
+
+        Nothing has run yet, so moving the clock here cannot take time back from any actor.
+        """
+        if self.supervisor is not None:
+            return
+        if epoch_s is not None:
+            self.clock.rebase(epoch_s)
+        supervisor = Supervisor(self.ctx, self.restart_policy)
+        for actor in self.actors:
+            supervisor.start(actor)
         with self._early_lock:
             self.supervisor = supervisor
             early, self._early = self._early, []
         for batch in early:
             self.bus.receive(*batch)
-        return [spec.name for spec in specs]
 
     def _to_driver(self, lane: str, seq: int, events: list[Event]) -> None:
         self.to_driver.extend(events)
@@ -150,9 +167,6 @@ class SessionHost:
         if DRIVER in self.bus.links:
             self.bus.set_link_kinds(DRIVER, kinds)
         # else: it arrived before start, which links the driver with these
-
-    async def rebase_clock(self, epoch_s: float) -> None:
-        self.clock.rebase(epoch_s)
 
     async def ping(self) -> float:
         """This host's session time, in ms (a liveness probe and a clock check)."""

@@ -263,8 +263,7 @@ async def _probe_session(
     """Publish probes of each kind in turn at a realistic pace; the actor's answers are the samples."""
     sub = session.bus.subscribe("bench-hop", (HopSeen,), maxsize=1_000_000)
     session.place([ActorSpec.of(HopProbeActor)])
-    if hasattr(session, "ping"):
-        await session.ping()  # the host is up
+    await session.ready()  # the host is up and the probe actor started
     out: dict[type[Event], list[float]] = {}
     for kind in kinds:
         seen: list[float] = []
@@ -418,19 +417,7 @@ def _ray_session_class() -> Any:
     from duplexer.runtime.ray_executor import RaySession
 
     class TimedRaySession(RaySession):
-        """A RaySession that notes how long place() held the loop, and when its hosts first answered.
-
-        With ``lead_s``, session time starts that much later than now (its clock reads negative
-        until then), so a conversation scripted from time 0 begins once the hosts are likely up.
-        """
-
-        def __init__(self, *args: Any, lead_s: float = 0.0, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            if lead_s > 0:
-                from duplexer.runtime.clock import EpochClock
-
-                clock = EpochClock(time.time() + lead_s)
-                self.clock = self.bus.clock = self.ctx.clock = clock
+        """A RaySession that notes how long place() held the loop, and when its hosts first answered."""
 
         def place(self, specs: Any, engines: Any = None) -> dict[str, Actor]:
             timing: _Timing = self.timing  # type: ignore[attr-defined]
@@ -460,12 +447,6 @@ def _timing_of(session: Any) -> _Timing:
     return timing if isinstance(timing, _Timing) else _Timing(session.clock)
 
 
-def sim_lead_s(sessions: int) -> float:
-    """How long sim sessions on Ray wait for their hosts: a Ray worker process starts per session, and
-    on 2 cores starting N at once takes about 0.8 s each (measured); the voice workload pings instead."""
-    return 1.0 + 0.9 * sessions
-
-
 def _session_factory(config: Config, options: Any, run_tag: str, n: int) -> Callable[[int], SessionFactory]:
     """For session i of a level: (session id, engine factory) -> a session of the config's executor."""
     if config.executor == "local":
@@ -477,8 +458,7 @@ def _session_factory(config: Config, options: Any, run_tag: str, n: int) -> Call
 
     cls = _ray_session_class()
     ray_options = replace(options, placement=Placement.parse(config.placement), batch_ms=config.batch_ms)
-    lead_s = sim_lead_s(n) if config.workload == "sim" else 0.0
-    return lambda i: lambda sid, factory: _timed(cls(ray_options, f"{sid}-{run_tag}-{i}", factory, lead_s=lead_s))
+    return lambda i: lambda sid, factory: _timed(cls(ray_options, f"{sid}-{run_tag}-{i}", factory))
 
 
 # ---- workload "sim": a scenario through the simulator
@@ -626,12 +606,11 @@ class VoiceWorkload:
         lags: list[tuple[float, float]] = []
         frame_bytes = 2 * FRAME_SAMPLES
 
-        if hasattr(session, "ping"):  # the conversation starts once the session's hosts answer
-            try:
-                await asyncio.wait_for(session.ping(), 60.0)
-            except Exception as exc:
-                await session.stop()
-                raise RuntimeError(f"session host did not start: {exc!r}") from None
+        try:  # the conversation starts once the session's hosts are up and its actors started
+            await asyncio.wait_for(session.ready(), 60.0)
+        except Exception as exc:
+            await session.stop()
+            raise RuntimeError(f"session host did not start: {exc!r}") from None
         first_seq = math.ceil(clock.now_ms() / FRAME_MS)  # frames are numbered in session time
 
         async def mic() -> None:
