@@ -20,6 +20,7 @@ from duplexer.runtime.events import (
     INPUT_SAMPLE_RATE_HZ,
     AudioFrame,
     ErrorEvent,
+    LlmDone,
     PlayoutStarted,
     PromptReady,
 )
@@ -204,7 +205,7 @@ def test_a_dead_session_host_ends_only_its_own_session() -> None:
     assert _alive_session_hosts() == []
 
 
-def test_a_killed_shared_engine_replica_gives_an_error_and_serve_replaces_it() -> None:
+def test_a_killed_shared_engine_replica_gives_an_error_serve_replaces_it_and_the_next_turn_works() -> None:
     from duplexer.actors.serve_engines import ShareOptions, deploy_shared_engines, shutdown_shared_engines
 
     slow_llm = scripted_engines(("hello there",), llm_ttft_ms=1500.0)
@@ -229,6 +230,10 @@ def test_a_killed_shared_engine_replica_gives_an_error_and_serve_replaces_it() -
             assert any("llm" in e.source for e in seen), [e.message for e in seen]
             assert not session.failed.is_set(), "an engine failure must not end the session"
             await asyncio.wait_for(_until_replaced("llm"), timeout=30)
+            answers = session.bus.subscribe("test-answers", (LlmDone,))
+            assert await _speak_and_wait_for_reply(session), "no reply in the turn after the replica was replaced"
+            done = await asyncio.wait_for(answers.get(), timeout=10)
+            assert isinstance(done, LlmDone) and done.text, "the replaced LLM did not answer"
         finally:
             await session.stop()
 
