@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from duplexer.cli import main
+from duplexer.runtime.logging import configure_logging
 from tests.conftest import SCENARIOS
 
 SUMMARY_KEYS = {
@@ -163,3 +167,93 @@ def test_bench_bus_prints_figures_and_appends_to_the_log(tmp_path: Path) -> None
     assert "publish->deliver p99" in result.stdout and "events/s" in result.stdout
     log = (tmp_path / "docs" / "benchmarks.md").read_text()
     assert "duplexer bench bus --events 5000 --repeats 1" in log
+
+
+# ------------------------------------------------------------------ executor options of serve, mqtt and sim
+
+TRANSPORTS = {
+    "serve": ["serve", "--engines", "scripted", "--port", "0"],
+    "mqtt": ["mqtt", "--broker", "mqtt://127.0.0.1:1883", "--all-devices", "--engines", "scripted"],
+}
+
+
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """`serve` and `mqtt` point the structured log at sys.stderr, which capsys closes after the test."""
+    yield
+    configure_logging(stream=sys.__stderr__)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (it was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("command", sorted(TRANSPORTS))
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--executor", "ray", "--share", "llm,gpu"], "--share: unknown engine kind(s) gpu"),
+        (["--executor", "ray", "--share", ","], "--share ','"),
+        (["--executor", "ray", "--share", "llm", "--llm-gpus", "-1"], "--llm-gpus must be a number >= 0"),
+        (["--executor", "ray", "--share", "llm", "--llm-gpus", "nan"], "--llm-gpus must be a number >= 0"),
+        (["--executor", "ray", "--share", "tts", "--llm-gpus", "1"], "--llm-gpus applies to a shared LLM"),
+        (["--share", "llm"], "--share needs --executor ray"),
+        (["--executor", "ray", "--placement", "nonsense"], "--placement 'nonsense': expected HOST=ACTOR"),
+        (["--executor", "ray", "--placement", "session=llm,nose"], "--placement 'session=llm,nose' names actors"),
+        (["--executor", "ray", "--placement", "session=playout"], "--placement: 'playout' must run in the driver"),
+        (["--executor", "ray", "--batch-ms", "-5"], "--batch-ms must be >= 0"),
+        (["--executor", "ray", "--ray-address", "headnode"], "--ray-address 'headnode': expected HOST:PORT"),
+    ],
+    ids=[
+        "unknown-kind",
+        "no-kind",
+        "negative-gpus",
+        "nan-gpus",
+        "gpus-without-llm",
+        "share-without-ray",
+        "bad-placement",
+        "placement-unknown-actor",
+        "placement-playout",
+        "negative-batch",
+        "address-without-port",
+    ],
+)
+def test_serve_and_mqtt_refuse_bad_executor_options_with_exit_2_and_one_line(
+    command: str, args: list[str], needle: str, capsys: pytest.CaptureFixture[str], logging_restored: None
+) -> None:
+    assert main([*TRANSPORTS[command], *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("duplexer: error: ") and "\n" not in err
+    assert needle in err
+
+
+@pytest.mark.parametrize("command", [*sorted(TRANSPORTS), "sim"])
+def test_an_unreachable_ray_address_exits_2_within_seconds(
+    command: str, capsys: pytest.CaptureFixture[str], logging_restored: None
+) -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    argv = TRANSPORTS.get(command, ["sim", str(SCENARIOS / "plain_single_turn.yaml"), "--quiet"])
+    started = time.monotonic()
+    assert main([*argv, "--executor", "ray", "--ray-address", address]) == 2
+    assert time.monotonic() - started < 10
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"duplexer: error: --ray-address {address}: cannot reach a Ray cluster") and "\n" not in err
+
+
+@pytest.mark.parametrize("command", sorted(TRANSPORTS))
+def test_serve_and_mqtt_help_explain_the_executor_and_shared_engines(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("--executor {local,ray}", "--ray-address ADDR", "--placement SPEC", "--batch-ms MS"):
+        assert words in text
+    assert "--share KINDS" in text and "asr, llm, tts" in text
+    assert "--llm-gpus N" in text and "GPUs per LLM replica" in text
+    assert "--share llm --llm-gpus 1" in text and "docs/deploy.md" in text

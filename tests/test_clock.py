@@ -47,29 +47,37 @@ def test_waiting_forever_is_reported_not_hung() -> None:
         run_virtual(main())
 
 
-def test_the_controller_keeps_ticking_every_frame_after_the_session_clock_restarts() -> None:
-    """The Ray executor restarts session time once its hosts are up; a controller started before
-    that must not wait out the seconds the clock moved back before its next tick."""
+
+def test_the_controller_ticks_only_when_a_timing_rule_comes_due_and_exactly_then() -> None:
+    """No ticks while nothing is timed (an idle session costs no wake-ups); the pause rule fires at
+    speech end + pause_ms to the millisecond, on the virtual clock."""
     from duplexer.actors.controller import ControllerActor
-    from duplexer.runtime.clock import EpochClock
-    from duplexer.runtime.events import FRAME_MS, Tick
+    from duplexer.policies.controller import PolicyParams
+    from duplexer.runtime.events import StateChanged, Tick, VadSpeechStart, VadSpeechStop
     from duplexer.runtime.session import Session
 
-    async def main() -> int:
-        clock = EpochClock(time.time() - 5.0)  # hosts took 5 s to start
-        session = Session(clock=clock)
-        ticks = session.bus.subscribe("ticks", (Tick,))
-        session.add(ControllerActor(session.ctx))
-        await asyncio.sleep(0.1)
-        clock.rebase(time.time())
-        while ticks.get_nowait() is not None:
-            pass
-        await asyncio.sleep(0.3)
-        count = 0
-        while ticks.get_nowait() is not None:
-            count += 1
-        await session.stop()
-        return count
+    params = PolicyParams()
 
-    # 300 ms is 15 frames; a stalled ticker gives none
-    assert asyncio.run(main()) >= 0.3 * 300 / FRAME_MS
+    async def main() -> tuple[int, int, list[tuple[str, float]]]:
+        session = Session(clock=LoopClock())
+        ticks = session.bus.subscribe("ticks", (Tick,))
+        changes = session.bus.subscribe("changes", (StateChanged,))
+        session.add(ControllerActor(session.ctx, params))
+        await session.clock.sleep_ms(1000)
+        idle_ticks = len(ticks)
+        session.ctx.emit(VadSpeechStart, segment_id=1, probability=0.9, speech_start_ms=1000.0)
+        await session.clock.sleep_ms(500)
+        session.ctx.emit(VadSpeechStop, segment_id=1, probability=0.1, speech_end_ms=1450.0)
+        await session.clock.sleep_ms(3000)
+        seen = [(e.new_state, e.ts_ms) for e in iter(changes.get_nowait, None) if isinstance(e, StateChanged)]
+        turn_ticks = len(ticks) - idle_ticks
+        await session.stop()
+        return idle_ticks, turn_ticks, seen
+
+    idle_ticks, turn_ticks, seen = run_virtual(main())
+    assert idle_ticks == 0
+    states = dict(seen)
+    assert states["UserPaused"] == pytest.approx(1450.0 + params.pause_ms, abs=1.0)
+    # with no transcript, the turn ends silently once the end of turn and the ASR wait have passed
+    assert states["Silence"] == pytest.approx(1450.0 + params.end_of_turn_ms + params.asr_final_timeout_ms, abs=1.0)
+    assert turn_ticks <= 6, "a tick per timing rule, not one per frame"

@@ -64,3 +64,7 @@ class Engines:
     llm: LlmEngine
     tts: TtsEngine
     sink: AudioSink
+
+
+SHAREABLE = ("asr", "llm", "tts")
+"""Engine kinds that may run as shared Ray Serve deployments (:mod:`duplexer.actors.serve_engines`)."""

@@ -17,11 +17,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from duplexer.actors.engines import AudioSink, Engines, Message
+from duplexer.actors.engines import SHAREABLE, AudioSink, Engines, Message
 from duplexer.runtime.clock import Clock, EpochClock
 from duplexer.runtime.ray_host import NoSinkHere
 
-SHAREABLE = ("asr", "llm", "tts")
 SERVE_APP_PREFIX = "duplexer-"
 HEALTH_CHECK_PERIOD_S = 1.0
 """How often Serve checks a replica; a dead one is replaced within a few of these."""
@@ -130,6 +129,11 @@ class ShareOptions:
     """GPUs per LLM replica: on a cluster, its replicas then land on nodes started with ``--num-gpus``."""
     num_cpus: float = 0.0
     max_ongoing_requests: int = 16
+
+    def __post_init__(self) -> None:
+        unknown = [kind for kind in self.kinds if kind not in SHAREABLE]
+        if unknown:
+            raise ValueError(f"shared engines: unknown kind(s) {', '.join(unknown)}; one of {', '.join(SHAREABLE)}")
 
 
 def deploy_shared_engines(base: Callable[[Clock, AudioSink], Engines], options: ShareOptions) -> SharedEngines:

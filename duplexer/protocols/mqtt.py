@@ -4,8 +4,12 @@ Theory of operation
 -------------------
 One asyncio task reads the broker and dispatches each message to its device's
 :class:`DeviceLink`. A link owns the device's declared audio format, its
-:class:`~duplexer.runtime.session.Session` (started on the first ``start`` or
-audio frame), and the inbound audio state (sequence, resampling). Everything the
+session (started on the first ``start`` or audio frame, by the configured
+session maker: a local :class:`~duplexer.runtime.session.Session`, or a Ray
+session whose controller, context, LLM and TTS run in a Ray actor), and the
+inbound audio state (sequence, resampling). Live policy changes reach the
+controller as a :class:`~duplexer.runtime.events.PolicyUpdate` on the session's
+bus, so they work wherever the controller runs. Everything the
 bridge sends goes through one :class:`Outbox`, drained by a publisher task while
 the broker is reachable.
 
@@ -34,7 +38,6 @@ from typing import Any, TypeVar
 
 import aiomqtt
 
-from duplexer.actors.controller import ControllerActor
 from duplexer.actors.energy_vad import EnergyVad
 from duplexer.actors.engines import AudioSink, Engines
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
@@ -89,14 +92,15 @@ from duplexer.runtime.events import (
     PlayoutDone,
     PlayoutStarted,
     PlayoutStopped,
+    PolicyUpdate,
     StartPlayout,
     StateChanged,
     StopPlayout,
     VadSpeechStart,
     VadSpeechStop,
 )
+from duplexer.runtime.executors import ExecutorSession, SessionMaker, local_session
 from duplexer.runtime.logging import get_logger
-from duplexer.runtime.session import Session
 
 T = TypeVar("T")
 
@@ -152,6 +156,12 @@ class BridgeConfig:
     error_repeat_s: float = 1.0
     """At most one error event per device and error code in this period; the rest are counted."""
     max_devices: int = 1000
+    make_session: SessionMaker = local_session
+    """Makes each device's session: ``local_session`` (default), or a Ray executor's
+    (:func:`duplexer.runtime.executors.session_maker`), which builds the placed actors' engines in
+    Ray processes with the bridge's engine factory."""
+    ready_timeout_s: float = 120.0
+    """How long a Ray session's hosts may take to start before the session is given up."""
 
 
 def scripted_engines(
@@ -380,8 +390,7 @@ class DeviceLink:
         self.audio_topic = self.config.topics.device(device_id, Channel.AUDIO_OUT)
         self.fmt: AudioFormat | None = None
         self.policy: PolicyParams = self.config.pipeline.policy
-        self.session: Session | None = None
-        self.controller: ControllerActor | None = None
+        self.session: ExecutorSession | None = None
         self.inbound: InboundAudio | None = None
         self.counts = InboundCounts()
         self.counters: Counter[str] = Counter()
@@ -548,7 +557,7 @@ class DeviceLink:
             self.stopped_by_device = False
             if control.policy is not None:
                 self.policy = policy_with(self.policy, control.policy, live=self.session is not None)
-                self._apply_policy()
+                self._apply_policy(control.policy)
             if self.session is None:
                 self.start_session()
             else:
@@ -568,31 +577,35 @@ class DeviceLink:
         elif control.type is ControlType.POLICY:
             assert control.policy is not None
             self.policy = policy_with(self.policy, control.policy, live=self.session is not None)
-            self._apply_policy()
+            self._apply_policy(control.policy)
             self.publish_event("policy", policy=asdict(self.policy))
         elif control.type is ControlType.STATS:
             self.publish_stats()
 
-    def _apply_policy(self) -> None:
-        if self.controller is not None:
-            self.controller.controller.params = self.policy
+    def _apply_policy(self, overrides: PolicyOverrides) -> None:
+        """Send the running session's controller the changed parameters (already checked), on its bus.
+
+        The controller confirms with a ``policy_applied`` metric event, which reaches the device.
+        """
+        if self.session is not None and overrides:
+            changed = tuple((name, getattr(self.policy, name)) for name in sorted(overrides))
+            self.session.ctx.emit(PolicyUpdate, overrides=changed)
 
     # -- the session
 
-    def start_session(self) -> Session | None:
+    def start_session(self) -> ExecutorSession | None:
         self.session_no += 1
-        session = Session(f"{self.device_id}-{self.session_no}")
+        session = self.config.make_session(f"{self.device_id}-{self.session_no}", self.bridge.engines)
         sink = MqttAudioSink(self)
         try:
             engines = self.bridge.engines(session.clock, sink)
-        except Exception as exc:  # a failing engine must not take the bridge down
+            pipeline = replace(self.config.pipeline, policy=self.policy)
+            start_pipeline(session, engines, pipeline)
+        except Exception as exc:  # a failing engine (or a Ray host that cannot start) must not take the bridge down
             self.log.error("mqtt_engine_failed", error=repr(exc))
             self.error(ErrorCode.ENGINE_FAILED, f"could not start the engines: {type(exc).__name__}: {exc}")
+            self.bridge.spawn(session.stop())
             return None
-        pipeline = replace(self.config.pipeline, policy=self.policy)
-        actors = start_pipeline(session, engines, pipeline)
-        controller = actors.get("controller")
-        self.controller = controller if isinstance(controller, ControllerActor) else None
         session.add(MqttLinkActor(session.ctx, self))
         self.session = session
         self.counts = InboundCounts()
@@ -601,8 +614,35 @@ class DeviceLink:
         self.out_rate_hz = engines.tts.sample_rate_hz
         self.last_stats_s = self.bridge.now_s()
         self.log.info("mqtt_session_started", session_id=session.session_id)
-        self._announce_session("started")
+        failed: asyncio.Event | None = getattr(session, "failed", None)
+        if failed is None:
+            self._announce_session("started")
+        else:  # a Ray session: announce it once its hosts are up, and end it if one dies
+            session.supervisor.spawn(lambda: self._watch_remote(session, failed), "mqtt-session-watch")
         return session
+
+    async def _watch_remote(self, session: ExecutorSession, failed: asyncio.Event) -> None:
+        """Announce a Ray session when its hosts are up (audio sent meanwhile is kept); end it if one dies."""
+        try:
+            await asyncio.wait_for(session.ready(), self.config.ready_timeout_s)
+        except TimeoutError:
+            if self.session is session:
+                self.error(
+                    ErrorCode.ENGINE_FAILED,
+                    f"the session's Ray hosts did not start within {self.config.ready_timeout_s:g} s",
+                )
+                self.end_session("session_failed")
+            return
+        except Exception as exc:  # a host could not start; the session has published a fatal error event
+            self.log.error("mqtt_session_failed", session_id=session.session_id, error=repr(exc))
+        else:
+            if self.session is session:
+                self._announce_session("started")
+        await failed.wait()
+        if self.session is session:
+            failure = getattr(session, "failure", None)
+            self.log.error("mqtt_session_failed", session_id=session.session_id, reason=failure)
+            self.end_session("session_failed")
 
     def _announce_session(self, state: str) -> None:
         assert self.session is not None
@@ -621,10 +661,10 @@ class DeviceLink:
         if session is None:
             return None
         self.publish_stats()
-        self.session, self.controller, self.inbound, self.playing = None, None, None, None
+        self.session, self.inbound, self.playing = None, None, None
         return self.bridge.spawn(self._stopped(session, reason))
 
-    async def _stopped(self, session: Session, reason: str) -> None:
+    async def _stopped(self, session: ExecutorSession, reason: str) -> None:
         await session.stop()
         self.log.info("mqtt_session_stopped", session_id=session.session_id, reason=reason)
         self.publish_event("session", state="stopped", session_id=session.session_id, reason=reason)
@@ -638,7 +678,7 @@ class DeviceLink:
             counts=self.counts,
         )
 
-    def _feed(self, session: Session, frames: list[tuple[int, bytes]]) -> None:
+    def _feed(self, session: ExecutorSession, frames: list[tuple[int, bytes]]) -> None:
         ctx = session.ctx
         for seq, pcm in frames:
             ctx.emit(AudioFrame, pcm=pcm, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)

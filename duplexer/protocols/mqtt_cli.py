@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from duplexer.cli_support import fail
+from duplexer.protocols.executor_cli import add_transport_executor_arguments
 
 PASSWORD_ENV = "DUPLEXER_MQTT_PASSWORD"
 REAL_ENGINES_MODULE = "duplexer.actors.real"
@@ -93,6 +94,7 @@ async def _serve(bridge: Any, preflight: Any) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from duplexer.actors.pipeline import PipelineConfig
     from duplexer.policies.controller import PolicyParams
+    from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
     from duplexer.protocols.mqtt import BridgeConfig, MqttBridge, policy_with, scripted_engines
     from duplexer.protocols.mqtt_connection import broker_settings
     from duplexer.protocols.mqtt_topics import Topics, WireError, valid_device_id
@@ -104,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         broker = broker_settings(args.broker, args.username, password, args.tls, args.ca_file, args.tls_insecure)
         topics = Topics(args.prefix)
         overrides = parse_policy_sets(args.set)
+        share_request(args)  # checked here too, so every bad option stops the command before Ray starts
     except ValueError as exc:
         return fail(str(exc))
     if args.device_id is not None and not valid_device_id(args.device_id):
@@ -125,14 +128,22 @@ def run(args: argparse.Namespace) -> int:
             return fail(str(exc))
     else:
         engines = scripted_engines()
+    try:  # with --executor ray: reach the cluster (or start Ray here) and deploy the shared engines
+        executor = transport_executor(args, engines)
+    except (ValueError, RuntimeError) as exc:  # a bad option, no Ray, no cluster, a failed deployment
+        return fail(one_line(exc))
     config = BridgeConfig(
         topics=topics,
         device_id=args.device_id,
         bridge_id=args.bridge_id,
         pipeline=PipelineConfig(policy=policy),
+        make_session=executor.make_session,
     )
-    bridge = MqttBridge(broker, engines, config)
-    error = asyncio.run(_serve(bridge, preflight))
+    bridge = MqttBridge(broker, executor.engines, config)
+    try:
+        error = asyncio.run(_serve(bridge, preflight))
+    finally:
+        executor.close()
     return fail(error) if error else 0
 
 
@@ -143,7 +154,10 @@ def register(commands: Any) -> None:
         description="Bridge an MQTT broker to duplexer: each device publishes microphone frames and "
         "control messages and receives bot audio and events, with one session per device id. "
         "The topic scheme and payloads are in docs/mqtt.md. Reconnects with backoff when the "
-        "broker goes away; sessions keep their state meanwhile. Stop with Ctrl-C or SIGTERM.",
+        "broker goes away; sessions keep their state meanwhile. With --executor ray, each session's "
+        "controller, context, LLM and TTS run in a Ray actor (on a local Ray instance, or a cluster with "
+        "--ray-address), and --share puts engines every session shares on Ray Serve, e.g. the LLM on GPU "
+        "nodes with --share llm --llm-gpus 1 (docs/deploy.md). Stop with Ctrl-C or SIGTERM.",
     )
     mqtt.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:1883 or mqtts://host:8883")
     mqtt.add_argument("--username", help="broker user name")
@@ -172,4 +186,5 @@ def register(commands: Any) -> None:
         help="policy parameter for every session, e.g. --set end_of_turn_ms=600 (see `duplexer policy show`)",
     )
     mqtt.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
+    add_transport_executor_arguments(mqtt)
     mqtt.set_defaults(handler=run)

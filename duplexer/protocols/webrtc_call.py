@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 :meth:`Call.answer` builds the session (bus, clock, actors from
-:func:`~duplexer.actors.pipeline.start_pipeline`), the outbound
+:func:`~duplexer.actors.pipeline.start_pipeline`) with the server's session maker
+(the local executor, or Ray: then it waits until the session's Ray hosts are up
+before answering), the outbound
 :class:`~duplexer.protocols.webrtc_audio.BotAudioTrack` (the session's sink), and
 the peer connection, and answers the offer. The remote audio track is pumped
 into the pipeline as :class:`~duplexer.runtime.events.AudioFrame` events by a
@@ -14,8 +16,10 @@ Any of these ends the call, once, through :meth:`Call.request_close`: the peer
 connection failing or closing (ICE failure, DTLS close on tab close), the data
 channel closing, the remote track ending, no connection within
 ``connect_timeout_s``, no microphone audio for ``media_timeout_s`` (a vanished
-peer), a hangup request, or the server stopping. Closing stops the session
-(every actor and task), the track and the peer connection.
+peer), a hangup request, the server stopping, or (Ray executor) a session host
+dying (``session_failed``; ``bye`` then carries the cause in ``detail``). Closing
+stops the session (every actor and task; on Ray, its hosts too), the track and
+the peer connection.
 """
 
 from __future__ import annotations
@@ -57,8 +61,8 @@ from duplexer.runtime.events import (
     VadSpeechStart,
     VadSpeechStop,
 )
+from duplexer.runtime.executors import SessionMaker, local_session
 from duplexer.runtime.logging import get_logger
-from duplexer.runtime.session import Session
 
 MAX_UNSENT_MESSAGES = 2000
 """Messages held while the data channel is not open yet; the oldest go first beyond this."""
@@ -80,6 +84,12 @@ class CallSettings:
     """Keep each call's sent messages, and accept the client's log of what it received."""
     log_limit: int = 5000
     engines_name: str = "real"
+    make_session: SessionMaker = local_session
+    """Makes each call's session: ``local_session`` (default), or a Ray executor's
+    (:func:`duplexer.runtime.executors.session_maker`), which builds the placed actors' engines in
+    Ray processes with the server's engine factory."""
+    ready_timeout_s: float = 120.0
+    """How long an offer waits for the session's Ray hosts to start (seconds on a busy machine)."""
 
 
 @dataclass
@@ -207,7 +217,7 @@ class Call:
         self.engines = engines
         self.on_closed = on_closed
         self.log = get_logger(component="webrtc", session_id=self.id)
-        self.session = Session(session_id=self.id)
+        self.session = settings.make_session(self.id, engines)
         self.track = BotAudioTrack(self.session.clock)
         self.inbound = InboundAudio()
         self.pc = RTCPeerConnection(configuration=settings.rtc_configuration)
@@ -220,6 +230,7 @@ class Call:
         self.connected = asyncio.Event()
         self.last_media_s: float | None = None
         self.close_reason: str | None = None
+        self.close_detail: str | None = None
         self.closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -234,9 +245,14 @@ class Call:
         pc.on("iceconnectionstatechange", self._on_ice_state)
         pc.on("datachannel", self._on_datachannel)
         pc.on("track", self._on_track)
-        engines = await asyncio.to_thread(self.engines, self.session.clock, self.track)
+        engines = await asyncio.to_thread(self._build_engines)
         start_pipeline(self.session, engines, self.settings.pipeline)
         self.session.add(CallLinkActor(self.session.ctx, self))
+        failed: asyncio.Event | None = getattr(self.session, "failed", None)
+        if failed is not None:  # a Ray session ends when one of its hosts dies
+            self.session.supervisor.spawn(lambda: self._end_on_failure(failed), "webrtc-session-failed")
+        # Ray hosts take a second or more to start; the caller should not talk to a half-built session.
+        await asyncio.wait_for(self.session.ready(), self.settings.ready_timeout_s)
         self.send(
             {
                 "type": "hello",
@@ -262,6 +278,18 @@ class Call:
         local = pc.localDescription
         assert local is not None
         return local
+
+    def _build_engines(self) -> Any:
+        """This process's engines (in a worker thread: real models take a while to build)."""
+        engines = self.engines(self.session.clock, self.track)
+        _ = engines.sink  # a factory of shared engines builds the rest lazily: here, not on the loop
+        return engines
+
+    async def _end_on_failure(self, failed: asyncio.Event) -> None:
+        await failed.wait()
+        self.close_detail = getattr(self.session, "failure", None)
+        self.log.error("webrtc_session_failed", detail=self.close_detail)
+        self.request_close("session_failed")
 
     # ------------------------------------------------------------ peer connection events
 
@@ -370,7 +398,11 @@ class Call:
         self.close_reason = reason
         self.log.info("webrtc_call_closing", reason=reason)
         try:
-            self.send({"type": "bye", "t_ms": round(self.session.clock.now_ms(), 1), "turn_id": None, "reason": reason})
+            bye: dict[str, Any] = {"type": "bye", "t_ms": round(self.session.clock.now_ms(), 1), "turn_id": None}
+            bye["reason"] = reason
+            if self.close_detail:
+                bye["detail"] = self.close_detail
+            self.send(bye)
             if self._watchdog is not None and self._watchdog is not asyncio.current_task():
                 self._watchdog.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -394,6 +426,7 @@ class Call:
             "connection_state": self.pc.connectionState,
             "closed": self.closed.is_set(),
             "close_reason": self.close_reason,
+            "close_detail": self.close_detail,
             "messages_sent": self.messages_sent,
             "inbound": {
                 "frames_in": counts.frames_in,

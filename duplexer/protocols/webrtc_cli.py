@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from duplexer.cli_support import fail
+from duplexer.protocols.executor_cli import add_transport_executor_arguments
 
 TOKEN_ENV = "DUPLEXER_TOKEN"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -54,6 +55,9 @@ async def _serve(server: Any, preload: Any) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
     from duplexer.protocols.webrtc_call import CallSettings
     from duplexer.protocols.webrtc_engines import (
         EnginesUnavailable,
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.connect_timeout <= 0 or args.media_timeout <= 0:
             raise ValueError("--connect-timeout and --media-timeout must be positive seconds")
+        share_request(args)  # checked here too, so every bad option stops the command before Ray starts
         settings = CallSettings(
             connect_timeout_s=args.connect_timeout,
             media_timeout_s=args.media_timeout,
@@ -103,13 +108,21 @@ def run(args: argparse.Namespace) -> int:
         preload = preload_real_models
     else:
         engines = scripted_engines()
+    try:  # with --executor ray: reach the cluster (or start Ray here) and deploy the shared engines
+        executor = transport_executor(args, engines)
+    except (ValueError, RuntimeError) as exc:  # a bad option, no Ray, no cluster, a failed deployment
+        return fail(one_line(exc))
+    config = replace(config, call=replace(settings, make_session=executor.make_session))
     if args.host not in LOOPBACK_HOSTS and token is None:
         get_logger(component="webrtc").warning(
             "webrtc_no_token",
             host=args.host,
             hint=f"anyone who can reach the port can call; set --token or {TOKEN_ENV}",
         )
-    error = asyncio.run(_serve(WebRtcServer(config, engines), preload))
+    try:
+        error = asyncio.run(_serve(WebRtcServer(config, executor.engines), preload))
+    finally:
+        executor.close()
     return fail(error) if error else 0
 
 
@@ -120,7 +133,10 @@ def register(commands: Any) -> None:
         description="Serve a web page and a WebRTC signalling endpoint. Each call is its own session of "
         "actors: the browser's microphone goes in, the bot's voice comes back, and state changes, "
         "transcripts, bot text and per-turn latency arrive on a data channel. Open http://HOST:PORT/ "
-        "in a browser. Details in docs/webrtc.md. Stop with Ctrl-C or SIGTERM.",
+        "in a browser. Details in docs/webrtc.md. With --executor ray, each call's controller, context, "
+        "LLM and TTS run in a Ray actor (on a local Ray instance, or a cluster with --ray-address), "
+        "and --share puts engines every call shares on Ray Serve, e.g. the LLM on GPU nodes with "
+        "--share llm --llm-gpus 1 (docs/deploy.md). Stop with Ctrl-C or SIGTERM.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080; 0 picks a free one)")
@@ -162,4 +178,5 @@ def register(commands: Any) -> None:
         help="keep each call's messages and accept the page's received log (GET /calls, /calls/ID)",
     )
     serve.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
+    add_transport_executor_arguments(serve)
     serve.set_defaults(handler=run)

@@ -215,6 +215,20 @@ class StateChanged(Event):
     priority: ClassVar[Priority] = Priority.CONTROL
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyUpdate(Event):
+    """Change turn-taking policy parameters of a running session (a live update from a transport).
+
+    ``overrides`` are ``(name, value)`` pairs of ``PolicyParams`` fields. It travels on the bus, so
+    it reaches the controller wherever it runs, a Ray session host included. The controller actor
+    applies it and confirms with a ``MetricEvent`` named ``policy_applied`` (labels: the new values),
+    or refuses it, keeping its parameters, with an ``ErrorEvent``.
+    """
+
+    overrides: tuple[tuple[str, float | int | bool], ...]
+    priority: ClassVar[Priority] = Priority.CONTROL
+
+
 # ---------------------------------------------------------------- generation
 
 

@@ -1,11 +1,47 @@
-"""Choosing an executor on the command line: ``--executor local|ray`` and the Ray options."""
+"""Choosing an executor on the command line: ``--executor local|ray``, the Ray options, and the session factory.
+
+Every command that runs sessions (``sim``, ``serve``, ``mqtt``) adds the same
+arguments with :func:`add_executor_arguments` and makes its sessions with the
+:data:`SessionMaker` that :func:`session_maker` returns for them: a local
+:class:`~duplexer.runtime.session.Session`, or a
+:class:`~duplexer.runtime.ray_executor.RaySession` whose actors run where
+``--placement`` says.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from duplexer.runtime.ray_executor import (
+    OPTIONAL_ACTORS,
+    Placement,
+    PlacementError,
+    RayOptions,
+    RaySession,
+    RayUnavailable,
+    ensure_ray,
+)
+from duplexer.runtime.session import Session
 
 EXECUTORS = ("local", "ray")
+ADDRESS_CHECK_TIMEOUT_S = 3.0
+"""How long to wait for a TCP answer from ``--ray-address`` before calling it unreachable
+(Ray itself retries an unreachable address for minutes)."""
+
+ExecutorSession: TypeAlias = Session | RaySession
+"""A session of either executor: ``clock``, ``bus``, ``ctx``, ``metrics``, ``supervisor``, ``add``,
+``place``, ``ready`` and ``stop`` work the same on both."""
+
+SessionMaker = Callable[[str, Callable[..., Any]], Any]
+"""Makes an executor's session: (session id, engine factory for its other processes) -> session.
+
+The engine factory is called as ``factory(clock, sink)`` in each Ray process that runs actors
+needing engines; it is pickled there, so it must be a module-level callable (or an instance of a
+module-level class, or a closure made by a package function). The local executor ignores it."""
 
 
 def add_executor_arguments(parser: Any, default_placement: str) -> None:
@@ -40,13 +76,85 @@ def add_executor_arguments(parser: Any, default_placement: str) -> None:
     )
 
 
-def ray_options(args: argparse.Namespace) -> Any:
-    """The RayOptions the parsed arguments ask for. Raises ValueError (one line) on a bad value."""
-    from duplexer.runtime.ray_executor import Placement, RayOptions
+def ray_options(args: argparse.Namespace, actors: Iterable[str] | None = None) -> RayOptions:
+    """The RayOptions the parsed arguments ask for. Raises ValueError (one line, naming the option).
 
+    With ``actors`` (the names of the actors the command's sessions run), a placement naming any
+    other actor is refused now rather than when the first session starts.
+    """
     if args.batch_ms < 0:
         raise ValueError(f"--batch-ms must be >= 0, got {args.batch_ms:g}")
+    try:
+        placement = Placement.parse(args.placement)
+    except PlacementError as exc:  # "placement ...: why", which names the option once prefixed
+        message = str(exc)
+        raise ValueError("--" + message if message.startswith("placement") else f"--placement: {message}") from None
+    if actors is not None:
+        known = frozenset(actors) | OPTIONAL_ACTORS
+        unknown = placement.actors() - known
+        if unknown:
+            raise ValueError(
+                f"--placement {args.placement!r} names actors these sessions do not run: "
+                f"{', '.join(sorted(unknown))} (they run: {', '.join(sorted(actors))})"
+            )
     level = getattr(args, "log_level", "WARNING")
-    return RayOptions(
-        address=args.ray_address, placement=Placement.parse(args.placement), batch_ms=args.batch_ms, log_level=level
-    )
+    return RayOptions(address=args.ray_address, placement=placement, batch_ms=args.batch_ms, log_level=level)
+
+
+def check_ray_address(address: str | None, timeout_s: float = ADDRESS_CHECK_TIMEOUT_S) -> None:
+    """Raise RayUnavailable (one line) if nothing answers at a ``HOST:PORT`` address.
+
+    Ray retries an unreachable cluster for minutes before it gives up; this answers in seconds.
+    ``auto``, ``local`` and ``ray://`` (Ray Client) addresses are left to Ray.
+    """
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, sep, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise RayUnavailable(
+            f"--ray-address {address!r}: expected HOST:PORT of a Ray head node (ray start --head prints it), "
+            "e.g. 10.0.0.5:6379"
+        )
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            why = f"no answer within {timeout_s:g} s"
+        raise RayUnavailable(
+            f"--ray-address {address}: cannot reach a Ray cluster there ({why}); "
+            "start one with `ray start --head`, or leave out --ray-address for a local instance"
+        ) from None
+
+
+def local_session(session_id: str, engine_factory: Callable[..., Any] | None = None) -> Session:
+    """The local executor's session maker: every actor in this process, with the engines given to ``place``."""
+    return Session(session_id=session_id)
+
+
+@dataclass(frozen=True)
+class RaySessionMaker:
+    """The Ray executor's session maker: each session's placed actors run in Ray actors (its hosts)."""
+
+    options: RayOptions
+
+    def __call__(self, session_id: str, engine_factory: Callable[..., Any] | None = None) -> RaySession:
+        return RaySession(self.options, session_id, engine_factory)
+
+
+def session_maker(args: argparse.Namespace, actors: Iterable[str] | None = None) -> SessionMaker:
+    """The session factory the executor arguments ask for.
+
+    With ``--executor ray`` this checks the options, then connects to the cluster (or starts a
+    local instance) now, so a bad value stops the command before it serves anyone. Raises
+    ValueError (a bad option) or RayUnavailable (no Ray, or no cluster at ``--ray-address``), each
+    with a one-line message naming the option.
+    """
+    if args.executor != "ray":
+        return local_session
+    options = ray_options(args, actors)
+    check_ray_address(options.address)
+    ensure_ray(options)
+    return RaySessionMaker(options)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from duplexer.cli_support import fail
-from duplexer.runtime.executors import add_executor_arguments
+from duplexer.runtime.executors import add_executor_arguments, session_maker
 
 DEFAULT_CONCURRENCY = 8
 """Scenarios playing at once in real time."""
@@ -68,16 +68,7 @@ def _runner(args: argparse.Namespace, progress: bool) -> Any:
 
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {args.concurrency}")
-    make_session = None
-    if args.executor == "ray":
-        from duplexer.runtime.executors import ray_options
-        from duplexer.runtime.ray_executor import RaySession, ensure_ray
-
-        options = ray_options(args)
-        ensure_ray(options)
-
-        def make_session(session_id: str, engine_factory: Any) -> RaySession:
-            return RaySession(options, session_id, engine_factory)
+    make_session = session_maker(args)
 
     def run_jobs(jobs: Any) -> Any:
         return run_real_time(jobs, args.seed, make_session, args.concurrency, progress)

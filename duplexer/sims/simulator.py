@@ -12,7 +12,6 @@ import asyncio
 import functools
 import json
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -57,6 +56,7 @@ from duplexer.runtime.events import (
     ToolCallStarted,
     ToolResult,
 )
+from duplexer.runtime.executors import SessionMaker
 from duplexer.runtime.session import Session
 from duplexer.sims.scenario import (
     DEFAULT_MS_PER_WORD,
@@ -392,10 +392,6 @@ def host_engines(models: EngineModels, seed: str, clock: Clock, sink: AudioSink)
     the user's script, so they stay in the simulator's process.
     """
     return _scripted_engines(models, clock, random.Random(seed), SpeechTimeline(), sink)
-
-
-SessionMaker = Callable[[str, Callable[..., Engines]], Any]
-"""Makes an executor's session: (session id, engine factory for its other processes) -> session."""
 
 
 async def _simulate(
