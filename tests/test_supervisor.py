@@ -87,3 +87,24 @@ def test_stop_leaves_no_task_running() -> None:
         return during, len(others)
 
     assert run_virtual(main()) == (1, 0)
+
+
+def test_a_gated_actor_queues_its_events_and_handles_them_all_once_the_gate_opens() -> None:
+    """How a Ray session holds its driver-side actors until every host is up, without losing input."""
+
+    async def main() -> tuple[list[str], list[str], int]:
+        async with Session("s") as session:
+            gate = asyncio.Event()
+            actor = Fragile(session.ctx)
+            session.supervisor.start(actor, gate=gate)
+            for name in ("a", "b", "c"):
+                session.ctx.emit(MetricEvent, name=name, value=1.0)
+            await asyncio.sleep(0.5)
+            before, starts = list(actor.handled), actor.starts
+            gate.set()
+            await asyncio.sleep(0.01)
+            return before, list(actor.handled), starts
+
+    before, after, starts_before = run_virtual(main())
+    assert before == [] and starts_before == 0
+    assert after == ["a", "b", "c"]

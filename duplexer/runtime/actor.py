@@ -157,7 +157,8 @@ class Supervisor:
         self._background: list[asyncio.Task[Any]] = []
         self.restarts: dict[str, int] = {}
 
-    def start(self, actor: Actor) -> None:
+    def start(self, actor: Actor, gate: asyncio.Event | None = None) -> None:
+        """Subscribe ``actor`` now and run it, once ``gate`` (if given) is set; events queue until then."""
         if actor.name in self._tasks:
             raise ValueError(f"an actor named {actor.name!r} is already running in this session")
         sub = self.ctx.bus.subscribe(actor.name, actor.subscribes, actor.queue_size)
@@ -165,7 +166,7 @@ class Supervisor:
         self._subs[actor.name] = sub
         self.restarts[actor.name] = 0
         self._tasks[actor.name] = asyncio.create_task(
-            self._supervise(actor, sub), name=f"{self.ctx.session_id}:{actor.name}"
+            self._supervise(actor, sub, gate), name=f"{self.ctx.session_id}:{actor.name}"
         )
 
     def spawn(self, factory: Callable[[], Coroutine[Any, Any, Any]], name: str) -> asyncio.Task[Any]:
@@ -174,7 +175,9 @@ class Supervisor:
         self._background.append(task)
         return task
 
-    async def _supervise(self, actor: Actor, sub: Subscription) -> None:
+    async def _supervise(self, actor: Actor, sub: Subscription, gate: asyncio.Event | None = None) -> None:
+        if gate is not None:
+            await gate.wait()
         policy = self.policy
         backoff_ms = policy.initial_backoff_ms
         streak = 0

@@ -193,8 +193,8 @@ class RaySession:
         self._stopping = False
         self._kinds_version = 0
         self._sent_kinds: frozenset[type[Event]] | None = None
-        self._placed: list[Actor] = []
-        """The driver's placed actors, built but not started until :meth:`ready`."""
+        self._go = asyncio.Event()
+        """Set by :meth:`ready`: the driver's placed actors run from then (their inputs queue until)."""
         self.log = get_logger(session_id=self.session_id, executor="ray")
 
     def add(self, *actors: Actor) -> None:
@@ -204,7 +204,8 @@ class RaySession:
     def place(self, specs: Iterable[ActorSpec], engines: Any = None) -> dict[str, Actor]:
         """Build each actor where the placement puts it; returns the ones that run in the driver.
 
-        Nothing starts until :meth:`ready`, so no actor sees session time before it is final.
+        Nothing runs until :meth:`ready`, so no actor sees session time before it is final; events
+        published meanwhile wait in the actors' queues (in a host, in its inbox).
         """
         from duplexer.runtime.ray_host import DRIVER, host_class, sender_to
 
@@ -217,7 +218,8 @@ class RaySession:
         for spec in specs:
             host = self.options.placement.host_of(spec.name)
             if host is None:
-                local[spec.name] = spec.build(self.ctx, engines)
+                actor = local[spec.name] = spec.build(self.ctx, engines)
+                self.supervisor.start(actor, gate=self._go)
             else:
                 remote.setdefault(host, []).append(spec)
         cls = host_class(self.options.max_restarts, self.options.host_num_cpus)
@@ -226,8 +228,7 @@ class RaySession:
             self.hosts[host] = cls.options(
                 name=f"duplexer:{self.session_id}:{host}:{self._nonce}", namespace="duplexer"
             ).remote(self.session_id, host, self.clock.epoch_s, self.options.log_level)
-        self._placed.extend(local.values())
-        driver_kinds = self._sent_kinds = self._driver_kinds()
+        driver_kinds = self._sent_kinds = self.bus.subscribed_kinds()
         for host, host_specs in remote.items():
             peers = {other: (self.hosts[other], kinds[other]) for other in remote if other != host}
             started = self._started[host] = self.hosts[host].start.remote(
@@ -243,15 +244,8 @@ class RaySession:
         self.bus.on_subscribe = self._driver_kinds_changed
         return local
 
-    def _driver_kinds(self) -> frozenset[type[Event]] | None:
-        """What the driver's subscribers want, and its placed actors once they start."""
-        kinds = self.bus.subscribed_kinds()
-        if kinds is None:
-            return None
-        return kinds | {kind for actor in self._placed for kind in actor.subscribes}
-
     def _driver_kinds_changed(self) -> None:
-        kinds = self._driver_kinds()
+        kinds = self.bus.subscribed_kinds()
         if kinds == self._sent_kinds:
             return
         self._sent_kinds = kinds
@@ -304,9 +298,7 @@ class RaySession:
         epoch = time.time() if restart_clock else None
         if epoch is not None:
             self.clock.rebase(epoch)
-        for actor in self._placed:  # its kinds are already the driver's: no set_driver_kinds calls
-            self.supervisor.start(actor)
-        self._placed = []
+        self._go.set()
         await asyncio.gather(*(handle.go.remote(epoch) for handle in self.hosts.values()))
 
     async def ping(self) -> dict[str, float]:
