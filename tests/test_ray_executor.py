@@ -170,6 +170,33 @@ def test_a_conversation_turn_works_with_every_subsystem_in_its_own_ray_actor() -
     assert _alive_session_hosts() == []
 
 
+def test_a_session_takes_a_prewarmed_host_from_the_pool_and_the_pool_starts_another() -> None:
+    from duplexer.runtime.ray_executor import HostPool
+
+    pool = HostPool(OPTIONS, idle=1)
+
+    async def main() -> None:
+        await pool.fill(1)
+        waiting = pool._hosts[0]
+        session = RaySession(OPTIONS, engine_factory=_engines, pool=pool)
+        start_pipeline(session, _engines(session.clock, _Sink()), PipelineConfig())
+        try:
+            assert session.hosts["session"] is waiting, "the session did not take the pooled host"
+            assert len(pool) == 1 and pool._hosts[0] is not waiting, "the pool did not start a replacement"
+            await session.ready()
+            assert await _speak_and_wait_for_reply(session), "no reply from a session on a pooled host"
+            with pytest.raises(ray.exceptions.RayTaskError, match="a host serves one session"):
+                await waiting.start.remote("other", "session", 0.0, [], None, {}, None, 0.0, None)
+        finally:
+            await session.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.shutdown()
+    assert _alive_session_hosts() == []
+
+
 def test_a_dead_session_host_ends_only_its_own_session() -> None:
     async def main() -> None:
         doomed, _ = await _started("session")

@@ -70,7 +70,11 @@ class TransportExecutor:
     shared: tuple[str, ...] = field(default=())
 
     def close(self) -> None:
-        """Delete the Serve deployments this command started (they would outlive it on a cluster)."""
+        """Delete the Serve deployments this command started (they would outlive it on a cluster), and
+        kill the pooled session hosts no session took."""
+        close = getattr(self.make_session, "close", None)
+        if close is not None:
+            close()
         if self.shared:
             from duplexer.actors.serve_engines import shutdown_shared_engines
 

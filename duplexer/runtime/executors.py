@@ -18,6 +18,7 @@ from typing import Any, TypeAlias
 
 from duplexer.runtime.ray_executor import (
     OPTIONAL_ACTORS,
+    HostPool,
     Placement,
     PlacementError,
     RayOptions,
@@ -67,6 +68,14 @@ def add_executor_arguments(parser: Any, default_placement: str) -> None:
         f"or a named placement: session, audio-remote, split (default: {default_placement})",
     )
     group.add_argument(
+        "--idle-hosts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --executor ray: keep N session hosts started ahead of demand, so a new session "
+        "does not wait for a Ray worker process to start (each still serves one session; default: 0)",
+    )
+    group.add_argument(
         "--batch-ms",
         type=float,
         default=0.0,
@@ -84,6 +93,8 @@ def ray_options(args: argparse.Namespace, actors: Iterable[str] | None = None) -
     """
     if args.batch_ms < 0:
         raise ValueError(f"--batch-ms must be >= 0, got {args.batch_ms:g}")
+    if getattr(args, "idle_hosts", 0) < 0:
+        raise ValueError(f"--idle-hosts must be >= 0, got {args.idle_hosts}")
     try:
         placement = Placement.parse(args.placement)
     except PlacementError as exc:  # "placement ...: why", which names the option once prefixed
@@ -139,9 +150,15 @@ class RaySessionMaker:
     """The Ray executor's session maker: each session's placed actors run in Ray actors (its hosts)."""
 
     options: RayOptions
+    pool: HostPool | None = None
 
     def __call__(self, session_id: str, engine_factory: Callable[..., Any] | None = None) -> RaySession:
-        return RaySession(self.options, session_id, engine_factory)
+        return RaySession(self.options, session_id, engine_factory, pool=self.pool)
+
+    def close(self) -> None:
+        """Kill the pooled hosts no session took."""
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def session_maker(args: argparse.Namespace, actors: Iterable[str] | None = None) -> SessionMaker:
@@ -157,4 +174,5 @@ def session_maker(args: argparse.Namespace, actors: Iterable[str] | None = None)
     options = ray_options(args, actors)
     check_ray_address(options.address)
     ensure_ray(options)
-    return RaySessionMaker(options)
+    idle = getattr(args, "idle_hosts", 0)
+    return RaySessionMaker(options, HostPool(options, idle) if idle else None)

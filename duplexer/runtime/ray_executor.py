@@ -156,6 +156,65 @@ def ensure_ray(options: RayOptions) -> Any:
     return ray
 
 
+def new_host(options: RayOptions, label: str) -> Any:
+    """Start one session host (a Ray actor in a worker process of its own); returns its handle.
+
+    Actor names must be unique across a cluster and session ids need not be, hence the suffix.
+    """
+    from duplexer.runtime.ray_host import host_class
+
+    cls = host_class(options.max_restarts, options.host_num_cpus)
+    name = f"duplexer:{label}:{uuid.uuid4().hex[:8]}"
+    return cls.options(name=name, namespace="duplexer").remote(options.log_level)
+
+
+class HostPool:
+    """Session hosts started before sessions need them, as LiveKit Agents prewarms job processes.
+
+    Starting a host starts a Ray worker process (about a CPU-second on this machine's cores, and
+    seconds of waiting); taken from a pool, a session's host is already up. A pooled host still
+    serves exactly one session and dies with it, so a host failure still ends only that session.
+    With ``idle`` > 0 the pool starts a replacement whenever one is taken.
+    """
+
+    def __init__(self, options: RayOptions, idle: int = 0) -> None:
+        if idle < 0:
+            raise ValueError(f"idle hosts must be >= 0, got {idle}")
+        self.options, self.idle = options, idle
+        self._hosts: list[Any] = []
+        self.started = 0
+        self.top_up()
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+    def top_up(self, to: int | None = None) -> None:
+        """Start hosts until ``to`` (default: the pool's ``idle``) wait in the pool."""
+        while len(self._hosts) < (self.idle if to is None else to):
+            self._hosts.append(new_host(self.options, "pooled"))
+            self.started += 1
+
+    async def fill(self, count: int) -> None:
+        """Have ``count`` hosts waiting and answering (before a known burst of sessions)."""
+        self.top_up(count)
+        await asyncio.gather(*(_await(host.ping.remote()) for host in self._hosts))
+
+    def take(self) -> Any | None:
+        """A started host for a new session, or None when the pool is empty."""
+        if not self._hosts:
+            return None
+        host = self._hosts.pop(0)
+        self.top_up()
+        return host
+
+    def shutdown(self) -> None:
+        """Kill the hosts still waiting (hosts given to sessions die with their sessions)."""
+        ray = ray_module()
+        for host in self._hosts:
+            ray.kill(host, no_restart=True)
+        self._hosts.clear()
+
+
 class RaySession:
     """A session on Ray, used like :class:`~duplexer.runtime.session.Session`.
 
@@ -172,11 +231,13 @@ class RaySession:
         session_id: str | None = None,
         engine_factory: Callable[..., Any] | None = None,
         restart_policy: RestartPolicy | None = None,
+        pool: HostPool | None = None,
     ) -> None:
         self.ray = ensure_ray(options)
+        self.pool = pool
+        """Session hosts started ahead of demand; without one, each host starts with its session."""
         self.options = options
         self.session_id = session_id or uuid.uuid4().hex[:12]
-        self._nonce = uuid.uuid4().hex[:8]  # session ids need not be unique across a cluster; actor names must
         self.clock = EpochClock()
         self.metrics = Metrics()
         self.bus = LinkedBus(self.session_id, self.clock, self.metrics)
@@ -207,7 +268,7 @@ class RaySession:
         Nothing runs until :meth:`ready`, so no actor sees session time before it is final; events
         published meanwhile wait in the actors' queues (in a host, in its inbox).
         """
-        from duplexer.runtime.ray_host import DRIVER, host_class, sender_to
+        from duplexer.runtime.ray_host import DRIVER, sender_to
 
         specs = list(specs)
         unknown = self.options.placement.actors() - {spec.name for spec in specs} - OPTIONAL_ACTORS
@@ -222,16 +283,17 @@ class RaySession:
                 self.supervisor.start(actor, gate=self._go)
             else:
                 remote.setdefault(host, []).append(spec)
-        cls = host_class(self.options.max_restarts, self.options.host_num_cpus)
         kinds = {host: _kinds(host_specs) for host, host_specs in remote.items()}
         for host in remote:
-            self.hosts[host] = cls.options(
-                name=f"duplexer:{self.session_id}:{host}:{self._nonce}", namespace="duplexer"
-            ).remote(self.session_id, host, self.clock.epoch_s, self.options.log_level)
+            taken = self.pool.take() if self.pool is not None else None
+            self.hosts[host] = taken if taken is not None else new_host(self.options, f"{self.session_id}:{host}")
         driver_kinds = self._sent_kinds = self.bus.subscribed_kinds()
         for host, host_specs in remote.items():
             peers = {other: (self.hosts[other], kinds[other]) for other in remote if other != host}
             started = self._started[host] = self.hosts[host].start.remote(
+                self.session_id,
+                host,
+                self.clock.epoch_s,
                 host_specs,
                 self.engine_factory,
                 peers,

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,19 +55,20 @@ class NoSinkHere:
 
 
 class SessionHost:
-    """One Ray actor's share of a session (wrapped by ``ray.remote`` in :func:`host_class`)."""
+    """One Ray actor's share of one session (wrapped by ``ray.remote`` in :func:`host_class`).
 
-    def __init__(self, session_id: str, host: str, epoch_s: float, log_level: str = "WARNING") -> None:
+    It may be started before its session exists (a :class:`~duplexer.runtime.ray_executor.HostPool`
+    keeps some ready); :meth:`start` gives it its session, once. It never serves another.
+    """
+
+    def __init__(self, log_level: str = "WARNING") -> None:
         configure_logging(log_level)
         logging.getLogger("ray").setLevel(logging.WARNING)
-        self.session_id, self.host = session_id, host
-        self.clock = EpochClock(epoch_s)
-        self.metrics = Metrics()
-        self.bus = LinkedBus(session_id, self.clock, self.metrics)
-        self.ctx = SessionContext(session_id, self.bus, self.clock, self.metrics)
+        self._bind("", "", time.time())
         self.supervisor: Supervisor | None = None
         self.restart_policy = RestartPolicy()
         self.actors: list[Any] = []
+        self._cpu_at_go: float | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.to_driver: list[Event] = []
         self._driver_waiter: asyncio.Future[None] | None = None
@@ -77,8 +79,18 @@ class SessionHost:
         self._early_lock = threading.Lock()
         """Batches that arrived before the actors started (in :meth:`go`); delivered then, in order."""
 
+    def _bind(self, session_id: str, host: str, epoch_s: float) -> None:
+        self.session_id, self.host = session_id, host
+        self.clock = EpochClock(epoch_s)
+        self.metrics = Metrics()
+        self.bus = LinkedBus(session_id, self.clock, self.metrics)
+        self.ctx = SessionContext(session_id, self.bus, self.clock, self.metrics)
+
     async def start(
         self,
+        session_id: str,
+        host: str,
+        epoch_s: float,
         specs: list[ActorSpec],
         engine_factory: Callable[..., Any] | None,
         peers: dict[str, tuple[Any, frozenset[type[Event]] | None]],
@@ -86,10 +98,12 @@ class SessionHost:
         batch_ms: float,
         restart_policy: RestartPolicy,
     ) -> list[str]:
-        """Build the actors and link the other hosts and the driver; the actors start in :meth:`go`.
-
-        Returns the actors' names.
+        """Join session ``session_id`` as its host ``host``: build the actors and link the other hosts
+        and the driver; the actors start in :meth:`go`. Returns the actors' names.
         """
+        if self.session_id:
+            raise RuntimeError(f"this host already serves session {self.session_id}; a host serves one session")
+        self._bind(session_id, host, epoch_s)
         self.loop = asyncio.get_running_loop()
         engines = None
         if any(spec.engine_fields for spec in specs):
@@ -110,6 +124,7 @@ class SessionHost:
         """
         if self.supervisor is not None:
             return
+        self._cpu_at_go = time.process_time()
         if epoch_s is not None:
             self.clock.rebase(epoch_s)
         supervisor = Supervisor(self.ctx, self.restart_policy)
@@ -176,7 +191,8 @@ class SessionHost:
         return {} if self.supervisor is None else dict(self.supervisor.restarts)
 
     async def stop(self) -> dict[str, float]:
-        """Stop every actor; hand the driver what is still queued for it; return this host's counters."""
+        """Stop every actor; hand the driver what is still queued for it; return this host's counters
+        and the CPU time its process used while the session ran (``host.cpu_s``)."""
         if self.supervisor is not None:
             await self.supervisor.stop()
         self.bus.flush_all()
@@ -184,7 +200,8 @@ class SessionHost:
         waiter = self._driver_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        return dict(self.metrics.counters)
+        cpu_s = time.process_time() - self._cpu_at_go if self._cpu_at_go is not None else 0.0
+        return {**self.metrics.counters, "host.cpu_s": cpu_s}
 
 
 @functools.cache

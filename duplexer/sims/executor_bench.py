@@ -354,13 +354,16 @@ class Config:
     executor: str  # local | ray
     placement: str = ""
     batch_ms: float = 0.0
+    prewarm: bool = False
+    """Ray: the level's session hosts are started (a HostPool) before its sessions begin."""
 
     @property
     def label(self) -> str:
         if self.executor == "local":
             return f"{self.workload} / local"
         batch = f", batch_ms={self.batch_ms:g}" if self.batch_ms else ""
-        return f"{self.workload} / ray {self.placement}{batch}"
+        warm = ", hosts prewarmed" if self.prewarm else ""
+        return f"{self.workload} / ray {self.placement}{batch}{warm}"
 
 
 @dataclass
@@ -447,7 +450,9 @@ def _timing_of(session: Any) -> _Timing:
     return timing if isinstance(timing, _Timing) else _Timing(session.clock)
 
 
-def _session_factory(config: Config, options: Any, run_tag: str, n: int) -> Callable[[int], SessionFactory]:
+def _session_factory(
+    config: Config, options: Any, run_tag: str, n: int, pool: Any = None
+) -> Callable[[int], SessionFactory]:
     """For session i of a level: (session id, engine factory) -> a session of the config's executor."""
     if config.executor == "local":
         from duplexer.runtime.clock import LoopClock
@@ -458,7 +463,7 @@ def _session_factory(config: Config, options: Any, run_tag: str, n: int) -> Call
 
     cls = _ray_session_class()
     ray_options = replace(options, placement=Placement.parse(config.placement), batch_ms=config.batch_ms)
-    return lambda i: lambda sid, factory: _timed(cls(ray_options, f"{sid}-{run_tag}-{i}", factory))
+    return lambda i: lambda sid, factory: _timed(cls(ray_options, f"{sid}-{run_tag}-{i}", factory, pool=pool))
 
 
 # ---- workload "sim": a scenario through the simulator
@@ -695,7 +700,13 @@ Workload = SimWorkload | VoiceWorkload
 async def run_level(
     workload: Workload, config: Config, n: int, options: Any, reference: Reference, slack_ms: float, run_tag: str
 ) -> Level:
-    factory = _session_factory(config, options, run_tag, n)
+    pool = None
+    if config.prewarm:
+        from duplexer.runtime.ray_executor import HostPool
+
+        pool = HostPool(options)
+        await pool.fill(n)  # before the level's clock starts: the pool is what is measured without
+    factory = _session_factory(config, options, run_tag, n, pool)
 
     async def one(i: int) -> SessionRun:
         await asyncio.sleep(START_SPREAD_S * i / n)
@@ -705,7 +716,11 @@ async def run_level(
             return SessionRun(None, error=f"{type(exc).__name__}: {exc}")
 
     cpu0, proc0, wall0 = _cpu_times(), time.process_time(), time.monotonic()
-    runs = list(await asyncio.gather(*(one(i) for i in range(n))))
+    try:
+        runs = list(await asyncio.gather(*(one(i) for i in range(n))))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     wall = time.monotonic() - wall0
     driver_cpu = 100.0 * (time.process_time() - proc0) / wall
     machine_cpu = _machine_cpu_pct(cpu0, _cpu_times())
@@ -808,6 +823,7 @@ async def _bench(
     configs = [
         Config("sim", "local"),
         Config("sim", "ray", SIM_PLACEMENT),
+        Config("sim", "ray", SIM_PLACEMENT, prewarm=True),
         Config("voice", "local"),
         Config("voice", "ray", "session"),
         Config("voice", "ray", AUDIO_REMOTE_PLACEMENT),
@@ -858,7 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
         "them to docs/benchmarks.md.",
     )
     parser.add_argument("--quick", action="store_true", help="a fast variant: 100 probes per path, cap 4")
-    parser.add_argument("--cap", type=int, help="most concurrent sessions to try (default 24, --quick 4)")
+    parser.add_argument("--cap", type=int, help=f"most concurrent sessions to try (default {RAMP[-1]}; --quick 4)")
     parser.add_argument("--samples", type=int, help="hop probes per path after warm-up (default 300, --quick 100)")
     parser.add_argument("--warmup", type=int, default=30, help="hop probes discarded first (default 30)")
     parser.add_argument("--interval-ms", type=float, default=10.0, help="mean gap between probes (default 10)")
@@ -889,7 +905,7 @@ def main(argv: Sequence[str]) -> int:
 
     parser = build_parser()
     args = parser.parse_args(list(argv))
-    args.cap = args.cap if args.cap is not None else 4 if args.quick else 24
+    args.cap = args.cap if args.cap is not None else 4 if args.quick else RAMP[-1]
     args.samples = args.samples if args.samples is not None else 100 if args.quick else 300
     if args.cap < 1 or args.samples < 10 or args.warmup < 0 or args.interval_ms <= 0 or args.num_cpus < 1:
         return fail("--cap and --num-cpus must be >= 1, --samples >= 10, --warmup >= 0, --interval-ms > 0")
@@ -962,10 +978,12 @@ def _report(
 
     sim_local = best_of(Config("sim", "local"))
     sim_ray = best_of(Config("sim", "ray", SIM_PLACEMENT))
+    sim_warm = best_of(Config("sim", "ray", SIM_PLACEMENT, prewarm=True))
     v_local = best_of(Config("voice", "local"))
     v_session = best_of(Config("voice", "ray", "session"))
     v_remote = best_of(Config("voice", "ray", AUDIO_REMOTE_PLACEMENT))
     sessions_ratio = sim_ray / sim_local if sim_local else math.nan
+    warm_ratio = sim_warm / sim_local if sim_local else math.nan
     capped = [c.label for c, n in best.items() if n >= args.cap]
     session_notes = [
         f"sim workload: {sim.describe()}, replayed by the simulator in real time; Ray placement {SIM_PLACEMENT} "
@@ -986,11 +1004,13 @@ def _report(
         "actor and sending its specs and engine factory); setup lag max = the worst frame lateness of any "
         "running session while the level's sessions were being placed; host ready = place() -> the host "
         "answers a ping (includes starting a Ray worker process)",
-        f"largest N sustained: sim local {sim_local}, sim Ray {sim_ray}; voice local "
+        f"largest N sustained: sim local {sim_local}, sim Ray {sim_ray}, sim Ray with hosts prewarmed "
+        f"{sim_warm}; voice local "
         f"{v_local if args.voice_local else '-'}, voice Ray session {v_session}, voice Ray audio-remote {v_remote}"
         + "".join(f"; audio-remote batch_ms={c.batch_ms:g} {n}" for c, n in best.items() if c.batch_ms),
         f"Ray sessions / local sessions (sim): {_fmt(sessions_ratio, 2)}, "
-        f"{ratio_verdict(sessions_ratio, SESSIONS_RATIO_TARGET, False)}"
+        f"{ratio_verdict(sessions_ratio, SESSIONS_RATIO_TARGET, False)}; with hosts prewarmed (HostPool, "
+        f"--idle-hosts): {_fmt(warm_ratio, 2)}, {ratio_verdict(warm_ratio, SESSIONS_RATIO_TARGET, False)}"
         + (f"; at the cap ({args.cap}), so a lower bound: {', '.join(capped)}" if capped else ""),
         f"whole bench: {elapsed_s:.0f} s",
     ]
