@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,18 @@ SHARED = REPO.parent / "shared"
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[None]:
+    """One local Ray instance (2 CPUs) for a whole test module: starting one takes seconds."""
+    import ray
+
+    from duplexer.runtime.ray_executor import RayOptions, ensure_ray
+
+    ensure_ray(RayOptions(num_cpus=2))
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()

@@ -6,7 +6,6 @@ One Ray instance (``num_cpus=2``) serves the whole module: starting one takes se
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -37,26 +36,15 @@ from duplexer.runtime.ray_executor import (  # noqa: E402
     PlacementError,
     RayOptions,
     RaySession,
-    ensure_ray,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_instance")]
 
 OPTIONS = RayOptions(num_cpus=2, placement=Placement.parse("session=controller,context,tts"))
 CONCURRENCY = 4
 """Scenarios at once: each session starts a Ray worker process for its host (about a CPU-second)."""
 LATENCY_TOLERANCE_MS = 250.0
 """Wall-clock runs on a loaded 2-core machine drift from the virtual clock by tens of milliseconds."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance() -> Iterator[None]:
-    ensure_ray(OPTIONS)
-    yield
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
 
 
 def _alive_session_hosts() -> list[str]:

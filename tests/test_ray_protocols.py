@@ -40,9 +40,9 @@ from tests.mqtt_broker import SPEECH_DIR, device, running_bridge, running_broker
 
 ray = pytest.importorskip("ray")
 
-from duplexer.runtime.ray_executor import Placement, RayOptions, RaySession, ensure_ray  # noqa: E402
+from duplexer.runtime.ray_executor import Placement, RayOptions, RaySession  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_instance")]
 
 T = TypeVar("T")
 OPTIONS = RayOptions(num_cpus=2)
@@ -50,16 +50,6 @@ QUESTION_WAV = SPEECH_DIR / "basketball_short_female_en-US-Wavenet-E.wav"
 QUESTION = "so do you play basketball"
 REPLY = echo_reply(QUESTION)
 """Engine factories must be importable by Ray workers, so they come from the package (echo replies)."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance() -> Iterator[None]:
-    ensure_ray(OPTIONS)
-    yield
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
 
 
 @pytest.fixture
