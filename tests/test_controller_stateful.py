@@ -20,7 +20,6 @@ from duplexer.runtime.events import (
     EndOfTurnProbability,
     Event,
     PlayoutDone,
-    PlayoutProgress,
     PlayoutStarted,
     PlayoutStopped,
     ReplyReady,
@@ -184,7 +183,6 @@ class ControllerMachine(RuleBasedStateMachine):
         reply_id = data.draw(st.sampled_from(sorted(self.playout_requested - self.ended - self.cancelled)))
         self.playing, self.play_started_at = reply_id, self.now
         self.apply(ev(PlayoutStarted, reply_id=reply_id))
-        self.apply(ev(PlayoutProgress, reply_id=reply_id, played_ms=0.0))
 
     @precondition(lambda self: self.playing is not None)
     @rule()

@@ -45,7 +45,6 @@ from duplexer.runtime.events import (
     Event,
     PausePlayout,
     PlayoutDone,
-    PlayoutProgress,
     PlayoutStarted,
     PlayoutStopped,
     ReplyReady,
@@ -512,13 +511,13 @@ CONTROLLER_INPUTS: tuple[type[Event], ...] = (
     EndOfTurnProbability,
     ReplyReady,
     PlayoutStarted,
-    PlayoutProgress,
     PlayoutDone,
     PlayoutStopped,
     SpeakRequest,
     Tick,
 )
-"""Every event type the controller consumes."""
+"""Every event type the controller consumes. Playout progress is not one: no rule needs it, and on
+Ray it would cross to the controller's host five times a second for nothing."""
 
 _STALE = "stale: belongs to a reply that is no longer current"
 _NOT_NOW = "the bot never starts talking over the user or itself"
@@ -532,7 +531,6 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         EndOfTurnProbability: _ignore("no turn to end"),
         ReplyReady: _ignore(_STALE),
         PlayoutStarted: _ignore(_STALE),
-        PlayoutProgress: _ignore(_STALE),
         PlayoutDone: _rule(_playout_done, note="late done of a stopped reply"),
         PlayoutStopped: _rule(_playout_stopped, note="truncate history to what was played"),
         SpeakRequest: _rule(_bot_speaks_first, BR, note="the bot speaks first (a greeting)"),
@@ -546,7 +544,6 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         EndOfTurnProbability: _rule(_eot_probability, note="adjusts the end-of-turn silence"),
         ReplyReady: _ignore(_STALE),
         PlayoutStarted: _ignore(_STALE),
-        PlayoutProgress: _ignore(_STALE),
         PlayoutDone: _rule(_playout_done, note="late done of a stopped reply"),
         PlayoutStopped: _rule(_playout_stopped, note="truncate history to what was played"),
         SpeakRequest: _ignore(_NOT_NOW),
@@ -560,7 +557,6 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         EndOfTurnProbability: _rule(_eot_probability, note="adjusts the end-of-turn silence"),
         ReplyReady: _rule(_reply_ready, note="the speculative reply has audio"),
         PlayoutStarted: _ignore(_STALE),
-        PlayoutProgress: _ignore(_STALE),
         PlayoutDone: _rule(_playout_done, note="late done of a stopped reply"),
         PlayoutStopped: _rule(_playout_stopped, note="truncate history to what was played"),
         SpeakRequest: _ignore(_NOT_NOW),
@@ -574,7 +570,6 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         EndOfTurnProbability: _ignore("the user's turn has ended"),
         ReplyReady: _rule(_reply_ready, note="the committed reply has audio"),
         PlayoutStarted: _rule(_playout_started, note="bot audio is out"),
-        PlayoutProgress: _ignore("progress is for display"),
         PlayoutDone: _rule(_playout_done, S, note="reply played to its end"),
         PlayoutStopped: _rule(_playout_stopped, S, note="playout ended early: keep what was heard"),
         SpeakRequest: _ignore(_NOT_NOW),
@@ -588,7 +583,6 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         EndOfTurnProbability: _ignore("the user's turn has ended"),
         ReplyReady: _rule(_reply_ready, note="the committed reply has audio"),
         PlayoutStarted: _rule(_playout_started, note="bot audio is out (held if backchannel pause)"),
-        PlayoutProgress: _ignore("progress is for display"),
         PlayoutDone: _rule(_playout_done, US, note="bot finished: the user holds the floor"),
         PlayoutStopped: _rule(_playout_stopped, US, note="playout ended early: the user holds the floor"),
         SpeakRequest: _ignore(_NOT_NOW),
