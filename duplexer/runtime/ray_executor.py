@@ -168,19 +168,26 @@ def new_host(options: RayOptions, label: str) -> Any:
     return cls.options(name=name, namespace="duplexer").remote(options.log_level)
 
 
+PRELOAD = ("duplexer.actors.pipeline",)
+"""What a pooled host imports ahead of its session: the pipeline, and with it every actor module
+(named, not imported, here: the runtime does not depend on the actors)."""
+
+
 class HostPool:
     """Session hosts started before sessions need them, as LiveKit Agents prewarms job processes.
 
     Starting a host starts a Ray worker process (about a CPU-second on this machine's cores, and
     seconds of waiting); taken from a pool, a session's host is already up. A pooled host still
     serves exactly one session and dies with it, so a host failure still ends only that session.
-    With ``idle`` > 0 the pool starts a replacement whenever one is taken.
+    With ``idle`` > 0 the pool starts a replacement whenever one is taken. Each pooled host imports
+    ``preload`` (module names) at once: unpickling a session's actors in a cold host imports the
+    actor modules, which costs about as much CPU as starting the process.
     """
 
-    def __init__(self, options: RayOptions, idle: int = 0) -> None:
+    def __init__(self, options: RayOptions, idle: int = 0, preload: tuple[str, ...] = PRELOAD) -> None:
         if idle < 0:
             raise ValueError(f"idle hosts must be >= 0, got {idle}")
-        self.options, self.idle = options, idle
+        self.options, self.idle, self.preload = options, idle, list(preload)
         self._hosts: list[Any] = []
         self.started = 0
         self.top_up()
@@ -191,7 +198,9 @@ class HostPool:
     def top_up(self, to: int | None = None) -> None:
         """Start hosts until ``to`` (default: the pool's ``idle``) wait in the pool."""
         while len(self._hosts) < (self.idle if to is None else to):
-            self._hosts.append(new_host(self.options, "pooled"))
+            host = new_host(self.options, "pooled")
+            host.preload.remote(self.preload)
+            self._hosts.append(host)
             self.started += 1
 
     async def fill(self, count: int) -> None:

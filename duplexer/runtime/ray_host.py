@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import logging
 import threading
 import time
@@ -78,6 +79,11 @@ class SessionHost:
         self._early: list[tuple[str, str, int, list[Event]]] = []
         self._early_lock = threading.Lock()
         """Batches that arrived before the actors started (in :meth:`go`); delivered then, in order."""
+
+    async def preload(self, modules: list[str]) -> None:
+        """Import modules a session's actors will need now, so taking this host costs no imports."""
+        for name in modules:
+            importlib.import_module(name)
 
     def _bind(self, session_id: str, host: str, epoch_s: float) -> None:
         self.session_id, self.host = session_id, host
