@@ -47,7 +47,6 @@ def test_waiting_forever_is_reported_not_hung() -> None:
         run_virtual(main())
 
 
-
 def test_the_controller_ticks_only_when_a_timing_rule_comes_due_and_exactly_then() -> None:
     """No ticks while nothing is timed (an idle session costs no wake-ups); the pause rule fires at
     speech end + pause_ms to the millisecond, on the virtual clock."""

@@ -39,8 +39,9 @@ from duplexer.runtime.metrics import Metrics
 RAY_INSTALL_HINT = "pip install 'duplexer[ray]' (Ray with Ray Serve)"
 DRIVER_ONLY = frozenset({"playout"})
 """Actors that must run in the driver: playout writes to the call's audio sink."""
-OPTIONAL_ACTORS = frozenset({"tools", "tokenizer"})
-"""Actors a placement may name that a session runs only when configured (tools, an audio tokenizer)."""
+OPTIONAL_ACTORS = frozenset({"tools", "tokenizer", "turn_detector"})
+"""Actors a placement may name that a session runs only when configured (tools, an audio tokenizer,
+a turn detector)."""
 HOST_STOP_TIMEOUT_S = 5.0
 
 
