@@ -45,6 +45,16 @@ class TtsEngine(Protocol):
     def synthesize(self, text: str, reply_id: str, instructions: Sequence[str] = ()) -> AsyncIterator[bytes]: ...
 
 
+class TurnDetectorEngine(Protocol):
+    """The probability that the user has finished their turn, given what they said so far.
+
+    ``transcript`` is the user's turn as transcribed so far (raw ASR text, all its segments);
+    ``context`` is the conversation before it (for example the bot's last reply), oldest first.
+    """
+
+    async def end_of_turn_probability(self, transcript: str, context: Sequence[Message]) -> float: ...
+
+
 class AudioSink(Protocol):
     """Where played bot audio goes (a speaker, a WebRTC track, an MQTT topic, a recorder)."""
 
@@ -64,6 +74,8 @@ class Engines:
     llm: LlmEngine
     tts: TtsEngine
     sink: AudioSink
+    turn_detector: TurnDetectorEngine | None = None
+    """With one, a turn-detector actor joins the pipeline and tunes the end-of-turn wait."""
 
 
 SHAREABLE = ("asr", "llm", "tts")

