@@ -190,6 +190,8 @@ class HostPool:
             raise ValueError(f"idle hosts must be >= 0, got {idle}")
         self.options, self.idle, self.preload = options, idle, list(preload)
         self._hosts: list[Any] = []
+        self._preloads: dict[Any, Any] = {}
+        """Each waiting host's preload call: :meth:`fill` waits for these (a ping could overtake them)."""
         self.started = 0
         self.top_up()
 
@@ -200,20 +202,21 @@ class HostPool:
         """Start hosts until ``to`` (default: the pool's ``idle``) wait in the pool."""
         while len(self._hosts) < (self.idle if to is None else to):
             host = new_host(self.options, "pooled")
-            host.preload.remote(self.preload)
+            self._preloads[host] = host.preload.remote(self.preload)
             self._hosts.append(host)
             self.started += 1
 
     async def fill(self, count: int) -> None:
         """Have ``count`` hosts waiting and answering (before a known burst of sessions)."""
         self.top_up(count)
-        await asyncio.gather(*(_await(host.ping.remote()) for host in self._hosts))
+        await asyncio.gather(*(_await(self._preloads[host]) for host in self._hosts))
 
     def take(self) -> Any | None:
         """A started host for a new session, or None when the pool is empty."""
         if not self._hosts:
             return None
         host = self._hosts.pop(0)
+        self._preloads.pop(host, None)
         self.top_up()
         return host
 
@@ -223,6 +226,7 @@ class HostPool:
         for host in self._hosts:
             ray.kill(host, no_restart=True)
         self._hosts.clear()
+        self._preloads.clear()
 
 
 class RaySession:
