@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from duplexer.policies.controller import ClockWentBackwards, Controller, Phase, PolicyParams
 from duplexer.runtime.events import (
+    FRAME_MS,
     AsrFinal,
     AsrPartial,
     CancelReply,
@@ -32,6 +33,8 @@ from duplexer.runtime.events import (
 )
 
 SID = "s"
+TICK_MS = float(FRAME_MS)
+"""This test lets time pass a frame at a time, ticking each step (the actor ticks at deadlines)."""
 WORDS = st.sampled_from(["hello", "what", "is", "the", "time", "please", "mm-hmm", ""])
 
 
@@ -124,7 +127,7 @@ class ControllerMachine(RuleBasedStateMachine):
     @rule(frames=st.integers(1, 30))
     def time_passes(self, frames: int) -> None:
         for _ in range(frames):
-            self.now += self.params.tick_ms
+            self.now += TICK_MS
             self.apply(ev(Tick))
 
     @precondition(lambda self: self.speaking_since is None)
@@ -147,7 +150,7 @@ class ControllerMachine(RuleBasedStateMachine):
         self.time_passes(speech_frames)
         self.user_stops_speaking()
         self.transcript_arrives(words, partial=False)
-        self.time_passes(int(self.params.end_of_turn_ms // self.params.tick_ms) + 2)
+        self.time_passes(int(self.params.end_of_turn_ms // TICK_MS) + 2)
 
     @precondition(lambda self: self.speaking_since is not None)
     @rule()
@@ -233,7 +236,7 @@ class ControllerMachine(RuleBasedStateMachine):
         if self.playing is None or self.speaking_since is None:
             return
         overlap_since = max(self.speaking_since, self.play_started_at)
-        limit = self.params.min_barge_in_ms + self.params.tick_ms
+        limit = self.params.min_barge_in_ms + TICK_MS
         assert self.now - overlap_since <= limit, (
             f"bot still playing {self.now - overlap_since} ms into user speech (limit {limit})"
         )
@@ -251,7 +254,7 @@ class ControllerMachine(RuleBasedStateMachine):
         while self.finals_due:
             self.apply(ev(AsrFinal, segment_id=self.finals_due.pop(0), text="done"))
         for _ in range(4):
-            self.time_passes(int(self.params.end_of_turn_max_ms // self.params.tick_ms) + 2)
+            self.time_passes(int(self.params.end_of_turn_max_ms // TICK_MS) + 2)
             while self.stops_due:
                 self.playout_reports_stop()
             if self.playing is None and self.playout_requested - self.ended - self.cancelled:

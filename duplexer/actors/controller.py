@@ -84,8 +84,6 @@ class ControllerActor(Actor):
         overrides: dict[str, Any] = dict(update.overrides)
         current = self.controller.params
         try:
-            if overrides.get("tick_ms", current.tick_ms) != current.tick_ms:
-                raise ValueError("tick_ms cannot change while the session runs")
             params = replace(current, **overrides)
         except (TypeError, ValueError) as exc:  # an unknown name, or values the policy refuses
             self.log.warning("policy_update_refused", error=str(exc))

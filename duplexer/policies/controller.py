@@ -36,7 +36,6 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from duplexer.runtime.events import (
-    FRAME_MS,
     AsrFinal,
     AsrPartial,
     CancelReply,
@@ -99,8 +98,6 @@ class PolicyParams:
     """Speculative replies allowed per user turn."""
     asr_final_timeout_ms: float = 2000.0
     """How long past end of turn to wait for a late final transcript before replying anyway."""
-    tick_ms: float = float(FRAME_MS)
-    """Timer tick period the controller is driven at; bounds every timing rule's lateness."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -120,8 +117,6 @@ class PolicyParams:
             )
         if not 0.0 <= self.min_speech_probability <= 1.0:
             raise ValueError("policy parameter min_speech_probability must be within [0, 1]")
-        if self.tick_ms <= 0:
-            raise ValueError("policy parameter tick_ms must be > 0")
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -185,11 +185,8 @@ def scripted_engines(
     return build
 
 
-def policy_with(base: PolicyParams, overrides: PolicyOverrides, live: bool = False) -> PolicyParams:
-    """``base`` with overrides applied; raises WireError(BAD_POLICY) naming the bad parameter.
-
-    ``live`` overrides go to a running controller, whose tick period is fixed.
-    """
+def policy_with(base: PolicyParams, overrides: PolicyOverrides) -> PolicyParams:
+    """``base`` with overrides applied; raises WireError(BAD_POLICY) naming the bad parameter."""
     names = set(PolicyParams.field_names())
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -197,8 +194,6 @@ def policy_with(base: PolicyParams, overrides: PolicyOverrides, live: bool = Fal
             ErrorCode.BAD_POLICY,
             f"unknown policy parameter(s) {unknown}; see `duplexer policy show` for the names",
         )
-    if live and "tick_ms" in overrides:
-        raise WireError(ErrorCode.BAD_POLICY, "tick_ms can only be set in start, before the session runs")
     for name, value in overrides.items():
         default = getattr(base, name)
         if isinstance(default, bool) != isinstance(value, bool):
@@ -556,7 +551,7 @@ class DeviceLink:
         if control.type is ControlType.START:
             self.stopped_by_device = False
             if control.policy is not None:
-                self.policy = policy_with(self.policy, control.policy, live=self.session is not None)
+                self.policy = policy_with(self.policy, control.policy)
                 self._apply_policy(control.policy)
             if self.session is None:
                 self.start_session()
@@ -576,7 +571,7 @@ class DeviceLink:
             )
         elif control.type is ControlType.POLICY:
             assert control.policy is not None
-            self.policy = policy_with(self.policy, control.policy, live=self.session is not None)
+            self.policy = policy_with(self.policy, control.policy)
             self._apply_policy(control.policy)
             self.publish_event("policy", policy=asdict(self.policy))
         elif control.type is ControlType.STATS:

@@ -17,7 +17,7 @@ INPUT_SAMPLE_RATE_HZ = 16_000
 """Sample rate of user audio inside the pipeline (VAD, ASR, tokenizer)."""
 
 FRAME_MS = 20
-"""Duration of one input audio frame, and the controller's tick period."""
+"""Duration of one input audio frame."""
 
 FRAME_SAMPLES = INPUT_SAMPLE_RATE_HZ * FRAME_MS // 1000
 
@@ -110,7 +110,8 @@ class EndOfTurnProbability(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tick(Event):
-    """Timer tick, one per frame, so timing rules fire without I/O in the controller."""
+    """Timer tick, sent when the controller's next timing rule comes due, so timing rules fire
+    without I/O in the controller."""
 
     priority: ClassVar[Priority] = Priority.CONTROL
 
