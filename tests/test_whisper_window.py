@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from duplexer.actors.real import MIN_REPEAT_WORDS, trim_repeated_tail
@@ -38,6 +38,7 @@ def test_trims_decoding_loops_and_keeps_speech(text: str, kept: str) -> None:
 
 
 @given(TEXT)
+@example("a a b a a b a b a")  # a trimmed loop can leave another at the new end
 def test_the_result_is_a_word_prefix_and_trimming_is_idempotent(text: str) -> None:
     trimmed = trim_repeated_tail(text)
     words = trimmed.split()

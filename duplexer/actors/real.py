@@ -292,17 +292,29 @@ def trim_repeated_tail(text: str, min_words: int = MIN_REPEAT_WORDS) -> str:
     A loop is a block of at least ``min_words`` words whose words then repeat, in order, up to the
     end of the text, for at least ``min_words`` more words: complete repetitions of the block,
     possibly followed by the cut-off start of one more (the token bound stops a loop anywhere).
-    The earliest such block is kept once. Words compare without case or punctuation, since a
-    looping decoder often changes them ("Do you live by yourself? do You Live By Yourself, DO YOU").
+    The earliest such block is kept once, and trimming repeats until no loop is left at the end
+    ("a a b a a b a b a" loses "a b a" and then "a a b"). Words compare without case or
+    punctuation, since a looping decoder often changes them ("Do you live by yourself? do You
+    Live By Yourself, DO YOU").
     """
     words = text.split()
     keys = [_word_key(w) for w in words]
     n = len(keys)
+    while True:
+        cut = _loop_start(keys[:n], min_words)
+        if cut is None:
+            return text if n == len(words) else " ".join(words[:n])
+        n = cut
+
+
+def _loop_start(keys: list[str], min_words: int) -> int | None:
+    """Where the earliest loop at the end of ``keys`` starts repeating (see trim_repeated_tail)."""
+    n = len(keys)
     for start in range(n):
         for period in range(max(1, min_words), n - start - min_words + 1):
             if all(keys[i] == keys[i - period] for i in range(start + period, n)):
-                return " ".join(words[: start + period])
-    return text
+                return start + period
+    return None
 
 
 class WhisperAsr:
