@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
+from duplexer.runtime.console import progress
 
 EXIT_BAD_INPUT = 2
 
 
 def fail(message: str) -> int:
     """Print ``duplexer: error: MESSAGE`` on stderr and return the bad-input exit code."""
-    print(f"duplexer: error: {message}", file=sys.stderr)
+    progress(f"duplexer: error: {message}")
     return EXIT_BAD_INPUT

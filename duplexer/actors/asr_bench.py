@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from duplexer.kernels.audio import pcm16_to_float
+from duplexer.runtime.console import say
 
 DEFAULT_PHRASES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vap_phrases" / "audio"
 WINDOWS: tuple[Literal["full"], Literal["short"]] = ("full", "short")
@@ -141,7 +142,7 @@ def main(argv: Sequence[str]) -> int:
         for name, reference, text in scores[window].misses
     ]
     notes += misses
-    print("\n".join([format_table(header, rows), *misses]))
+    say("\n".join([format_table(header, rows), *misses]))
     append_benchmark(
         "ASR: Whisper short window vs 30 s window on the VAP phrases",
         header,

@@ -34,6 +34,7 @@ from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
 from duplexer.actors.llm_server import StreamingHttpLlm, Timeouts
 from duplexer.actors.llm_sglang_server import SglangServerConfig, SglangServerLlm
 from duplexer.runtime.benchlog import DEFAULT_BENCH_LOG, append_benchmark
+from duplexer.runtime.console import say
 
 UTTERANCES = (
     "what is the capital of france and why is it famous",
@@ -218,7 +219,7 @@ def main(argv: Sequence[str]) -> int:
         ("prompt tokens served from cache (server-reported)", f"{counters['cached_tokens']:.0f}"),
     ]
     for name, value in rows:
-        print(f"{name:52} {value:>12}")
+        say(f"{name:52} {value:>12}")
     append_benchmark(
         "LLM serving: speculation's cost and prefix reuse",
         ("measure", "value"),

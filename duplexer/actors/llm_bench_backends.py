@@ -37,6 +37,7 @@ from duplexer.actors.llm_bench import local_llama_server
 from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
 from duplexer.actors.llm_server import Timeouts
 from duplexer.runtime.benchlog import DEFAULT_BENCH_LOG, append_benchmark, format_table
+from duplexer.runtime.console import say
 
 SYSTEM = "You are a helpful voice assistant. Answer in two or three sentences."
 QUESTIONS = (
@@ -309,7 +310,7 @@ def main(argv: Sequence[str]) -> int:
         ),
     ]
     header = ("measure", "in-process", "HTTP server", "HTTP / in-process")
-    print(f"{format_table(header, rows)}\n(run took {elapsed:.0f} s)")
+    say(f"{format_table(header, rows)}\n(run took {elapsed:.0f} s)")
     append_benchmark(
         "LLM backends: in-process llama.cpp vs its HTTP server",
         header,

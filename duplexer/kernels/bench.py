@@ -31,6 +31,7 @@ from duplexer.kernels.tokens import (
     SEMANTIC_PER_GROUP,
     AqaaConfig,
 )
+from duplexer.runtime.console import say
 
 BATCHED_TARGET_RATIO = 20.0
 """The numba batched form should beat the NumPy reference by this factor (issue 8)."""
@@ -367,9 +368,9 @@ def main(argv: Sequence[str]) -> int:
     ]
     from duplexer.runtime.benchlog import append_benchmark, format_table
 
-    print(format_table(header, rows))
+    say(format_table(header, rows))
     for note in notes:
-        print(f"- {note}")
+        say(f"- {note}")
     if not args.no_log:
         append_benchmark(
             "Token kernels: NumPy reference vs numba vs numba batched",
@@ -379,5 +380,5 @@ def main(argv: Sequence[str]) -> int:
             log_path=args.log,
             argv=["bench", "kernels", *argv],
         )
-        print(f"appended to {args.log}")
+        say(f"appended to {args.log}")
     return 0

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from duplexer.runtime.console import say
+
 
 def show(args: argparse.Namespace) -> int:
     from duplexer.policies.render import render
 
-    print(render(args.format))
+    say(render(args.format))
     return 0
 
 

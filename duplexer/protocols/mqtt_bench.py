@@ -32,6 +32,7 @@ from duplexer.protocols.mqtt_broker import BrokerStartError, LoopbackBroker, fin
 from duplexer.protocols.mqtt_connection import BrokerSettings, broker_settings, make_client
 from duplexer.protocols.mqtt_device import DeviceClient
 from duplexer.protocols.mqtt_topics import AudioFormat, Topics
+from duplexer.runtime.console import progress, say
 from duplexer.runtime.events import FRAME_MS
 
 DEVICE_RATE_HZ = 24_000
@@ -292,10 +293,10 @@ def main(argv: Sequence[str]) -> int:
         "generator lag p99 ms",
         "limited by",
     )
-    print(" | ".join(header))
+    say(" | ".join(header))
     for row in rows:
-        print(" | ".join(str(cell) for cell in row))
-    print(f"devices sustained in real time: {best}")
+        say(" | ".join(str(cell) for cell in row))
+    say(f"devices sustained in real time: {best}")
     notes = [
         f"devices sustained in real time: {best} (largest passing round; one bridge process, scripted engines)",
         f"each device: {UTTERANCE_S} s utterance at {DEVICE_RATE_HZ} Hz (resampled to 16 kHz), then a "
@@ -334,7 +335,7 @@ async def _rounds(settings: BrokerSettings, args: argparse.Namespace, bridge_pid
         rounds.append(result)
         baseline = rounds[0].percentile(rounds[0].response_ms, 90)
         ok = result.sustained(baseline, args.latency_slack_ms)
-        print(f"  {n_devices} device(s): {'ok' if ok else 'not real time'}", file=sys.stderr, flush=True)
+        progress(f"  {n_devices} device(s): {'ok' if ok else 'not real time'}")
         return ok
 
     passed, failed = 0, None

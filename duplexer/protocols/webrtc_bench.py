@@ -47,6 +47,7 @@ from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer
 from duplexer.runtime.benchlog import DEFAULT_BENCH_LOG, append_benchmark
 from duplexer.runtime.bus import Subscription
 from duplexer.runtime.clock import Clock
+from duplexer.runtime.console import say
 from duplexer.runtime.events import (
     FRAME_MS,
     FRAME_SAMPLES,
@@ -320,16 +321,14 @@ async def _serve_child(max_sessions: int) -> None:
             lag["max_ms"] = max(lag["max_ms"], 1000.0 * (loop.time() - before - 0.01))
 
     watcher = asyncio.create_task(watch())
-    print(json.dumps({"url": server.url}), flush=True)
+    say(json.dumps({"url": server.url}))
     try:
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line or line.strip() == "quit":
                 break
             calls = {sid: counter.stats() for sid, counter in watched.items()}
-            print(
-                json.dumps({"calls": calls, "cpu_s": time.process_time(), "loop_lag_max_ms": lag["max_ms"]}), flush=True
-            )
+            say(json.dumps({"calls": calls, "cpu_s": time.process_time(), "loop_lag_max_ms": lag["max_ms"]}))
             lag["max_ms"] = 0.0
     finally:
         watcher.cancel()
@@ -718,7 +717,7 @@ def main(argv: Sequence[str]) -> int:
         text = format_table(header, rows) + "\n" + "\n".join(f"- {n}" for n in notes)
     else:
         text = append_benchmark("WebRTC barge-in stop latency", header, rows, notes, argv=["bench", "webrtc", *argv])
-    print(text)
+    say(text)
     return 0
 
 
@@ -741,5 +740,5 @@ def _main_sessions(
         text = format_table(header, rows) + "\n" + "\n".join(f"- {n}" for n in notes)
     else:
         text = append_benchmark(title, header, rows, notes, argv=["bench", "webrtc", *argv])
-    print(text)
+    say(text)
     return 0

@@ -12,6 +12,7 @@ import numpy as np
 from duplexer.runtime.benchlog import append_benchmark
 from duplexer.runtime.bus import Bus
 from duplexer.runtime.clock import LoopClock
+from duplexer.runtime.console import say
 from duplexer.runtime.events import AudioFrame, MetricEvent
 
 LATENCY_TARGET_P99_US = 200.0
@@ -101,7 +102,7 @@ def main(argv: Sequence[str]) -> int:
         ("deliveries/s, 4 subscribers", f"{rate_four:,.0f}", "-"),
     ]
     for name, value, target in rows:
-        print(f"{name:30} {value:>14}   target {target}")
+        say(f"{name:30} {value:>14}   target {target}")
     append_benchmark(
         "bus: in-process publish/subscribe",
         ("measure", "value", "target"),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from duplexer.cli_support import fail
+from duplexer.runtime.console import say
 from duplexer.runtime.executors import add_executor_arguments, session_maker
 
 DEFAULT_CONCURRENCY = 8
@@ -41,12 +42,12 @@ def run(args: argparse.Namespace) -> int:
             grid = parse_sweep(args.sweep)
             rows = run_sweep(args.paths, args.report, args.seed, overrides, grid, progress=progress)
             keys = list(grid)
-            print(" ".join(f"{k:>16}" for k in keys) + f" {'lat p50 ms':>10} {'takeover':>8}")
+            say(" ".join(f"{k:>16}" for k in keys) + f" {'lat p50 ms':>10} {'takeover':>8}")
             for row in rows:
                 values = " ".join(f"{row['params'][k]:>16g}" for k in keys)
                 lat, take = row["response_latency_p50_ms"], row["pause_takeover_rate"]
-                print(f"{values} {lat if lat is not None else '-':>10} {take if take is not None else '-':>8}")
-            print(f"wrote {args.report / 'sweep.csv'} and {args.report / 'pareto.png'}")
+                say(f"{values} {lat if lat is not None else '-':>10} {take if take is not None else '-':>8}")
+            say(f"wrote {args.report / 'sweep.csv'} and {args.report / 'pareto.png'}")
             return 0
         if args.sweep and runner is not None:
             raise UsageError("--sweep runs on the virtual clock only; leave out --executor ray and --real-time")
@@ -55,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except (ScenarioError, UsageError) as exc:
         return fail(str(exc))
-    print(summary_table(summary))
-    print(f"wrote {args.report / 'summary.json'}" + ("" if args.no_plots else " and a timeline PNG per scenario"))
+    say(summary_table(summary))
+    say(f"wrote {args.report / 'summary.json'}" + ("" if args.no_plots else " and a timeline PNG per scenario"))
     return 0
 
 

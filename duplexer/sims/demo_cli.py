@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from duplexer.cli_support import fail
+from duplexer.runtime.console import progress, say
 
 
 def _persona(path: Path | None) -> Any:
@@ -55,15 +55,15 @@ def _demo(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
         persona = _persona(args.persona)
-        print("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...", file=sys.stderr)
+        progress("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...")
         make_engines, synthesize = _engines(args)
     except (ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
-    print("running the conversation in real time, with speculation on, then off...", file=sys.stderr)
+    progress("running the conversation in real time, with speculation on, then off...")
     on, _, records, summary = asyncio.run(run_demo(make_engines, synthesize, persona, compare=not args.no_compare))
     write_outputs(args.out, "demo", on, records, summary)
-    print(table(records, summary))
-    print(f"wrote {args.out / 'demo.wav'}, {args.out / 'demo.json'} and {args.out / 'demo_timeline.png'}")
+    say(table(records, summary))
+    say(f"wrote {args.out / 'demo.wav'}, {args.out / 'demo.json'} and {args.out / 'demo_timeline.png'}")
     return 0
 
 
@@ -93,8 +93,8 @@ def _talk(args: argparse.Namespace) -> int:
     records = turn_records(run, None)
     summary = summarize_demo(records, run, None)
     write_outputs(args.out, args.file.stem, run, records, summary)
-    print(table(records, summary))
-    print(f"wrote {args.out / (args.file.stem + '.wav')}, .json and _timeline.png")
+    say(table(records, summary))
+    say(f"wrote {args.out / (args.file.stem + '.wav')}, .json and _timeline.png")
     return 0
 
 
@@ -114,12 +114,12 @@ def _talk_mic(args: argparse.Namespace) -> int:
     try:
         try:
             persona = _persona(args.persona)
-            print("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...", file=sys.stderr)
+            progress("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...")
             make_engines, _ = _engines(args)
         except (ModelPackageMissing, PersonaError, ValueError) as exc:
             return fail(str(exc))
         speaker = "the default output" if devices.output_info is not None else "no speaker (bot audio only recorded)"
-        print(f"listening on {devices.input_name!r}, replying through {speaker}; Ctrl-C ends", file=sys.stderr)
+        progress(f"listening on {devices.input_name!r}, replying through {speaker}; Ctrl-C ends")
         prompt = persona.system_prompt if persona else None
         greeting = persona.greeting if persona else ""
         try:
@@ -131,8 +131,8 @@ def _talk_mic(args: argparse.Namespace) -> int:
     records = turn_records(run, None)
     summary = summarize_demo(records, run, None)
     write_outputs(args.out, "mic", run, records, summary)
-    print(table(records, summary))
-    print(f"wrote {args.out / 'mic.wav'}, .json and _timeline.png")
+    say(table(records, summary))
+    say(f"wrote {args.out / 'mic.wav'}, .json and _timeline.png")
     return 0
 
 
@@ -154,7 +154,7 @@ def bench_main(argv: Sequence[str]) -> int:
     except ModelPackageMissing as exc:
         return fail(str(exc))
     _, _, records, summary = asyncio.run(run_demo(make_engines, synthesize))
-    print(table(records, summary))
+    say(table(records, summary))
     lat, saved, stop = summary["response_latency_ms"], summary["latency_saved_ms"], summary["barge_in_stop_ms"]
     rows = [
         ("response latency p50, speculation on", lat["p50"], "<= 800 ms"),

@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from duplexer.runtime.actor import Actor, ActorSpec, SessionContext
+from duplexer.runtime.console import progress, say
 from duplexer.runtime.events import FRAME_MS, AudioFrame, Event, Priority
 
 SIM_SCENARIO = Path("scenarios/plain_three_turns.yaml")
@@ -738,12 +738,10 @@ def _progress(level: Level, reference: Reference) -> None:
     response = percentile([v for r in level.runs for v in r.response_ms], 50)
     pace = percentile(level.steady_lag_ms, 99)
     verdict = "sustained" if level.sustained else "NOT sustained: " + "; ".join(level.reasons)
-    print(
+    progress(
         f"  {level.config.label}: {level.sessions} session(s): {verdict} "
         f"(response p50 {_fmt(response)} ms vs {_fmt(reference.response_p50_ms)}, pace lag p99 {_fmt(pace, 1)} ms, "
-        f"machine CPU {_fmt(level.machine_cpu_pct)}%, {level.wall_s:.0f} s)",
-        file=sys.stderr,
-        flush=True,
+        f"machine CPU {_fmt(level.machine_cpu_pct)}%, {level.wall_s:.0f} s)"
     )
 
 
@@ -816,10 +814,10 @@ class Results:
 async def _bench(
     args: argparse.Namespace, options: Any, sim: SimWorkload, voice: VoiceWorkload, references: dict[str, Reference]
 ) -> Results:
-    print(f"hop latency: {args.samples} probes per path, one every ~{args.interval_ms:g} ms", file=sys.stderr)
+    progress(f"hop latency: {args.samples} probes per path, one every ~{args.interval_ms:g} ms")
     hops = await measure_hops(options, args.samples, args.warmup, args.interval_ms)
     for hop in hops:
-        print(f"  {hop.label}: p50 {hop.p(50):.3f} ms, p99 {hop.p(99):.3f} ms", file=sys.stderr, flush=True)
+        progress(f"  {hop.label}: p50 {hop.p(50):.3f} ms, p99 {hop.p(99):.3f} ms")
     configs = [
         Config("sim", "local"),
         Config("sim", "ray", SIM_PLACEMENT),
@@ -834,7 +832,7 @@ async def _bench(
     for config in configs:
         if config.workload == "voice" and config.executor == "local" and not args.voice_local:
             continue
-        print(f"sessions: {config.label}, ramp up to {args.cap}", file=sys.stderr, flush=True)
+        progress(f"sessions: {config.label}, ramp up to {args.cap}")
         done = await ramp(
             workloads[config.workload], config, args.cap, options, references[config.workload], args.slack_ms
         )
@@ -845,7 +843,7 @@ async def _bench(
     probe_levels = sorted({best[remote] or 1, remote_levels[-1].sessions})
     for batch_ms in args.batch_ms:
         config = replace(remote, batch_ms=batch_ms)
-        print(f"sessions: {config.label}, at {probe_levels}", file=sys.stderr, flush=True)
+        progress(f"sessions: {config.label}, at {probe_levels}")
         done = await ramp(voice, config, args.cap, options, references["voice"], args.slack_ms, probe_levels)
         levels += done
         best[config] = largest_sustained([(lv.sessions, lv.sustained) for lv in done])
@@ -923,11 +921,10 @@ def main(argv: Sequence[str]) -> int:
     sim_ref, sim_ms = sim.reference()
     voice_ref, voice_ms = voice.reference()
     references = {"sim": sim_ref, "voice": voice_ref}
-    print(
+    progress(
         f"references on the virtual clock: sim {sim_ms / 1000:.1f} s per session, response p50 "
         f"{sim_ref.response_p50_ms:.0f} ms; voice {voice_ms / 1000:.1f} s, "
-        f"response p50 {voice_ref.response_p50_ms:.0f} ms",
-        file=sys.stderr,
+        f"response p50 {voice_ref.response_p50_ms:.0f} ms"
     )
     options = RayOptions(num_cpus=args.num_cpus)
     started = time.monotonic()
@@ -935,7 +932,7 @@ def main(argv: Sequence[str]) -> int:
         ensure_ray(options)
     except RayUnavailable as exc:
         return fail(str(exc))
-    print(f"ray started in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    progress(f"ray started in {time.monotonic() - started:.1f} s")
     try:
         results = asyncio.run(_bench(args, options, sim, voice, references))
     finally:
@@ -1016,10 +1013,10 @@ def _report(
     ]
     hop_text = format_table(HOP_HEADER, hop_rows) + "\n" + "\n".join(f"- {n}" for n in hop_notes)
     session_text = format_table(SESSION_HEADER, rows) + "\n" + "\n".join(f"- {n}" for n in session_notes)
-    print()
-    print(hop_text)
-    print()
-    print(session_text)
+    say()
+    say(hop_text)
+    say()
+    say(session_text)
     if not args.no_log:
         command = ["bench", "executors", *argv]
         append_benchmark(
@@ -1038,7 +1035,7 @@ def _report(
             log_path=args.log,
             argv=command,
         )
-        print(f"\nappended to {args.log}")
+        say(f"\nappended to {args.log}")
     return 0
 
 
