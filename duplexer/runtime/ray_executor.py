@@ -26,7 +26,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from duplexer.runtime.actor import Actor, ActorSpec, RestartPolicy, SessionContext, Supervisor
@@ -35,6 +34,7 @@ from duplexer.runtime.events import ErrorEvent, Event
 from duplexer.runtime.linked_bus import LinkedBus
 from duplexer.runtime.logging import get_logger
 from duplexer.runtime.metrics import Metrics
+from duplexer.runtime.session import StopsOnExit
 
 RAY_INSTALL_HINT = "pip install 'duplexer[ray]' (Ray with Ray Serve)"
 DRIVER_ONLY = frozenset({"playout"})
@@ -192,7 +192,6 @@ class HostPool:
         self._hosts: list[Any] = []
         self._preloads: dict[Any, Any] = {}
         """Each waiting host's preload call: :meth:`fill` waits for these (a ping could overtake them)."""
-        self.started = 0
         self.top_up()
 
     def __len__(self) -> int:
@@ -204,7 +203,6 @@ class HostPool:
             host = new_host(self.options, "pooled")
             self._preloads[host] = host.preload.remote(self.preload)
             self._hosts.append(host)
-            self.started += 1
 
     async def fill(self, count: int) -> None:
         """Have ``count`` hosts waiting and answering (before a known burst of sessions)."""
@@ -229,7 +227,7 @@ class HostPool:
         self._preloads.clear()
 
 
-class RaySession:
+class RaySession(StopsOnExit):
     """A session on Ray, used like :class:`~duplexer.runtime.session.Session`.
 
     Actors added with :meth:`add` run in the driver at once. :meth:`place` builds each
@@ -406,17 +404,6 @@ class RaySession:
         for name in names:
             self.bus.unlink(name)
         self._pulls.clear()
-
-    async def __aenter__(self) -> RaySession:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def _first_line(exc: BaseException) -> str:

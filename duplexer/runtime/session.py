@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from duplexer.runtime.actor import Actor, ActorSpec, RestartPolicy, SessionContext, Supervisor
 from duplexer.runtime.bus import Bus
@@ -13,7 +13,25 @@ from duplexer.runtime.clock import Clock, LoopClock
 from duplexer.runtime.metrics import Metrics
 
 
-class Session:
+class StopsOnExit:
+    """``async with`` support for an executor's session: leaving the block awaits ``stop()``."""
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class Session(StopsOnExit):
     """Owns one conversation's actors; ``async with Session(...)`` stops them all on exit."""
 
     def __init__(
@@ -44,14 +62,3 @@ class Session:
 
     async def stop(self) -> None:
         await self.supervisor.stop()
-
-    async def __aenter__(self) -> Session:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

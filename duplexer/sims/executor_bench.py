@@ -399,49 +399,27 @@ class _Timing:
         return self.origin_s + session_ms / 1000.0
 
 
-def _local_session_class() -> Any:
-    from duplexer.runtime.session import Session
+def _timed(session: Any) -> Any:
+    """``session`` noting how long its place() held the loop and, on Ray, when its hosts first answer."""
+    timing = session.timing = _Timing(session.clock)
+    place = session.place
 
-    class TimedSession(Session):
-        """A local Session that notes how long place() took."""
-
-        def place(self, specs: Any, engines: Any = None) -> dict[str, Actor]:
-            timing: _Timing = self.timing  # type: ignore[attr-defined]
-            start = time.monotonic()
-            local = super().place(specs, engines)
-            timing.placed_s = time.monotonic()
-            timing.place_ms = 1000.0 * (timing.placed_s - start)
-            return local
-
-    return TimedSession
-
-
-def _ray_session_class() -> Any:
-    from duplexer.runtime.ray_executor import RaySession
-
-    class TimedRaySession(RaySession):
-        """A RaySession that notes how long place() held the loop, and when its hosts first answered."""
-
-        def place(self, specs: Any, engines: Any = None) -> dict[str, Actor]:
-            timing: _Timing = self.timing  # type: ignore[attr-defined]
-            start = time.monotonic()
-            local = super().place(specs, engines)
-            timing.placed_s = time.monotonic()
-            timing.place_ms = 1000.0 * (timing.placed_s - start)
+    def timed_place(specs: Any, engines: Any = None) -> dict[str, Actor]:
+        start = time.monotonic()
+        local: dict[str, Actor] = place(specs, engines)
+        timing.placed_s = time.monotonic()
+        timing.place_ms = 1000.0 * (timing.placed_s - start)
+        if hasattr(session, "ping"):
 
             async def ready() -> None:
                 with contextlib.suppress(Exception):
-                    await self.ping()
+                    await session.ping()
                     timing.ready_ms = 1000.0 * (time.monotonic() - start)
 
-            self.supervisor.spawn(ready, "bench-host-ready")
-            return local
+            session.supervisor.spawn(ready, "bench-host-ready")
+        return local
 
-    return TimedRaySession
-
-
-def _timed(session: Any) -> Any:
-    session.timing = _Timing(session.clock)
+    session.place = timed_place
     return session
 
 
@@ -456,14 +434,13 @@ def _session_factory(
     """For session i of a level: (session id, engine factory) -> a session of the config's executor."""
     if config.executor == "local":
         from duplexer.runtime.clock import LoopClock
+        from duplexer.runtime.session import Session
 
-        local = _local_session_class()
-        return lambda i: lambda sid, factory: _timed(local(session_id=sid, clock=LoopClock()))
-    from duplexer.runtime.ray_executor import Placement
+        return lambda i: lambda sid, factory: _timed(Session(session_id=sid, clock=LoopClock()))
+    from duplexer.runtime.ray_executor import Placement, RaySession
 
-    cls = _ray_session_class()
     ray_options = replace(options, placement=Placement.parse(config.placement), batch_ms=config.batch_ms)
-    return lambda i: lambda sid, factory: _timed(cls(ray_options, f"{sid}-{run_tag}-{i}", factory, pool=pool))
+    return lambda i: lambda sid, factory: _timed(RaySession(ray_options, f"{sid}-{run_tag}-{i}", factory, pool=pool))
 
 
 # ---- workload "sim": a scenario through the simulator
