@@ -10,8 +10,9 @@ from duplexer.policies.controller import CONTROLLER_INPUTS, Controller, PolicyPa
 from duplexer.runtime.actor import Actor, SessionContext
 from duplexer.runtime.events import ErrorEvent, Event, MetricEvent, PolicyUpdate, StateChanged, Tick
 
-MIN_EARLY_WAKE_MS = 0.5
-"""A deadline nearer than this is due now (timers may fire a little early)."""
+RETRY_TICK_MS = 1.0
+"""If a tick at a deadline changes nothing, the next one waits this long, so a deadline the state
+machine does not act on (rounding) cannot spin at one instant of a virtual clock."""
 
 
 class ControllerActor(Actor):
@@ -39,12 +40,16 @@ class ControllerActor(Actor):
         cost 2.6% of a core).
         """
         clock = self.ctx.clock
+        ticked: float | None = None
         while True:
             self._changed.clear()
             deadline = self.controller.next_deadline_ms()
-            if deadline is not None and deadline <= clock.now_ms() + MIN_EARLY_WAKE_MS:
+            if deadline is not None and deadline <= clock.now_ms():
+                if deadline == ticked:  # a tick at this deadline changed nothing: let time pass first
+                    await clock.sleep_ms(RETRY_TICK_MS)
                 self.emit(Tick, turn_id=self.controller.state.turn_id)
-                await self._changed.wait()  # handled: the deadline has moved (or is retried just after)
+                ticked = deadline
+                await self._changed.wait()  # handled: the deadline has moved (or is retried as above)
                 continue
             changed = asyncio.ensure_future(self._changed.wait())
             if deadline is None:
