@@ -354,10 +354,20 @@ async def _mic(ctx_session: Session) -> None:
         await clock.sleep_ms(seq * FRAME_MS - clock.now_ms())
 
 
+def engine_rng(seed: str, engine: str) -> random.Random:
+    """One scripted engine's own random stream.
+
+    Each engine draws its jitter from its own stream, so what one engine draws never depends on
+    how many draws another made before it: a session replays the same timings whichever engines
+    run in another process (a Ray host) and however their calls interleave in real time.
+    """
+    return random.Random(f"{seed}:{engine}")
+
+
 def _scripted_engines(
     models: EngineModels,
     clock: Clock,
-    rng: random.Random,
+    seed: str,
     timeline: SpeechTimeline,
     sink: AudioSink,
     llm: LlmEngine | None = None,
@@ -367,15 +377,16 @@ def _scripted_engines(
         asr=ScriptedAsr(
             timeline,
             clock,
-            rng,
+            engine_rng(seed, "asr"),
             models.asr.final_latency_ms,
             models.asr.partial_latency_ms,
             models.jitter,
         ),
-        llm=llm or ScriptedLlm(clock, rng, models.llm.ttft_ms, models.llm.tokens_per_s, models.jitter),
+        llm=llm
+        or ScriptedLlm(clock, engine_rng(seed, "llm"), models.llm.ttft_ms, models.llm.tokens_per_s, models.jitter),
         tts=ScriptedTts(
             clock,
-            rng,
+            engine_rng(seed, "tts"),
             models.tts.first_chunk_ms,
             models.tts.rtf,
             models.tts.ms_per_char,
@@ -391,20 +402,20 @@ def host_engines(models: EngineModels, seed: str, clock: Clock, sink: AudioSink)
     Only engines that need no simulated user run there (TTS): the scripted VAD, ASR and LLM read
     the user's script, so they stay in the simulator's process.
     """
-    return _scripted_engines(models, clock, random.Random(seed), SpeechTimeline(), sink)
+    return _scripted_engines(models, clock, seed, SpeechTimeline(), sink)
 
 
 async def _simulate(
     scenario: Scenario, params: PolicyParams, seed: int, make_session: SessionMaker | None = None
 ) -> SimRun:
     models = scenario.engines
+    seed_key = f"{seed}:{scenario.name}"
     session = (
         Session(session_id=scenario.name, clock=LoopClock())
         if make_session is None
-        else make_session(scenario.name, functools.partial(host_engines, models, f"{seed}:{scenario.name}"))
+        else make_session(scenario.name, functools.partial(host_engines, models, seed_key))
     )
     clock: Clock = session.clock
-    rng = random.Random(f"{seed}:{scenario.name}")
     timeline = SpeechTimeline()
     sink = RecordingSink(clock)
     replies: dict[str, str | ScriptedToolReply] = {}
@@ -419,10 +430,10 @@ async def _simulate(
     llm: LlmEngine
     tools: tuple[ToolRegistry, ScriptedToolbox] | None = None
     if tool_replies(scenario):
-        tools = scripted_tools(scenario, clock, rng)
+        tools = scripted_tools(scenario, clock, engine_rng(seed_key, "tools"))
         tool_llm = ScriptedToolLlm(
             clock,
-            rng,
+            engine_rng(seed_key, "llm"),
             models.llm.ttft_ms,
             models.llm.tokens_per_s,
             models.jitter,
@@ -439,8 +450,10 @@ async def _simulate(
             assert isinstance(reply, str), "no step of this scenario calls a tool"
             return reply
 
-        llm = ScriptedLlm(clock, rng, models.llm.ttft_ms, models.llm.tokens_per_s, models.jitter, text_reply)
-    engines = _scripted_engines(models, clock, rng, timeline, sink, llm)
+        llm = ScriptedLlm(
+            clock, engine_rng(seed_key, "llm"), models.llm.ttft_ms, models.llm.tokens_per_s, models.jitter, text_reply
+        )
+    engines = _scripted_engines(models, clock, seed_key, timeline, sink, llm)
     recorder = session.bus.subscribe("sim-recorder", RECORDED_EVENTS, maxsize=1_000_000)
     actors = start_pipeline(
         session, engines, _pipeline_config(scenario, params), tools=None if tools is None else tools[0]
