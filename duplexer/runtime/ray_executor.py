@@ -329,6 +329,8 @@ class RaySession(StopsOnExit):
 
     async def _pull(self, host: str, handle: Any, started: Any) -> None:
         """Wait for the host to start, then long-poll it for the events the driver's subscribers want."""
+        from duplexer.runtime.ray_host import unpack
+
         try:
             await started
         except asyncio.CancelledError:
@@ -340,7 +342,7 @@ class RaySession(StopsOnExit):
             return
         while True:
             try:
-                batch = await handle.pull.remote()
+                batch: list[Event] = unpack(await handle.pull.remote())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the host died: its session is over

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import importlib
 import logging
+import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -35,12 +36,26 @@ CONCURRENCY_GROUPS = {CONTROL: 1}
 """Control batches have a thread and loop of their own; data batches and the rest share the default one."""
 
 
+def pack(value: Any) -> bytes:
+    """A batch as one bytes argument or result.
+
+    Ray passes bytes through as they are, but serializes a list of event objects through its
+    general path (pickle5 plus msgpack metadata): a one-event batch measured 1.05 ms a hop against
+    0.88 ms packed (a bare call with a float: 0.82 ms).
+    """
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(blob: bytes) -> Any:
+    return pickle.loads(blob)
+
+
 def sender_to(handle: Any, sender: str) -> Send:
     """Sends a link's batches to the session host behind ``handle``: control ones to its control group."""
 
     def send(lane: str, seq: int, events: list[Event]) -> None:
         method = handle.deliver_control if lane == CONTROL else handle.deliver
-        method.remote(sender, lane, seq, events)
+        method.remote(pack((sender, lane, seq, events)))
 
     return send
 
@@ -155,11 +170,14 @@ class SessionHost:
                 return
         self.bus.receive(sender, lane, seq, events)
 
-    async def deliver(self, sender: str, lane: str, seq: int, events: list[Event]) -> None:
-        self._receive(sender, lane, seq, events)
+    async def deliver(self, batch: bytes) -> None:
+        """A data batch from ``sender_to``: (sender, lane, seq, events), packed."""
+        self._receive(*unpack(batch))
 
     @ray.method(concurrency_group=CONTROL)
-    async def deliver_control(self, sender: str, lane: str, seq: int, events: list[Event]) -> None:
+    async def deliver_control(self, batch: bytes) -> None:
+        """A control batch, in the control group's own thread; delivered on the actors' loop."""
+        sender, lane, seq, events = unpack(batch)
         with self._early_lock:
             if self.loop is None:
                 self._early.append((sender, lane, seq, events))
@@ -167,18 +185,18 @@ class SessionHost:
             loop = self.loop
         loop.call_soon_threadsafe(self._receive, sender, lane, seq, events)
 
-    async def pull(self) -> list[Event]:
-        """Events for the driver; waits until there are some (the driver keeps one pull waiting)."""
+    async def pull(self) -> bytes:
+        """Events for the driver, packed; waits until there are some (the driver keeps one pull waiting)."""
         while not self.to_driver:
             if self._stopped.is_set():
-                return []
+                return pack([])
             self._driver_waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._driver_waiter
             finally:
                 self._driver_waiter = None
         batch, self.to_driver = self.to_driver, []
-        return batch
+        return pack(batch)
 
     async def set_driver_kinds(self, version: int, kinds: frozenset[type[Event]] | None) -> None:
         """The event types the driver now subscribes to. Calls may run out of order: the newest wins."""
