@@ -20,7 +20,7 @@ Two measurements, with one Ray instance (``ray.init`` once, through :func:`ensur
 
    - ``sim``: a shipped scenario replayed by the simulator in real time; the scripted
      VAD, ASR and LLM read the simulated user's script, so they stay in the driver, and
-     the Ray placement is ``session=controller,context,tts``;
+     the Ray placement is ``duplexer sim``'s default (``SIM_RAY_PLACEMENT``);
    - ``voice``: a synthetic voice spoken into a pipeline with an energy VAD and canned
      ASR (the scripted call engines), so every actor can be placed anywhere; placed as
      ``session`` (audio readers stay in the driver) and ``audio-remote`` (VAD and ASR in
@@ -41,7 +41,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 from duplexer.runtime.actor import Actor, ActorSpec, SessionContext
 from duplexer.runtime.console import progress, say
 from duplexer.runtime.events import FRAME_MS, AudioFrame, Event, Priority
+from duplexer.sims.cli import SIM_RAY_PLACEMENT
 
 SIM_SCENARIO = Path("scenarios/plain_three_turns.yaml")
 SIM_TAIL_MS = 1000.0
@@ -66,7 +67,6 @@ VOICE_REPLY = "It will be sunny and mild, with a light breeze."
 VOICE_SPEECH_MS = 1200.0
 VOICE_GAP_MS = 500.0
 VOICE_TURN_TIMEOUT_MS = 15_000.0
-SIM_PLACEMENT = "session=controller,context,tts"
 AUDIO_REMOTE_PLACEMENT = "session=vad,asr,controller,context,llm,tts"
 """``audio-remote`` as the voice pipeline runs it (it has no tokenizer), written out so the table says what ran."""
 
@@ -257,54 +257,57 @@ class HopSamples:
         return percentile(self.values_ms, q)
 
 
+BareProbe = Callable[[], Awaitable[tuple[float, float]]]
+"""One bare Ray call: returns (one way ms, round trip ms)."""
+
+
 async def _probe_session(
-    session: Any, kinds: Sequence[type[Event]], samples: int, warmup: int, interval_ms: float, rng: random.Random
-) -> dict[type[Event], list[float]]:
-    """Publish probes of each kind in turn at a realistic pace; the actor's answers are the samples."""
+    session: Any,
+    kinds: Sequence[type[Event]],
+    samples: int,
+    warmup: int,
+    interval_ms: float,
+    rng: random.Random,
+    bare: BareProbe | None = None,
+) -> tuple[dict[type[Event], list[float]], list[tuple[float, float]]]:
+    """Publish probes of each kind at a realistic pace; the actor's answers are the samples.
+
+    The kinds (and the bare call, when given) take turns probe by probe, so every path is
+    sampled over the same seconds and a change in the machine's load shows in all of them alike.
+    Returns the hops per kind and the bare calls' (one way, round trip) pairs.
+    """
     sub = session.bus.subscribe("bench-hop", (HopSeen,), maxsize=1_000_000)
     session.place([ActorSpec.of(HopProbeActor)])
     await session.ready()  # the host is up and the probe actor started
-    out: dict[type[Event], list[float]] = {}
-    for kind in kinds:
-        seen: list[float] = []
-        for i in range(warmup + samples):
+    seen: dict[type[Event], list[float]] = {kind: [] for kind in kinds}
+    by_lane = {("control" if kind.priority is Priority.CONTROL else "data"): kind for kind in kinds}
+    bare_samples: list[tuple[float, float]] = []
+
+    def drain() -> None:
+        while (event := sub.get_nowait()) is not None:
+            assert isinstance(event, HopSeen)
+            if event.seq >= warmup:
+                seen[by_lane[event.lane]].append(event.hop_ms)
+
+    async def pause() -> None:
+        await asyncio.sleep(rng.uniform(0.5, 1.5) * interval_ms / 1000.0)
+
+    for i in range(warmup + samples):
+        for kind in kinds:
             session.ctx.emit(kind, seq=i)
-            await asyncio.sleep(rng.uniform(0.5, 1.5) * interval_ms / 1000.0)
-            while (event := sub.get_nowait()) is not None:
-                assert isinstance(event, HopSeen)
-                if event.seq >= warmup:
-                    seen.append(event.hop_ms)
-        deadline = time.monotonic() + 2.0
-        while len(seen) < samples and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-            while (event := sub.get_nowait()) is not None:
-                assert isinstance(event, HopSeen)
-                if event.seq >= warmup:
-                    seen.append(event.hop_ms)
-        out[kind] = seen
-    await session.stop()
-    return out
-
-
-async def _bare(
-    ray: Any, samples: int, warmup: int, interval_ms: float, rng: random.Random
-) -> tuple[list[float], list[float]]:
-    decorate: Any = ray.remote
-    actor = decorate(num_cpus=0)(BareActor).remote()
-    oneway: list[float] = []
-    roundtrip: list[float] = []
-    try:
-        for i in range(warmup + samples):
-            sent = time.monotonic()
-            one = await actor.oneway.remote(sent)
-            back = 1000.0 * (time.monotonic() - sent)
+            await pause()
+            drain()
+        if bare is not None:
+            sample = await bare()
             if i >= warmup:
-                oneway.append(one)
-                roundtrip.append(back)
-            await asyncio.sleep(rng.uniform(0.5, 1.5) * interval_ms / 1000.0)
-    finally:
-        ray.kill(actor)
-    return oneway, roundtrip
+                bare_samples.append(sample)
+            await pause()
+    deadline = time.monotonic() + 2.0
+    while any(len(v) < samples for v in seen.values()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        drain()
+    await session.stop()
+    return seen, bare_samples
 
 
 async def measure_hops(options: Any, samples: int, warmup: int, interval_ms: float) -> list[HopSamples]:
@@ -314,10 +317,25 @@ async def measure_hops(options: Any, samples: int, warmup: int, interval_ms: flo
 
     rng = random.Random(0)
     kinds = (HopProbe, HopProbeControl)
-    local = await _probe_session(Session("bench-hop-local", LoopClock()), kinds, samples, warmup, interval_ms, rng)
+    local, _ = await _probe_session(Session("bench-hop-local", LoopClock()), kinds, samples, warmup, interval_ms, rng)
+    ray = ray_module()
+    decorate: Any = ray.remote
+    actor = decorate(num_cpus=0)(BareActor).remote()
+
+    async def bare() -> tuple[float, float]:
+        sent = time.monotonic()
+        one = await actor.oneway.remote(sent)
+        return one, 1000.0 * (time.monotonic() - sent)
+
     ray_options = replace(options, placement=Placement.parse("probe=hop_probe"))
-    remote = await _probe_session(RaySession(ray_options, "bench-hop-ray"), kinds, samples, warmup, interval_ms, rng)
-    oneway, roundtrip = await _bare(ray_module(), samples, warmup, interval_ms, rng)
+    try:
+        await bare()  # the bare actor's process is up before sampling starts, as the host's is
+        remote, pairs = await _probe_session(
+            RaySession(ray_options, "bench-hop-ray"), kinds, samples, warmup, interval_ms, rng, bare
+        )
+    finally:
+        ray.kill(actor)
+    oneway, roundtrip = [one for one, _ in pairs], [back for _, back in pairs]
     return [
         HopSamples("local executor: publish -> handle(), data lane", local[HopProbe]),
         HopSamples("local executor: publish -> handle(), control lane", local[HopProbeControl]),
@@ -797,8 +815,8 @@ async def _bench(
         progress(f"  {hop.label}: p50 {hop.p(50):.3f} ms, p99 {hop.p(99):.3f} ms")
     configs = [
         Config("sim", "local"),
-        Config("sim", "ray", SIM_PLACEMENT),
-        Config("sim", "ray", SIM_PLACEMENT, prewarm=True),
+        Config("sim", "ray", SIM_RAY_PLACEMENT),
+        Config("sim", "ray", SIM_RAY_PLACEMENT, prewarm=True),
         Config("voice", "local"),
         Config("voice", "ray", "session"),
         Config("voice", "ray", AUDIO_REMOTE_PLACEMENT),
@@ -936,7 +954,8 @@ def _report(
     hop_rows = [[h.label, len(h.values_ms), f"{h.p(50):.3f}", f"{h.p(90):.3f}", f"{h.p(99):.3f}"] for h in results.hops]
     hop_notes = [
         f"probes published one at a time, every {args.interval_ms:g} ms on average (uniform 0.5-1.5x), "
-        f"{args.warmup} warm-up probes discarded; Ray: one local instance, num_cpus={args.num_cpus}",
+        f"{args.warmup} warm-up probes discarded; Ray: one local instance, num_cpus={args.num_cpus}; the Ray "
+        "data-lane, Ray control-lane and bare probes take turns, so all three are sampled over the same seconds",
         "hop = the probe actor's clock.now_ms() in handle() - the probe's ts_ms at publish; the Ray host and "
         "the driver share an EpochClock (one monotonic clock on one machine); bare one way = arrival - send "
         "stamp in time.monotonic(); round trip = await of the call in the driver",
@@ -951,8 +970,8 @@ def _report(
         return best.get(config, 0)
 
     sim_local = best_of(Config("sim", "local"))
-    sim_ray = best_of(Config("sim", "ray", SIM_PLACEMENT))
-    sim_warm = best_of(Config("sim", "ray", SIM_PLACEMENT, prewarm=True))
+    sim_ray = best_of(Config("sim", "ray", SIM_RAY_PLACEMENT))
+    sim_warm = best_of(Config("sim", "ray", SIM_RAY_PLACEMENT, prewarm=True))
     v_local = best_of(Config("voice", "local"))
     v_session = best_of(Config("voice", "ray", "session"))
     v_remote = best_of(Config("voice", "ray", AUDIO_REMOTE_PLACEMENT))
@@ -960,7 +979,7 @@ def _report(
     warm_ratio = sim_warm / sim_local if sim_local else math.nan
     capped = [c.label for c, n in best.items() if n >= args.cap]
     session_notes = [
-        f"sim workload: {sim.describe()}, replayed by the simulator in real time; Ray placement {SIM_PLACEMENT} "
+        f"sim workload: {sim.describe()}, replayed by the simulator in real time; Ray placement {SIM_RAY_PLACEMENT} "
         "(the scripted VAD, ASR and LLM read the simulated user's script, so they stay in the driver)",
         f"voice workload: {voice.describe()}; energy VAD, canned ASR, scripted LLM and humming TTS "
         f"(duplexer.protocols.webrtc_engines.scripted_engines); Ray placements: session (controller, context, "
