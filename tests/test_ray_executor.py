@@ -174,7 +174,7 @@ def test_a_session_takes_a_prewarmed_host_from_the_pool_and_the_pool_starts_anot
             await session.ready()
             assert await _speak_and_wait_for_reply(session), "no reply from a session on a pooled host"
             with pytest.raises(ray.exceptions.RayTaskError, match="a host serves one session"):
-                await waiting.start.remote("other", "session", 0.0, [], None, {}, None, 0.0, None)
+                await waiting.start.remote(("other", "session"), "other", 0.0, [], None, {}, None, 0.0, None)
         finally:
             await session.stop()
 
@@ -183,6 +183,73 @@ def test_a_session_takes_a_prewarmed_host_from_the_pool_and_the_pool_starts_anot
     finally:
         pool.shutdown()
     assert _alive_session_hosts() == []
+
+
+def test_scenarios_on_shared_hosts_have_the_same_outcome_as_on_the_virtual_clock() -> None:
+    from duplexer.runtime.ray_executor import HostPool
+
+    jobs = _prepare(sorted(SCENARIOS.glob("*.yaml"))[:8], PolicyParams())
+    shared = replace(OPTIONS, sessions_per_host=4)
+    pool = HostPool(shared)
+
+    def make_session(session_id: str, factory: Any) -> RaySession:
+        return RaySession(shared, session_id, factory, pool=pool)
+
+    try:
+        runs = run_real_time(jobs, 0, make_session, concurrency=8)
+        hosts = len(pool._free)
+    finally:
+        pool.shutdown()
+    assert hosts == 2, f"8 sessions at once, 4 to a host, took {hosts} hosts"
+    for (scenario, params), run in zip(jobs, runs, strict=True):
+        assert _outcome(run) == _outcome(simulate(scenario, params, 0)), scenario.name
+    assert _alive_session_hosts() == []
+
+
+def test_a_dead_shared_host_ends_the_sessions_on_it_and_no_other() -> None:
+    from duplexer.runtime.ray_executor import HostPool
+
+    shared = replace(OPTIONS, placement=Placement.parse("session"), sessions_per_host=2)
+    pool = HostPool(shared)
+
+    async def main() -> None:
+        sessions = []
+        for _ in range(3):
+            session = RaySession(shared, engine_factory=_engines, pool=pool)
+            start_pipeline(session, _engines(session.clock, _Sink()), PipelineConfig())
+            sessions.append(session)
+        first, second, third = sessions
+        try:
+            await asyncio.gather(*(s.ready() for s in sessions))
+            assert first.hosts["session"] == second.hosts["session"] != third.hosts["session"]
+            assert all(await asyncio.gather(*(_speak_and_wait_for_reply(s) for s in sessions)))
+            ray.kill(first.hosts["session"], no_restart=True)
+            await asyncio.wait_for(asyncio.gather(first.failed.wait(), second.failed.wait()), timeout=10)
+            assert not third.failed.is_set()
+            assert await _speak_and_wait_for_reply(third), "a session on another host stopped answering"
+        finally:
+            for session in sessions:
+                await session.stop()
+        assert len(pool._free) == 1, "the dead host is still handed out"
+        again = RaySession(shared, engine_factory=_engines, pool=pool)
+        start_pipeline(again, _engines(again.clock, _Sink()), PipelineConfig())
+        try:
+            assert again.hosts["session"] == third.hosts["session"], "a stopped session's slot was not reused"
+            await again.ready()
+            assert await _speak_and_wait_for_reply(again), "no reply in a reused slot"
+        finally:
+            await again.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.shutdown()
+    assert _alive_session_hosts() == []
+
+
+def test_sharing_hosts_needs_a_pool() -> None:
+    with pytest.raises(ValueError, match="HostPool"):
+        RaySession(replace(OPTIONS, sessions_per_host=2))
 
 
 def test_a_dead_session_host_ends_only_its_own_session() -> None:

@@ -46,7 +46,7 @@ module-level class, or a closure made by a package function). The local executor
 
 
 def add_executor_arguments(parser: Any, default_placement: str) -> None:
-    """Add --executor, --ray-address, --placement and --batch-ms to a command's parser."""
+    """Add --executor, --ray-address, --placement, --idle-hosts, --sessions-per-host and --batch-ms to a parser."""
     group = parser.add_argument_group("executor")
     group.add_argument(
         "--executor",
@@ -73,7 +73,18 @@ def add_executor_arguments(parser: Any, default_placement: str) -> None:
         default=0,
         metavar="N",
         help="with --executor ray: keep N session hosts started ahead of demand, so a new session "
-        "does not wait for a Ray worker process to start (each still serves one session; default: 0)",
+        "does not wait for a Ray worker process to start (each still serves one session; default: 0); "
+        "with --sessions-per-host K > 1, keep room for N sessions",
+    )
+    group.add_argument(
+        "--sessions-per-host",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --executor ray: how many sessions share one session host process. 1 (default): "
+        "each session has its own, and a host failure ends only that session; K > 1: a session "
+        "costs no process of its own, so one machine carries several times more sessions, but a "
+        "host failure ends the K sessions on it (docs/deploy.md)",
     )
     group.add_argument(
         "--batch-ms",
@@ -95,6 +106,8 @@ def ray_options(args: argparse.Namespace, actors: Iterable[str] | None = None) -
         raise ValueError(f"--batch-ms must be >= 0, got {args.batch_ms:g}")
     if getattr(args, "idle_hosts", 0) < 0:
         raise ValueError(f"--idle-hosts must be >= 0, got {args.idle_hosts}")
+    if getattr(args, "sessions_per_host", 1) < 1:
+        raise ValueError(f"--sessions-per-host must be >= 1, got {args.sessions_per_host}")
     try:
         placement = Placement.parse(args.placement)
     except PlacementError as exc:  # "placement ...: why", which names the option once prefixed
@@ -109,7 +122,13 @@ def ray_options(args: argparse.Namespace, actors: Iterable[str] | None = None) -
                 f"{', '.join(sorted(unknown))} (they run: {', '.join(sorted(actors))})"
             )
     level = getattr(args, "log_level", "WARNING")
-    return RayOptions(address=args.ray_address, placement=placement, batch_ms=args.batch_ms, log_level=level)
+    return RayOptions(
+        address=args.ray_address,
+        placement=placement,
+        batch_ms=args.batch_ms,
+        log_level=level,
+        sessions_per_host=getattr(args, "sessions_per_host", 1),
+    )
 
 
 def check_ray_address(address: str | None, timeout_s: float = ADDRESS_CHECK_TIMEOUT_S) -> None:
@@ -156,7 +175,7 @@ class RaySessionMaker:
         return RaySession(self.options, session_id, engine_factory, pool=self.pool)
 
     def close(self) -> None:
-        """Kill the pooled hosts no session took."""
+        """Kill the pooled hosts no session took, and the shared ones."""
         if self.pool is not None:
             self.pool.shutdown()
 
@@ -175,4 +194,5 @@ def session_maker(args: argparse.Namespace, actors: Iterable[str] | None = None)
     check_ray_address(options.address)
     ensure_ray(options)
     idle = getattr(args, "idle_hosts", 0)
-    return RaySessionMaker(options, HostPool(options, idle) if idle else None)
+    pooled = idle or options.sessions_per_host > 1
+    return RaySessionMaker(options, HostPool(options, idle) if pooled else None)

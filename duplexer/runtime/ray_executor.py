@@ -127,6 +127,10 @@ class RayOptions:
     """CPUs reserved per session host; hosts mostly wait on I/O, so by default they reserve none."""
     max_restarts: int = 0
     """Ray restarts of a session host. A restarted host would have lost the session's state, so 0."""
+    sessions_per_host: int = 1
+    """Sessions one host process serves at once. 1: each session has hosts of its own, and a host
+    failure ends only that session, but each session pays for worker processes. More: sessions
+    share hosts (through a :class:`HostPool`), so a host failure ends every session on it."""
     num_cpus: int | None = None
     """CPUs of a local instance (default: this machine's)."""
     log_level: str = "WARNING"
@@ -166,7 +170,7 @@ def new_host(options: RayOptions, label: str) -> Any:
 
     cls = host_class(options.max_restarts, options.host_num_cpus)
     name = f"duplexer:{label}:{uuid.uuid4().hex[:8]}"
-    return cls.options(name=name, namespace="duplexer").remote(options.log_level)
+    return cls.options(name=name, namespace="duplexer").remote(options.log_level, options.sessions_per_host)
 
 
 PRELOAD = ("duplexer.actors.pipeline",)
@@ -178,52 +182,98 @@ class HostPool:
     """Session hosts started before sessions need them, as LiveKit Agents prewarms job processes.
 
     Starting a host starts a Ray worker process (about a CPU-second on this machine's cores, and
-    seconds of waiting); taken from a pool, a session's host is already up. A pooled host still
-    serves exactly one session and dies with it, so a host failure still ends only that session.
-    With ``idle`` > 0 the pool starts a replacement whenever one is taken. Each pooled host imports
-    ``preload`` (module names) at once: unpickling a session's actors in a cold host imports the
-    actor modules, which costs about as much CPU as starting the process.
+    seconds of waiting); taken from a pool, a session's host is already up. Each pooled host
+    imports ``preload`` (module names) at once: unpickling a session's actors in a cold host
+    imports the actor modules, which costs about as much CPU as starting the process.
+
+    With ``options.sessions_per_host`` 1, a pooled host still serves exactly one session and dies
+    with it, so a host failure still ends only that session; ``idle`` > 0 starts a replacement
+    whenever one is taken. With more, the pool shares its hosts: :meth:`take` hands out a free
+    slot (starting a host when none is free), :meth:`release` frees it, and ``idle`` counts free
+    slots.
     """
 
     def __init__(self, options: RayOptions, idle: int = 0, preload: tuple[str, ...] = PRELOAD) -> None:
         if idle < 0:
             raise ValueError(f"idle hosts must be >= 0, got {idle}")
+        if options.sessions_per_host < 1:
+            raise ValueError(f"sessions per host must be >= 1, got {options.sessions_per_host}")
         self.options, self.idle, self.preload = options, idle, list(preload)
+        self.slots = options.sessions_per_host
         self._hosts: list[Any] = []
+        """Hosts with a free slot, in the order they are handed out."""
+        self._free: dict[Any, int] = {}
+        """Free slots of every host this pool owns (shared hosts stay here while they serve)."""
         self._preloads: dict[Any, Any] = {}
-        """Each waiting host's preload call: :meth:`fill` waits for these (a ping could overtake them)."""
+        """Each host's preload call: :meth:`fill` waits for these (a ping could overtake them)."""
         self.top_up()
+
+    @property
+    def shared(self) -> bool:
+        return self.slots > 1
 
     def __len__(self) -> int:
         return len(self._hosts)
 
+    def free_slots(self) -> int:
+        return sum(self._free[host] for host in self._hosts)
+
+    def _start(self) -> Any:
+        host = new_host(self.options, "pooled" if not self.shared else "shared")
+        self._preloads[host] = host.preload.remote(self.preload)
+        self._hosts.append(host)
+        self._free[host] = self.slots
+        return host
+
     def top_up(self, to: int | None = None) -> None:
-        """Start hosts until ``to`` (default: the pool's ``idle``) wait in the pool."""
-        while len(self._hosts) < (self.idle if to is None else to):
-            host = new_host(self.options, "pooled")
-            self._preloads[host] = host.preload.remote(self.preload)
-            self._hosts.append(host)
+        """Start hosts until ``to`` (default: the pool's ``idle``) sessions could start at once."""
+        while self.free_slots() < (self.idle if to is None else to):
+            self._start()
 
     async def fill(self, count: int) -> None:
-        """Have ``count`` hosts waiting and answering (before a known burst of sessions)."""
+        """Have room for ``count`` sessions on hosts that answer (before a known burst of sessions)."""
         self.top_up(count)
         await asyncio.gather(*(_await(self._preloads[host]) for host in self._hosts))
 
     def take(self) -> Any | None:
-        """A started host for a new session, or None when the pool is empty."""
+        """A started host with a slot for a new session. None when none waits and hosts are not
+        shared (the session starts its own); a shared pool starts one."""
         if not self._hosts:
-            return None
-        host = self._hosts.pop(0)
-        self._preloads.pop(host, None)
+            if not self.shared:
+                return None
+            self._start()
+        host = self._hosts[0]
+        self._free[host] -= 1
+        if not self._free[host]:
+            self._hosts.pop(0)
+            if not self.shared:
+                del self._free[host]
+                self._preloads.pop(host, None)
         self.top_up()
         return host
 
+    def release(self, host: Any) -> None:
+        """A session on a shared host stopped: its slot is free again."""
+        if not self.shared or host not in self._free:
+            return
+        self._free[host] += 1
+        if host not in self._hosts:
+            self._hosts.append(host)
+
+    def forget(self, host: Any) -> None:
+        """A host died: hand it out no more."""
+        self._free.pop(host, None)
+        self._preloads.pop(host, None)
+        if host in self._hosts:
+            self._hosts.remove(host)
+
     def shutdown(self) -> None:
-        """Kill the hosts still waiting (hosts given to sessions die with their sessions)."""
+        """Kill the hosts still waiting, and shared hosts (exclusive hosts die with their sessions)."""
         ray = ray_module()
-        for host in self._hosts:
+        for host in list(self._free):
             ray.kill(host, no_restart=True)
         self._hosts.clear()
+        self._free.clear()
         self._preloads.clear()
 
 
@@ -246,6 +296,8 @@ class RaySession(StopsOnExit):
         pool: HostPool | None = None,
     ) -> None:
         self.ray = ensure_ray(options)
+        if options.sessions_per_host > 1 and pool is None:
+            raise ValueError("sessions_per_host > 1 shares hosts between sessions, through a HostPool")
         self.pool = pool
         """Session hosts started ahead of demand; without one, each host starts with its session."""
         self.options = options
@@ -258,6 +310,8 @@ class RaySession(StopsOnExit):
         self.supervisor = Supervisor(self.ctx, self.restart_policy)
         self.engine_factory = engine_factory
         self.hosts: dict[str, Any] = {}
+        self.slot_token = uuid.uuid4().hex[:12]
+        """Names this session's slot in each of its hosts (with the host's name): session ids need not be unique."""
         self._started: dict[str, Any] = {}
         self.failed = asyncio.Event()
         self.failure: str | None = None
@@ -303,8 +357,8 @@ class RaySession(StopsOnExit):
         for host, host_specs in remote.items():
             peers = {other: (self.hosts[other], kinds[other]) for other in remote if other != host}
             started = self._started[host] = self.hosts[host].start.remote(
+                self._key(host),
                 self.session_id,
-                host,
                 self.clock.epoch_s,
                 host_specs,
                 self.engine_factory,
@@ -313,10 +367,14 @@ class RaySession(StopsOnExit):
                 self.options.batch_ms,
                 self.restart_policy,
             )
-            self.bus.link(host, kinds[host], sender_to(self.hosts[host], DRIVER), self.options.batch_ms)
+            send = sender_to(self.hosts[host], self._key(host), DRIVER)
+            self.bus.link(host, kinds[host], send, self.options.batch_ms)
             self._pulls.append(asyncio.create_task(self._pull(host, self.hosts[host], started), name=f"pull:{host}"))
         self.bus.on_subscribe = self._driver_kinds_changed
         return local
+
+    def _key(self, host: str) -> tuple[str, str]:
+        return (self.slot_token, host)
 
     def _driver_kinds_changed(self) -> None:
         kinds = self.bus.subscribed_kinds()
@@ -324,8 +382,8 @@ class RaySession(StopsOnExit):
             return
         self._sent_kinds = kinds
         self._kinds_version += 1
-        for handle in self.hosts.values():
-            handle.set_driver_kinds.remote(self._kinds_version, kinds)
+        for host, handle in self.hosts.items():
+            handle.set_driver_kinds.remote(self._key(host), self._kinds_version, kinds)
 
     async def _pull(self, host: str, handle: Any, started: Any) -> None:
         """Wait for the host to start, then long-poll it for the events the driver's subscribers want."""
@@ -342,7 +400,7 @@ class RaySession(StopsOnExit):
             return
         while True:
             try:
-                batch: list[Event] = unpack(await handle.pull.remote())
+                batch: list[Event] = unpack(await handle.pull.remote(self._key(host)))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the host died: its session is over
@@ -375,12 +433,12 @@ class RaySession(StopsOnExit):
         if epoch is not None:
             self.clock.rebase(epoch)
         self._go.set()
-        await asyncio.gather(*(handle.go.remote(epoch) for handle in self.hosts.values()))
+        await asyncio.gather(*(handle.go.remote(self._key(host), epoch) for host, handle in self.hosts.items()))
 
     async def ping(self) -> dict[str, float]:
         """Each host's session time: a liveness probe (raises if a host is gone)."""
         names = list(self.hosts)
-        times = await asyncio.gather(*(self.hosts[n].ping.remote() for n in names))
+        times = await asyncio.gather(*(self.hosts[n].ping.remote(self._key(n)) for n in names))
         return dict(zip(names, times, strict=True))
 
     async def stop(self) -> None:
@@ -390,7 +448,7 @@ class RaySession(StopsOnExit):
         await self.supervisor.stop()
         names = list(self.hosts)
         results = await asyncio.gather(
-            *(asyncio.wait_for(_await(self.hosts[n].stop.remote()), HOST_STOP_TIMEOUT_S) for n in names),
+            *(asyncio.wait_for(_await(self.hosts[n].stop.remote(self._key(n))), HOST_STOP_TIMEOUT_S) for n in names),
             return_exceptions=True,
         )
         for name, result in zip(names, results, strict=True):
@@ -401,8 +459,13 @@ class RaySession(StopsOnExit):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*self._pulls, return_exceptions=True)
-        for handle in self.hosts.values():
-            self.ray.kill(handle, no_restart=True)
+        for name, result in zip(names, results, strict=True):
+            handle = self.hosts[name]
+            if self.pool is not None and self.pool.shared:
+                # a shared host goes on serving other sessions, unless it is gone
+                (self.pool.release if isinstance(result, dict) else self.pool.forget)(handle)
+            else:
+                self.ray.kill(handle, no_restart=True)
         for name in names:
             self.bus.unlink(name)
         self._pulls.clear()

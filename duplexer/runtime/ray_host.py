@@ -1,11 +1,18 @@
-"""The Ray actor that hosts some of one session's actors: the same actor classes, on a bus linked to the driver.
+"""The Ray actor that hosts actors of one session, or of several: the same actor classes, on buses linked to the driver.
 
-A host builds its actors from :class:`~duplexer.runtime.actor.ActorSpec` s and runs
-them under the ordinary :class:`~duplexer.runtime.actor.Supervisor`, which restarts
-a crashed actor in place. Events for other hosts are sent straight to them; events
-for the driver wait in an outbox the driver long-polls (a driver is not a Ray actor,
-so nothing can call it). Control events arrive through a method in a concurrency
-group of their own, so a backlog of audio batches never holds up an interrupt.
+A host builds each session's actors from :class:`~duplexer.runtime.actor.ActorSpec` s
+and runs them under the ordinary :class:`~duplexer.runtime.actor.Supervisor`, which
+restarts a crashed actor in place. Events for other hosts are sent straight to them;
+events for the driver wait in an outbox the driver long-polls (a driver is not a Ray
+actor, so nothing can call it). Control events arrive through a method in a
+concurrency group of their own, so a backlog of audio batches never holds up an
+interrupt.
+
+A host has ``slots``: how many sessions it serves at once. With one (the default) it
+serves a single session and dies with it, so a host failure ends only that session.
+With more, sessions share its process (see ``RayOptions.sessions_per_host``). Each
+session in a host is a :class:`HostedSession` with its own bus, clock and actors,
+named by its :data:`SlotKey`.
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ DRIVER = "driver"
 CONCURRENCY_GROUPS = {CONTROL: 1}
 """Control batches have a thread and loop of their own; data batches and the rest share the default one."""
 
+SlotKey = tuple[str, str]
+"""A session's share of a host: (a token unique to the session object, the placement's host name).
+Not the session id: nothing stops two sessions from having the same one."""
+
 
 def pack(value: Any) -> bytes:
     """A batch as one bytes argument or result.
@@ -50,12 +61,12 @@ def unpack(blob: bytes) -> Any:
     return pickle.loads(blob)
 
 
-def sender_to(handle: Any, sender: str) -> Send:
-    """Sends a link's batches to the session host behind ``handle``: control ones to its control group."""
+def sender_to(handle: Any, key: SlotKey, sender: str) -> Send:
+    """Sends a link's batches to slot ``key`` of the host behind ``handle``: control ones to its control group."""
 
     def send(lane: str, seq: int, events: list[Event]) -> None:
         method = handle.deliver_control if lane == CONTROL else handle.deliver
-        method.remote(pack((sender, lane, seq, events)))
+        method.remote(pack((key, sender, lane, seq, events)))
 
     return send
 
@@ -70,47 +81,13 @@ class NoSinkHere:
         raise RuntimeError("playout must run in the driver process, next to its audio sink")
 
 
-class SessionHost:
-    """One Ray actor's share of one session (wrapped by ``ray.remote`` in :func:`host_class`).
+class HostedSession:
+    """One session's share of a host: its bus, clock and actors, and its outbox for the driver."""
 
-    It may be started before its session exists (a :class:`~duplexer.runtime.ray_executor.HostPool`
-    keeps some ready); :meth:`start` gives it its session, once. It never serves another.
-    """
-
-    def __init__(self, log_level: str = "WARNING") -> None:
-        configure_logging(log_level)
-        logging.getLogger("ray").setLevel(logging.WARNING)
-        self._bind("", "", time.time())
-        self.supervisor: Supervisor | None = None
-        self.restart_policy = RestartPolicy()
-        self.actors: list[Any] = []
-        self._cpu_at_go: float | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.to_driver: list[Event] = []
-        self._driver_waiter: asyncio.Future[None] | None = None
-        self._stopped = asyncio.Event()
-        self._driver_kinds: tuple[int, frozenset[type[Event]] | None] | None = None
-        """The newest (version, kinds) from ``set_driver_kinds``: Ray runs an async actor's calls in any order."""
-        self._early: list[tuple[str, str, int, list[Event]]] = []
-        self._early_lock = threading.Lock()
-        """Batches that arrived before the actors started (in :meth:`go`); delivered then, in order."""
-
-    async def preload(self, modules: list[str]) -> None:
-        """Import modules a session's actors will need now, so taking this host costs no imports."""
-        for name in modules:
-            importlib.import_module(name)
-
-    def _bind(self, session_id: str, host: str, epoch_s: float) -> None:
-        self.session_id, self.host = session_id, host
-        self.clock = EpochClock(epoch_s)
-        self.metrics = Metrics()
-        self.bus = LinkedBus(session_id, self.clock, self.metrics)
-        self.ctx = SessionContext(session_id, self.bus, self.clock, self.metrics)
-
-    async def start(
+    def __init__(
         self,
+        key: SlotKey,
         session_id: str,
-        host: str,
         epoch_s: float,
         specs: list[ActorSpec],
         engine_factory: Callable[..., Any] | None,
@@ -118,28 +95,33 @@ class SessionHost:
         driver_kinds: frozenset[type[Event]] | None,
         batch_ms: float,
         restart_policy: RestartPolicy,
-    ) -> list[str]:
-        """Join session ``session_id`` as its host ``host``: build the actors and link the other hosts
-        and the driver; the actors start in :meth:`go`. Returns the actors' names.
-        """
-        if self.session_id:
-            raise RuntimeError(f"this host already serves session {self.session_id}; a host serves one session")
-        self._bind(session_id, host, epoch_s)
-        self.loop = asyncio.get_running_loop()
+    ) -> None:
+        self.session_id, self.host = session_id, key[1]
+        self.clock = EpochClock(epoch_s)
+        self.metrics = Metrics()
+        self.bus = LinkedBus(session_id, self.clock, self.metrics)
+        self.ctx = SessionContext(session_id, self.bus, self.clock, self.metrics)
+        self.restart_policy = restart_policy
+        self.supervisor: Supervisor | None = None
+        self.to_driver: list[Event] = []
+        self._driver_waiter: asyncio.Future[None] | None = None
+        self._stopped = False
+        self._driver_version = 0
+        self._cpu_at_go: float | None = None
+        self._early: list[tuple[str, str, int, list[Event]]] = []
+        """Batches that arrived before the actors started (in :meth:`go`); delivered then, in order."""
         engines = None
         if any(spec.engine_fields for spec in specs):
             if engine_factory is None:
                 raise ValueError(f"host {self.host!r}: actors need engines and no engine factory was given")
             engines = engine_factory(self.clock, NoSinkHere())
         for name, (handle, kinds) in peers.items():
-            self.bus.link(name, kinds, sender_to(handle, self.host), batch_ms)
-        self.bus.link(DRIVER, driver_kinds if self._driver_kinds is None else self._driver_kinds[1], self._to_driver)
-        self.restart_policy = restart_policy
+            self.bus.link(name, kinds, sender_to(handle, (key[0], name), self.host), batch_ms)
+        self.bus.link(DRIVER, driver_kinds, self._to_driver)
         self.actors = [spec.build(self.ctx, engines) for spec in specs]
-        return [spec.name for spec in specs]
 
-    async def go(self, epoch_s: float | None) -> None:
-        """Start the actors (after ``start``), with session time counted from ``epoch_s`` when given.
+    def go(self, epoch_s: float | None) -> None:
+        """Start the actors, with session time counted from ``epoch_s`` when given.
 
         Nothing has run yet, so moving the clock here cannot take time back from any actor.
         """
@@ -151,11 +133,16 @@ class SessionHost:
         supervisor = Supervisor(self.ctx, self.restart_policy)
         for actor in self.actors:
             supervisor.start(actor)
-        with self._early_lock:
-            self.supervisor = supervisor
-            early, self._early = self._early, []
+        self.supervisor = supervisor
+        early, self._early = self._early, []
         for batch in early:
             self.bus.receive(*batch)
+
+    def receive(self, sender: str, lane: str, seq: int, events: list[Event]) -> None:
+        if self.supervisor is None:
+            self._early.append((sender, lane, seq, events))
+            return
+        self.bus.receive(sender, lane, seq, events)
 
     def _to_driver(self, lane: str, seq: int, events: list[Event]) -> None:
         self.to_driver.extend(events)
@@ -163,32 +150,10 @@ class SessionHost:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _receive(self, sender: str, lane: str, seq: int, events: list[Event]) -> None:
-        with self._early_lock:
-            if self.supervisor is None:
-                self._early.append((sender, lane, seq, events))
-                return
-        self.bus.receive(sender, lane, seq, events)
-
-    async def deliver(self, batch: bytes) -> None:
-        """A data batch from ``sender_to``: (sender, lane, seq, events), packed."""
-        self._receive(*unpack(batch))
-
-    @ray.method(concurrency_group=CONTROL)
-    async def deliver_control(self, batch: bytes) -> None:
-        """A control batch, in the control group's own thread; delivered on the actors' loop."""
-        sender, lane, seq, events = unpack(batch)
-        with self._early_lock:
-            if self.loop is None:
-                self._early.append((sender, lane, seq, events))
-                return
-            loop = self.loop
-        loop.call_soon_threadsafe(self._receive, sender, lane, seq, events)
-
     async def pull(self) -> bytes:
         """Events for the driver, packed; waits until there are some (the driver keeps one pull waiting)."""
         while not self.to_driver:
-            if self._stopped.is_set():
+            if self._stopped:
                 return pack([])
             self._driver_waiter = asyncio.get_running_loop().create_future()
             try:
@@ -198,34 +163,163 @@ class SessionHost:
         batch, self.to_driver = self.to_driver, []
         return pack(batch)
 
-    async def set_driver_kinds(self, version: int, kinds: frozenset[type[Event]] | None) -> None:
+    def set_driver_kinds(self, version: int, kinds: frozenset[type[Event]] | None) -> None:
         """The event types the driver now subscribes to. Calls may run out of order: the newest wins."""
-        if self._driver_kinds is not None and self._driver_kinds[0] >= version:
+        if version <= self._driver_version:
             return
-        self._driver_kinds = (version, kinds)
-        if DRIVER in self.bus.links:
-            self.bus.set_link_kinds(DRIVER, kinds)
-        # else: it arrived before start, which links the driver with these
-
-    async def ping(self) -> float:
-        """This host's session time, in ms (a liveness probe and a clock check)."""
-        return self.clock.now_ms()
-
-    async def restarts(self) -> dict[str, int]:
-        return {} if self.supervisor is None else dict(self.supervisor.restarts)
+        self._driver_version = version
+        self.bus.set_link_kinds(DRIVER, kinds)
 
     async def stop(self) -> dict[str, float]:
-        """Stop every actor; hand the driver what is still queued for it; return this host's counters
-        and the CPU time its process used while the session ran (``host.cpu_s``)."""
+        """Stop every actor; hand the driver what is still queued for it; return the counters and the
+        CPU time the host's process used while this session ran (``host.cpu_s``: the whole process's,
+        which other sessions share when the host has several slots)."""
         if self.supervisor is not None:
             await self.supervisor.stop()
         self.bus.flush_all()
-        self._stopped.set()
+        self._stopped = True
         waiter = self._driver_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         cpu_s = time.process_time() - self._cpu_at_go if self._cpu_at_go is not None else 0.0
         return {**self.metrics.counters, "host.cpu_s": cpu_s}
+
+
+class SessionHost:
+    """A Ray actor serving up to ``slots`` sessions at once (wrapped by ``ray.remote`` in :func:`host_class`).
+
+    It may be started before any session exists (a :class:`~duplexer.runtime.ray_executor.HostPool`
+    keeps some ready); :meth:`start` gives it a session. With one slot it serves exactly one
+    session in its life, and dies with it; with more, a stopped session's slot is free again.
+    """
+
+    def __init__(self, log_level: str = "WARNING", slots: int = 1) -> None:
+        configure_logging(log_level)
+        logging.getLogger("ray").setLevel(logging.WARNING)
+        self.slots = slots
+        self.sessions: dict[SlotKey, HostedSession] = {}
+        self.served = 0
+        self._last = ""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._early: dict[SlotKey, list[tuple[str, str, int, list[Event]]]] = {}
+        self._kinds: dict[SlotKey, tuple[int, frozenset[type[Event]] | None]] = {}
+        """(version, kinds) from ``set_driver_kinds`` calls that overtook ``start``."""
+        self._lock = threading.Lock()
+        """Guards the maps above against :meth:`deliver_control`, which runs in its own thread."""
+
+    async def preload(self, modules: list[str]) -> None:
+        """Import modules a session's actors will need now, so taking this host costs no imports."""
+        for name in modules:
+            importlib.import_module(name)
+
+    async def start(
+        self,
+        key: SlotKey,
+        session_id: str,
+        epoch_s: float,
+        specs: list[ActorSpec],
+        engine_factory: Callable[..., Any] | None,
+        peers: dict[str, tuple[Any, frozenset[type[Event]] | None]],
+        driver_kinds: frozenset[type[Event]] | None,
+        batch_ms: float,
+        restart_policy: RestartPolicy,
+    ) -> list[str]:
+        """Join session ``session_id`` as its host ``key[1]``: build the actors and link the other hosts
+        and the driver; the actors start in :meth:`go`. Returns the actors' names.
+        """
+        self.loop = asyncio.get_running_loop()
+        if self.slots == 1 and self.served:
+            raise RuntimeError(f"this host already served session {self._last}; a host serves one session")
+        if len(self.sessions) >= self.slots or key in self.sessions:
+            raise RuntimeError(f"this host already serves {len(self.sessions)} sessions of its {self.slots}")
+        kinds = self._kinds.pop(key, None)
+        hosted = HostedSession(
+            key,
+            session_id,
+            epoch_s,
+            specs,
+            engine_factory,
+            peers,
+            driver_kinds if kinds is None else kinds[1],
+            batch_ms,
+            restart_policy,
+        )
+        if kinds is not None:
+            hosted._driver_version = kinds[0]
+        with self._lock:
+            self.sessions[key] = hosted
+            self.served += 1
+            self._last = session_id
+            early = self._early.pop(key, [])
+        for batch in early:
+            hosted.receive(*batch)
+        return [spec.name for spec in specs]
+
+    async def go(self, key: SlotKey, epoch_s: float | None) -> None:
+        """Start a session's actors (after ``start``), with its time counted from ``epoch_s`` when given."""
+        self.sessions[key].go(epoch_s)
+
+    def _receive(self, key: SlotKey, sender: str, lane: str, seq: int, events: list[Event]) -> None:
+        with self._lock:
+            hosted = self.sessions.get(key)
+            if hosted is None:
+                self._early.setdefault(key, []).append((sender, lane, seq, events))
+                return
+        hosted.receive(sender, lane, seq, events)
+
+    async def deliver(self, batch: bytes) -> None:
+        """A data batch from ``sender_to``: (slot key, sender, lane, seq, events), packed."""
+        self._receive(*unpack(batch))
+
+    @ray.method(concurrency_group=CONTROL)
+    async def deliver_control(self, batch: bytes) -> None:
+        """A control batch, in the control group's own thread; delivered on the actors' loop."""
+        key, sender, lane, seq, events = unpack(batch)
+        with self._lock:
+            loop = self.loop
+            if loop is None:  # no session has started here yet
+                self._early.setdefault(key, []).append((sender, lane, seq, events))
+                return
+        loop.call_soon_threadsafe(self._receive, key, sender, lane, seq, events)
+
+    async def pull(self, key: SlotKey) -> bytes:
+        """A session's events for the driver, packed; waits until there are some (none once it stopped)."""
+        hosted = self.sessions.get(key)
+        return pack([]) if hosted is None else await hosted.pull()
+
+    async def set_driver_kinds(self, key: SlotKey, version: int, kinds: frozenset[type[Event]] | None) -> None:
+        """The event types the driver now subscribes to. Calls may run out of order: the newest wins."""
+        hosted = self.sessions.get(key)
+        if hosted is not None:
+            hosted.set_driver_kinds(version, kinds)
+            return
+        known = self._kinds.get(key)
+        if known is None or known[0] < version:
+            self._kinds[key] = (version, kinds)  # it overtook start, which links the driver with these
+
+    async def ping(self, key: SlotKey | None = None) -> float:
+        """A session's time in ms, or this host's wall clock without one (a liveness probe)."""
+        if key is None:
+            return time.time() * 1000.0
+        return self.sessions[key].clock.now_ms()
+
+    async def restarts(self, key: SlotKey) -> dict[str, int]:
+        supervisor = self.sessions[key].supervisor
+        return {} if supervisor is None else dict(supervisor.restarts)
+
+    async def stop(self, key: SlotKey) -> dict[str, float]:
+        """Stop a session's actors and free its slot; return its counters (see :meth:`HostedSession.stop`)."""
+        hosted = self.sessions.get(key)
+        if hosted is None:
+            return {}
+        counters = await hosted.stop()
+        with self._lock:
+            self.sessions.pop(key, None)
+        return counters
+
+    async def load(self) -> int:
+        """Sessions this host serves now."""
+        return len(self.sessions)
 
 
 @functools.cache

@@ -374,6 +374,8 @@ class Config:
     batch_ms: float = 0.0
     prewarm: bool = False
     """Ray: the level's session hosts are started (a HostPool) before its sessions begin."""
+    sessions_per_host: int = 1
+    """Ray: sessions sharing one host process (RayOptions.sessions_per_host)."""
 
     @property
     def label(self) -> str:
@@ -381,7 +383,8 @@ class Config:
             return f"{self.workload} / local"
         batch = f", batch_ms={self.batch_ms:g}" if self.batch_ms else ""
         warm = ", hosts prewarmed" if self.prewarm else ""
-        return f"{self.workload} / ray {self.placement}{batch}{warm}"
+        shared = f", {self.sessions_per_host} sessions per host" if self.sessions_per_host > 1 else ""
+        return f"{self.workload} / ray {self.placement}{batch}{warm}{shared}"
 
 
 @dataclass
@@ -457,7 +460,12 @@ def _session_factory(
         return lambda i: lambda sid, factory: _timed(Session(session_id=sid, clock=LoopClock()))
     from duplexer.runtime.ray_executor import Placement, RaySession
 
-    ray_options = replace(options, placement=Placement.parse(config.placement), batch_ms=config.batch_ms)
+    ray_options = replace(
+        options,
+        placement=Placement.parse(config.placement),
+        batch_ms=config.batch_ms,
+        sessions_per_host=config.sessions_per_host,
+    )
     return lambda i: lambda sid, factory: _timed(RaySession(ray_options, f"{sid}-{run_tag}-{i}", factory, pool=pool))
 
 
@@ -696,10 +704,11 @@ async def run_level(
     workload: Workload, config: Config, n: int, options: Any, reference: Reference, slack_ms: float, run_tag: str
 ) -> Level:
     pool = None
-    if config.prewarm:
+    if config.prewarm or config.sessions_per_host > 1:
         from duplexer.runtime.ray_executor import HostPool
 
-        pool = HostPool(options)
+        pool = HostPool(replace(options, sessions_per_host=config.sessions_per_host))
+    if pool is not None and config.prewarm:
         await pool.fill(n)  # before the level's clock starts: the pool is what is measured without
     factory = _session_factory(config, options, run_tag, n, pool)
 
