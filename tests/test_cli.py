@@ -207,6 +207,8 @@ def _closed_port() -> int:
         (["--executor", "ray", "--placement", "session=playout"], "--placement: 'playout' must run in the driver"),
         (["--executor", "ray", "--batch-ms", "-5"], "--batch-ms must be >= 0"),
         (["--executor", "ray", "--ray-address", "headnode"], "--ray-address 'headnode': expected HOST:PORT"),
+        (["--executor", "ray", "--sessions-per-host", "0"], "--sessions-per-host must be >= 1"),
+        (["--executor", "ray", "--idle-hosts", "-1"], "--idle-hosts must be >= 0"),
     ],
     ids=[
         "unknown-kind",
@@ -220,6 +222,8 @@ def _closed_port() -> int:
         "placement-playout",
         "negative-batch",
         "address-without-port",
+        "no-sessions-per-host",
+        "negative-idle-hosts",
     ],
 )
 def test_serve_and_mqtt_refuse_bad_executor_options_with_exit_2_and_one_line(
@@ -252,7 +256,13 @@ def test_serve_and_mqtt_help_explain_the_executor_and_shared_engines(
         main([command, "--help"])
     assert exited.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for words in ("--executor {local,ray}", "--ray-address ADDR", "--placement SPEC", "--batch-ms MS"):
+    for words in (
+        "--executor {local,ray}",
+        "--ray-address ADDR",
+        "--placement SPEC",
+        "--batch-ms MS",
+        "--sessions-per-host K",
+    ):
         assert words in text
     assert "--share KINDS" in text and "asr, llm, tts" in text
     assert "--llm-gpus N" in text and "GPUs per LLM replica" in text
