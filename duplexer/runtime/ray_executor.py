@@ -21,6 +21,8 @@ Serve deployments, which replace a dead replica on their own
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import time
 import uuid
@@ -178,6 +180,90 @@ PRELOAD = ("duplexer.actors.pipeline",)
 (named, not imported, here: the runtime does not depend on the actors)."""
 
 
+Receiver = tuple[Callable[[list[Event]], None], Callable[[], None], Callable[[BaseException], None]]
+"""What a session gives a :class:`HostChannel`: (deliver its events, it ended, its host died)."""
+
+
+class HostChannel:
+    """The driver's end of one session host, for every session on it.
+
+    One long-poll brings back the events of all the host's sessions, so a host costs one waiting
+    call however many sessions share it. With ``coalesce``, the data batches of its sessions
+    published in one event-loop turn travel in one call (control batches still go at once).
+    """
+
+    def __init__(self, handle: Any, coalesce: bool) -> None:
+        from duplexer.runtime.ray_host import pack, unpack
+
+        self.handle, self.coalesce = handle, coalesce
+        self._pack, self._unpack = pack, unpack
+        self.receivers: dict[tuple[str, str], Receiver] = {}
+        self._outbox: list[Any] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def sender(self, key: tuple[str, str], sender: str) -> Callable[[str, int, list[Event]], None]:
+        """A :class:`LinkedBus` send function for one session's link to this host."""
+        from duplexer.runtime.linked_bus import CONTROL
+
+        def send(lane: str, seq: int, events: list[Event]) -> None:
+            item = (key, sender, lane, seq, events)
+            if lane == CONTROL:
+                self.flush()  # what was published before it goes first
+                self.handle.deliver_control.remote(self._pack([item]))
+            elif not self.coalesce:
+                self.handle.deliver.remote(self._pack([item]))
+            else:
+                self._outbox.append(item)
+                if self._flush_handle is None:
+                    self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+
+        return send
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            self.handle.deliver.remote(self._pack(batch))
+
+    def attach(self, key: tuple[str, str], receiver: Receiver) -> None:
+        """Route a session's events from the host to ``receiver`` (until it ends or the host dies)."""
+        self.receivers[key] = receiver
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._pull(), name="pull-host")
+
+    def detach(self, key: tuple[str, str]) -> None:
+        self.receivers.pop(key, None)
+
+    async def _pull(self) -> None:
+        while self.receivers:
+            try:
+                batch = self._unpack(await self.handle.pull.remote())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the host died: every session on it is over
+                receivers, self.receivers = list(self.receivers.values()), {}
+                for _deliver, _ended, died in receivers:
+                    died(exc)
+                return
+            for key, events, ended in batch:
+                receiver = self.receivers.get(key)
+                if receiver is None:
+                    continue
+                if events:
+                    receiver[0](events)
+                if ended:
+                    del self.receivers[key]
+                    receiver[1]()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.receivers.clear()
+
+
 class HostPool:
     """Session hosts started before sessions need them, as LiveKit Agents prewarms job processes.
 
@@ -206,6 +292,8 @@ class HostPool:
         """Free slots of every host this pool owns (shared hosts stay here while they serve)."""
         self._preloads: dict[Any, Any] = {}
         """Each host's preload call: :meth:`fill` waits for these (a ping could overtake them)."""
+        self._channels: dict[Any, HostChannel] = {}
+        """The driver's channel to each shared host, which all its sessions use."""
         self.top_up()
 
     @property
@@ -260,8 +348,17 @@ class HostPool:
         if host not in self._hosts:
             self._hosts.append(host)
 
+    def channel(self, host: Any) -> HostChannel:
+        """The channel to a shared host (each session on it sends and receives through it)."""
+        if host not in self._channels:
+            self._channels[host] = HostChannel(host, coalesce=True)
+        return self._channels[host]
+
     def forget(self, host: Any) -> None:
         """A host died: hand it out no more."""
+        channel = self._channels.pop(host, None)
+        if channel is not None:
+            channel.close()
         self._free.pop(host, None)
         self._preloads.pop(host, None)
         if host in self._hosts:
@@ -272,6 +369,9 @@ class HostPool:
         ray = ray_module()
         for host in list(self._free):
             ray.kill(host, no_restart=True)
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
         self._hosts.clear()
         self._free.clear()
         self._preloads.clear()
@@ -316,7 +416,10 @@ class RaySession(StopsOnExit):
         self.failed = asyncio.Event()
         self.failure: str | None = None
         self.host_counters: dict[str, dict[str, float]] = {}
-        self._pulls: list[asyncio.Task[None]] = []
+        self._channels: dict[str, HostChannel] = {}
+        self._ended: dict[str, asyncio.Event] = {}
+        """Set when a host has handed over the last of this session's events, or died."""
+        self._watches: list[asyncio.Task[None]] = []
         self._stopping = False
         self._kinds_version = 0
         self._sent_kinds: frozenset[type[Event]] | None = None
@@ -334,7 +437,7 @@ class RaySession(StopsOnExit):
         Nothing runs until :meth:`ready`, so no actor sees session time before it is final; events
         published meanwhile wait in the actors' queues (in a host, in its inbox).
         """
-        from duplexer.runtime.ray_host import DRIVER, sender_to
+        from duplexer.runtime.ray_host import DRIVER
 
         specs = list(specs)
         unknown = self.options.placement.actors() - {spec.name for spec in specs} - OPTIONAL_ACTORS
@@ -367,9 +470,15 @@ class RaySession(StopsOnExit):
                 self.options.batch_ms,
                 self.restart_policy,
             )
-            send = sender_to(self.hosts[host], self._key(host), DRIVER)
-            self.bus.link(host, kinds[host], send, self.options.batch_ms)
-            self._pulls.append(asyncio.create_task(self._pull(host, self.hosts[host], started), name=f"pull:{host}"))
+            handle = self.hosts[host]
+            pool = self.pool
+            channel = pool.channel(handle) if pool is not None and pool.shared else HostChannel(handle, False)
+            self._channels[host] = channel
+            self._ended[host] = ended = asyncio.Event()
+            died = functools.partial(self._host_died, host)
+            channel.attach(self._key(host), (self.bus.deliver_local, ended.set, died))
+            self.bus.link(host, kinds[host], channel.sender(self._key(host), DRIVER), self.options.batch_ms)
+            self._watches.append(asyncio.create_task(self._watch_start(host, started), name=f"start:{host}"))
         self.bus.on_subscribe = self._driver_kinds_changed
         return local
 
@@ -385,31 +494,21 @@ class RaySession(StopsOnExit):
         for host, handle in self.hosts.items():
             handle.set_driver_kinds.remote(self._key(host), self._kinds_version, kinds)
 
-    async def _pull(self, host: str, handle: Any, started: Any) -> None:
-        """Wait for the host to start, then long-poll it for the events the driver's subscribers want."""
-        from duplexer.runtime.ray_host import unpack
-
+    async def _watch_start(self, host: str, started: Any) -> None:
+        """Report a host that could not build its actors: the session cannot go on."""
         try:
             await started
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # its actors could not be built there: the session cannot go on
+        except Exception as exc:
             if not self._stopping:
                 died = isinstance(exc, self.ray.exceptions.RayActorError)
                 self._lost(host, exc, "died" if died else "could not start")
-            return
-        while True:
-            try:
-                batch: list[Event] = unpack(await handle.pull.remote(self._key(host)))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the host died: its session is over
-                if not self._stopping:
-                    self._lost(host, exc)
-                return
-            if not batch and self._stopping:
-                return
-            self.bus.deliver_local(batch)
+
+    def _host_died(self, host: str, exc: BaseException) -> None:
+        self._ended[host].set()
+        if not self._stopping and not self.failed.is_set():
+            self._lost(host, exc)
 
     def _lost(self, host: str, exc: BaseException, what: str = "died") -> None:
         cause = _first_line(exc)
@@ -454,11 +553,18 @@ class RaySession(StopsOnExit):
         for name, result in zip(names, results, strict=True):
             if isinstance(result, dict):
                 self.host_counters[name] = result
-        if self._pulls:
-            _done, pending = await asyncio.wait(self._pulls, timeout=HOST_STOP_TIMEOUT_S)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._pulls, return_exceptions=True)
+        # each host hands over this session's last events, then says it ended
+        ended = [event.wait() for event in self._ended.values()]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*ended), HOST_STOP_TIMEOUT_S)
+        for task in self._watches:
+            task.cancel()
+        await asyncio.gather(*self._watches, return_exceptions=True)
+        shared = self.pool is not None and self.pool.shared
+        for name, channel in self._channels.items():
+            channel.detach(self._key(name))
+            if not shared:  # a shared host's channel goes on serving its other sessions
+                channel.close()
         for name, result in zip(names, results, strict=True):
             handle = self.hosts[name]
             if self.pool is not None and self.pool.shared:
@@ -468,7 +574,7 @@ class RaySession(StopsOnExit):
                 self.ray.kill(handle, no_restart=True)
         for name in names:
             self.bus.unlink(name)
-        self._pulls.clear()
+        self._watches.clear()
 
 
 def _first_line(exc: BaseException) -> str:

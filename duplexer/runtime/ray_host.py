@@ -3,10 +3,11 @@
 A host builds each session's actors from :class:`~duplexer.runtime.actor.ActorSpec` s
 and runs them under the ordinary :class:`~duplexer.runtime.actor.Supervisor`, which
 restarts a crashed actor in place. Events for other hosts are sent straight to them;
-events for the driver wait in an outbox the driver long-polls (a driver is not a Ray
-actor, so nothing can call it). Control events arrive through a method in a
-concurrency group of their own, so a backlog of audio batches never holds up an
-interrupt.
+events for the driver wait in outboxes the driver long-polls, one poll for every
+session on the host (a driver is not a Ray actor, so nothing can call it). A call
+from the driver may carry batches of several sessions. Control events arrive through
+a method in a concurrency group of their own, so a backlog of audio batches never
+holds up an interrupt.
 
 A host has ``slots``: how many sessions it serves at once. With one (the default) it
 serves a single session and dies with it, so a host failure ends only that session.
@@ -42,6 +43,8 @@ DRIVER = "driver"
 CONCURRENCY_GROUPS = {CONTROL: 1}
 """Control batches have a thread and loop of their own; data batches and the rest share the default one."""
 
+Item = tuple["SlotKey", str, str, int, list[Event]]
+"""One batch for one session: (slot key, sender, lane, sequence number, events)."""
 SlotKey = tuple[str, str]
 """A session's share of a host: (a token unique to the session object, the placement's host name).
 Not the session id: nothing stops two sessions from having the same one."""
@@ -66,7 +69,7 @@ def sender_to(handle: Any, key: SlotKey, sender: str) -> Send:
 
     def send(lane: str, seq: int, events: list[Event]) -> None:
         method = handle.deliver_control if lane == CONTROL else handle.deliver
-        method.remote(pack((key, sender, lane, seq, events)))
+        method.remote(pack([(key, sender, lane, seq, events)]))
 
     return send
 
@@ -95,8 +98,11 @@ class HostedSession:
         driver_kinds: frozenset[type[Event]] | None,
         batch_ms: float,
         restart_policy: RestartPolicy,
+        on_outbox: Callable[[], None],
     ) -> None:
         self.session_id, self.host = session_id, key[1]
+        self.on_outbox = on_outbox
+        """Called when events for the driver are queued (the host wakes its long-poll)."""
         self.clock = EpochClock(epoch_s)
         self.metrics = Metrics()
         self.bus = LinkedBus(session_id, self.clock, self.metrics)
@@ -104,8 +110,6 @@ class HostedSession:
         self.restart_policy = restart_policy
         self.supervisor: Supervisor | None = None
         self.to_driver: list[Event] = []
-        self._driver_waiter: asyncio.Future[None] | None = None
-        self._stopped = False
         self._driver_version = 0
         self._cpu_at_go: float | None = None
         self._early: list[tuple[str, str, int, list[Event]]] = []
@@ -146,22 +150,11 @@ class HostedSession:
 
     def _to_driver(self, lane: str, seq: int, events: list[Event]) -> None:
         self.to_driver.extend(events)
-        waiter = self._driver_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.on_outbox()
 
-    async def pull(self) -> bytes:
-        """Events for the driver, packed; waits until there are some (the driver keeps one pull waiting)."""
-        while not self.to_driver:
-            if self._stopped:
-                return pack([])
-            self._driver_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._driver_waiter
-            finally:
-                self._driver_waiter = None
+    def take(self) -> list[Event]:
         batch, self.to_driver = self.to_driver, []
-        return pack(batch)
+        return batch
 
     def set_driver_kinds(self, version: int, kinds: frozenset[type[Event]] | None) -> None:
         """The event types the driver now subscribes to. Calls may run out of order: the newest wins."""
@@ -177,10 +170,6 @@ class HostedSession:
         if self.supervisor is not None:
             await self.supervisor.stop()
         self.bus.flush_all()
-        self._stopped = True
-        waiter = self._driver_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
         cpu_s = time.process_time() - self._cpu_at_go if self._cpu_at_go is not None else 0.0
         return {**self.metrics.counters, "host.cpu_s": cpu_s}
 
@@ -203,6 +192,9 @@ class SessionHost:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._early: dict[SlotKey, list[tuple[str, str, int, list[Event]]]] = {}
         self._kinds: dict[SlotKey, tuple[int, frozenset[type[Event]] | None]] = {}
+        self._closed: list[tuple[SlotKey, list[Event], bool]] = []
+        """Stopped sessions' last events for the driver, and their end (``True``)."""
+        self._waiter: asyncio.Future[None] | None = None
         """(version, kinds) from ``set_driver_kinds`` calls that overtook ``start``."""
         self._lock = threading.Lock()
         """Guards the maps above against :meth:`deliver_control`, which runs in its own thread."""
@@ -243,6 +235,7 @@ class SessionHost:
             driver_kinds if kinds is None else kinds[1],
             batch_ms,
             restart_policy,
+            self._wake,
         )
         if kinds is not None:
             hosted._driver_version = kinds[0]
@@ -267,25 +260,43 @@ class SessionHost:
                 return
         hosted.receive(sender, lane, seq, events)
 
-    async def deliver(self, batch: bytes) -> None:
-        """A data batch from ``sender_to``: (slot key, sender, lane, seq, events), packed."""
-        self._receive(*unpack(batch))
+    async def deliver(self, items: bytes) -> None:
+        """Data batches, packed: a list of :data:`Item`, possibly of several sessions."""
+        for item in unpack(items):
+            self._receive(*item)
 
     @ray.method(concurrency_group=CONTROL)
-    async def deliver_control(self, batch: bytes) -> None:
-        """A control batch, in the control group's own thread; delivered on the actors' loop."""
-        key, sender, lane, seq, events = unpack(batch)
+    async def deliver_control(self, items: bytes) -> None:
+        """Control batches, in the control group's own thread; delivered on the actors' loop."""
+        batch: list[Item] = unpack(items)
         with self._lock:
             loop = self.loop
             if loop is None:  # no session has started here yet
-                self._early.setdefault(key, []).append((sender, lane, seq, events))
+                for key, sender, lane, seq, events in batch:
+                    self._early.setdefault(key, []).append((sender, lane, seq, events))
                 return
-        loop.call_soon_threadsafe(self._receive, key, sender, lane, seq, events)
+        for item in batch:
+            loop.call_soon_threadsafe(self._receive, *item)
 
-    async def pull(self, key: SlotKey) -> bytes:
-        """A session's events for the driver, packed; waits until there are some (none once it stopped)."""
-        hosted = self.sessions.get(key)
-        return pack([]) if hosted is None else await hosted.pull()
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def pull(self) -> bytes:
+        """Every session's events for the driver, packed as a list of (slot key, events, ended);
+        waits until there are some. ``ended`` is True once: a stopped session's last events."""
+        while True:
+            ready = [(key, hosted.take(), False) for key, hosted in self.sessions.items() if hosted.to_driver]
+            ready += self._closed
+            self._closed = []
+            if ready:
+                return pack(ready)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     async def set_driver_kinds(self, key: SlotKey, version: int, kinds: frozenset[type[Event]] | None) -> None:
         """The event types the driver now subscribes to. Calls may run out of order: the newest wins."""
@@ -310,11 +321,11 @@ class SessionHost:
     async def stop(self, key: SlotKey) -> dict[str, float]:
         """Stop a session's actors and free its slot; return its counters (see :meth:`HostedSession.stop`)."""
         hosted = self.sessions.get(key)
-        if hosted is None:
-            return {}
-        counters = await hosted.stop()
+        counters = {} if hosted is None else await hosted.stop()
         with self._lock:
             self.sessions.pop(key, None)
+        self._closed.append((key, [] if hosted is None else hosted.take(), True))
+        self._wake()
         return counters
 
     async def load(self) -> int:
