@@ -159,7 +159,9 @@ def test_a_conversation_turn_works_with_every_subsystem_in_its_own_ray_actor() -
 
 
 def test_a_session_takes_a_prewarmed_host_from_the_pool_and_the_pool_starts_another() -> None:
+    from duplexer.runtime.actor import RestartPolicy
     from duplexer.runtime.ray_executor import HostPool
+    from duplexer.runtime.ray_host import SlotSpec
 
     pool = HostPool(OPTIONS, idle=1)
 
@@ -174,7 +176,8 @@ def test_a_session_takes_a_prewarmed_host_from_the_pool_and_the_pool_starts_anot
             await session.ready()
             assert await _speak_and_wait_for_reply(session), "no reply from a session on a pooled host"
             with pytest.raises(ray.exceptions.RayTaskError, match="a host serves one session"):
-                await waiting.start.remote(("other", "session"), "other", 0.0, [], None, {}, None, 0.0, None)
+                other = SlotSpec("other", 0.0, [], None, {}, None, 0.0, RestartPolicy())
+                await waiting.start.remote(("other", "session"), other)
         finally:
             await session.stop()
 

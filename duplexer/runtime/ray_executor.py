@@ -437,7 +437,7 @@ class RaySession(StopsOnExit):
         Nothing runs until :meth:`ready`, so no actor sees session time before it is final; events
         published meanwhile wait in the actors' queues (in a host, in its inbox).
         """
-        from duplexer.runtime.ray_host import DRIVER
+        from duplexer.runtime.ray_host import DRIVER, SlotSpec
 
         specs = list(specs)
         unknown = self.options.placement.actors() - {spec.name for spec in specs} - OPTIONAL_ACTORS
@@ -459,8 +459,7 @@ class RaySession(StopsOnExit):
         driver_kinds = self._sent_kinds = self.bus.subscribed_kinds()
         for host, host_specs in remote.items():
             peers = {other: (self.hosts[other], kinds[other]) for other in remote if other != host}
-            started = self._started[host] = self.hosts[host].start.remote(
-                self._key(host),
+            slot = SlotSpec(
                 self.session_id,
                 self.clock.epoch_s,
                 host_specs,
@@ -470,6 +469,7 @@ class RaySession(StopsOnExit):
                 self.options.batch_ms,
                 self.restart_policy,
             )
+            started = self._started[host] = self.hosts[host].start.remote(self._key(host), slot)
             handle = self.hosts[host]
             pool = self.pool
             channel = pool.channel(handle) if pool is not None and pool.shared else HostChannel(handle, False)

@@ -26,6 +26,7 @@ import pickle
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -84,30 +85,34 @@ class NoSinkHere:
         raise RuntimeError("playout must run in the driver process, next to its audio sink")
 
 
+@dataclass(frozen=True)
+class SlotSpec:
+    """What a host needs to serve its share of a session (sent by the driver to :meth:`SessionHost.start`)."""
+
+    session_id: str
+    epoch_s: float
+    specs: list[ActorSpec]
+    engine_factory: Callable[..., Any] | None
+    peers: dict[str, tuple[Any, frozenset[type[Event]] | None]]
+    """The session's other hosts: name -> (handle, the event types its actors subscribe to)."""
+    driver_kinds: frozenset[type[Event]] | None
+    batch_ms: float
+    restart_policy: RestartPolicy
+
+
 class HostedSession:
     """One session's share of a host: its bus, clock and actors, and its outbox for the driver."""
 
-    def __init__(
-        self,
-        key: SlotKey,
-        session_id: str,
-        epoch_s: float,
-        specs: list[ActorSpec],
-        engine_factory: Callable[..., Any] | None,
-        peers: dict[str, tuple[Any, frozenset[type[Event]] | None]],
-        driver_kinds: frozenset[type[Event]] | None,
-        batch_ms: float,
-        restart_policy: RestartPolicy,
-        on_outbox: Callable[[], None],
-    ) -> None:
+    def __init__(self, key: SlotKey, spec: SlotSpec, on_outbox: Callable[[], None]) -> None:
+        session_id = spec.session_id
         self.session_id, self.host = session_id, key[1]
         self.on_outbox = on_outbox
         """Called when events for the driver are queued (the host wakes its long-poll)."""
-        self.clock = EpochClock(epoch_s)
+        self.clock = EpochClock(spec.epoch_s)
         self.metrics = Metrics()
         self.bus = LinkedBus(session_id, self.clock, self.metrics)
         self.ctx = SessionContext(session_id, self.bus, self.clock, self.metrics)
-        self.restart_policy = restart_policy
+        self.restart_policy = spec.restart_policy
         self.supervisor: Supervisor | None = None
         self.to_driver: list[Event] = []
         self._driver_version = 0
@@ -115,14 +120,14 @@ class HostedSession:
         self._early: list[tuple[str, str, int, list[Event]]] = []
         """Batches that arrived before the actors started (in :meth:`go`); delivered then, in order."""
         engines = None
-        if any(spec.engine_fields for spec in specs):
-            if engine_factory is None:
+        if any(actor.engine_fields for actor in spec.specs):
+            if spec.engine_factory is None:
                 raise ValueError(f"host {self.host!r}: actors need engines and no engine factory was given")
-            engines = engine_factory(self.clock, NoSinkHere())
-        for name, (handle, kinds) in peers.items():
-            self.bus.link(name, kinds, sender_to(handle, (key[0], name), self.host), batch_ms)
-        self.bus.link(DRIVER, driver_kinds, self._to_driver)
-        self.actors = [spec.build(self.ctx, engines) for spec in specs]
+            engines = spec.engine_factory(self.clock, NoSinkHere())
+        for name, (handle, kinds) in spec.peers.items():
+            self.bus.link(name, kinds, sender_to(handle, (key[0], name), self.host), spec.batch_ms)
+        self.bus.link(DRIVER, spec.driver_kinds, self._to_driver)
+        self.actors = [actor.build(self.ctx, engines) for actor in spec.specs]
 
     def go(self, epoch_s: float | None) -> None:
         """Start the actors, with session time counted from ``epoch_s`` when given.
@@ -204,20 +209,9 @@ class SessionHost:
         for name in modules:
             importlib.import_module(name)
 
-    async def start(
-        self,
-        key: SlotKey,
-        session_id: str,
-        epoch_s: float,
-        specs: list[ActorSpec],
-        engine_factory: Callable[..., Any] | None,
-        peers: dict[str, tuple[Any, frozenset[type[Event]] | None]],
-        driver_kinds: frozenset[type[Event]] | None,
-        batch_ms: float,
-        restart_policy: RestartPolicy,
-    ) -> list[str]:
-        """Join session ``session_id`` as its host ``key[1]``: build the actors and link the other hosts
-        and the driver; the actors start in :meth:`go`. Returns the actors' names.
+    async def start(self, key: SlotKey, spec: SlotSpec) -> list[str]:
+        """Join session ``spec.session_id`` as its host ``key[1]``: build the actors and link the other
+        hosts and the driver; the actors start in :meth:`go`. Returns the actors' names.
         """
         self.loop = asyncio.get_running_loop()
         if self.slots == 1 and self.served:
@@ -225,28 +219,19 @@ class SessionHost:
         if len(self.sessions) >= self.slots or key in self.sessions:
             raise RuntimeError(f"this host already serves {len(self.sessions)} sessions of its {self.slots}")
         kinds = self._kinds.pop(key, None)
-        hosted = HostedSession(
-            key,
-            session_id,
-            epoch_s,
-            specs,
-            engine_factory,
-            peers,
-            driver_kinds if kinds is None else kinds[1],
-            batch_ms,
-            restart_policy,
-            self._wake,
-        )
+        if kinds is not None:  # set_driver_kinds overtook start
+            spec = replace(spec, driver_kinds=kinds[1])
+        hosted = HostedSession(key, spec, self._wake)
         if kinds is not None:
             hosted._driver_version = kinds[0]
         with self._lock:
             self.sessions[key] = hosted
             self.served += 1
-            self._last = session_id
+            self._last = spec.session_id
             early = self._early.pop(key, [])
         for batch in early:
             hosted.receive(*batch)
-        return [spec.name for spec in specs]
+        return [actor.name for actor in spec.specs]
 
     async def go(self, key: SlotKey, epoch_s: float | None) -> None:
         """Start a session's actors (after ``start``), with its time counted from ``epoch_s`` when given."""
