@@ -143,6 +143,13 @@ async def _started(placement: str) -> tuple[RaySession, _Sink]:
     return session, sink
 
 
+def _pooled(options: RayOptions, pool: Any) -> RaySession:
+    """A session whose hosts come from ``pool``, its pipeline placed (not yet ready)."""
+    session = RaySession(options, engine_factory=_engines, pool=pool)
+    start_pipeline(session, _engines(session.clock, _Sink()), PipelineConfig())
+    return session
+
+
 def test_a_conversation_turn_works_with_every_subsystem_in_its_own_ray_actor() -> None:
     async def main() -> None:
         session, sink = await _started("split")
@@ -168,8 +175,7 @@ def test_a_session_takes_a_prewarmed_host_from_the_pool_and_the_pool_starts_anot
     async def main() -> None:
         await pool.fill(1)
         waiting = pool._hosts[0]
-        session = RaySession(OPTIONS, engine_factory=_engines, pool=pool)
-        start_pipeline(session, _engines(session.clock, _Sink()), PipelineConfig())
+        session = _pooled(OPTIONS, pool)
         try:
             assert session.hosts["session"] is waiting, "the session did not take the pooled host"
             assert len(pool) == 1 and pool._hosts[0] is not waiting, "the pool did not start a replacement"
@@ -216,11 +222,7 @@ def test_a_dead_shared_host_ends_the_sessions_on_it_and_no_other() -> None:
     pool = HostPool(shared)
 
     async def main() -> None:
-        sessions = []
-        for _ in range(3):
-            session = RaySession(shared, engine_factory=_engines, pool=pool)
-            start_pipeline(session, _engines(session.clock, _Sink()), PipelineConfig())
-            sessions.append(session)
+        sessions = [_pooled(shared, pool) for _ in range(3)]
         first, second, third = sessions
         try:
             await asyncio.gather(*(s.ready() for s in sessions))
@@ -234,8 +236,7 @@ def test_a_dead_shared_host_ends_the_sessions_on_it_and_no_other() -> None:
             for session in sessions:
                 await session.stop()
         assert len(pool._free) == 1, "the dead host is still handed out"
-        again = RaySession(shared, engine_factory=_engines, pool=pool)
-        start_pipeline(again, _engines(again.clock, _Sink()), PipelineConfig())
+        again = _pooled(shared, pool)
         try:
             assert again.hosts["session"] == third.hosts["session"], "a stopped session's slot was not reused"
             await again.ready()

@@ -35,7 +35,7 @@ import numpy as np
 
 from duplexer.actors.context import DEFAULT_SYSTEM_PROMPT
 from duplexer.actors.engines import AudioSink, Engines, Message
-from duplexer.actors.turn_detector import normalize_transcript
+from duplexer.actors.turn_detector import NEUTRAL_PROBABILITY, normalize_transcript
 from duplexer.kernels.audio import pcm16_to_float, resample_pcm16
 from duplexer.runtime.clock import Clock
 from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
@@ -594,7 +594,7 @@ class LlamaTurnDetector:
 
     def probability_blocking(self, transcript: str, context: Sequence[Message] = ()) -> float:
         if not normalize_transcript(transcript):
-            return 0.5
+            return NEUTRAL_PROBABILITY
         return self.calibrate(self.end_score(transcript, context))
 
     async def end_of_turn_probability(self, transcript: str, context: Sequence[Message]) -> float:

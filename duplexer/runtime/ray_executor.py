@@ -205,18 +205,20 @@ class HostChannel:
     def sender(self, key: tuple[str, str], sender: str) -> Callable[[str, int, list[Event]], None]:
         """A :class:`LinkedBus` send function for one session's link to this host."""
         from duplexer.runtime.linked_bus import CONTROL
+        from duplexer.runtime.ray_host import sender_to
+
+        direct = sender_to(self.handle, key, sender)
+        if not self.coalesce:
+            return direct
 
         def send(lane: str, seq: int, events: list[Event]) -> None:
-            item = (key, sender, lane, seq, events)
             if lane == CONTROL:
                 self.flush()  # what was published before it goes first
-                self.handle.deliver_control.remote(self._pack([item]))
-            elif not self.coalesce:
-                self.handle.deliver.remote(self._pack([item]))
-            else:
-                self._outbox.append(item)
-                if self._flush_handle is None:
-                    self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+                direct(lane, seq, events)
+                return
+            self._outbox.append((key, sender, lane, seq, events))
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
 
         return send
 
@@ -400,6 +402,8 @@ class RaySession(StopsOnExit):
             raise ValueError("sessions_per_host > 1 shares hosts between sessions, through a HostPool")
         self.pool = pool
         """Session hosts started ahead of demand; without one, each host starts with its session."""
+        self.shares_hosts = pool is not None and pool.shared
+        """Its hosts serve other sessions too: they come from the pool and go back to it."""
         self.options = options
         self.session_id = session_id or uuid.uuid4().hex[:12]
         self.clock = EpochClock()
@@ -471,9 +475,9 @@ class RaySession(StopsOnExit):
             )
             started = self._started[host] = self.hosts[host].start.remote(self._key(host), slot)
             handle = self.hosts[host]
-            pool = self.pool
-            channel = pool.channel(handle) if pool is not None and pool.shared else HostChannel(handle, False)
-            self._channels[host] = channel
+            channel = self._channels[host] = (
+                self.pool.channel(handle) if self.pool is not None and self.shares_hosts else HostChannel(handle, False)
+            )
             self._ended[host] = ended = asyncio.Event()
             died = functools.partial(self._host_died, host)
             channel.attach(self._key(host), (self.bus.deliver_local, ended.set, died))
@@ -560,14 +564,13 @@ class RaySession(StopsOnExit):
         for task in self._watches:
             task.cancel()
         await asyncio.gather(*self._watches, return_exceptions=True)
-        shared = self.pool is not None and self.pool.shared
         for name, channel in self._channels.items():
             channel.detach(self._key(name))
-            if not shared:  # a shared host's channel goes on serving its other sessions
+            if not self.shares_hosts:  # a shared host's channel goes on serving its other sessions
                 channel.close()
         for name, result in zip(names, results, strict=True):
             handle = self.hosts[name]
-            if self.pool is not None and self.pool.shared:
+            if self.pool is not None and self.shares_hosts:
                 # a shared host goes on serving other sessions, unless it is gone
                 (self.pool.release if isinstance(result, dict) else self.pool.forget)(handle)
             else:

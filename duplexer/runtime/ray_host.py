@@ -293,10 +293,8 @@ class SessionHost:
         if known is None or known[0] < version:
             self._kinds[key] = (version, kinds)  # it overtook start, which links the driver with these
 
-    async def ping(self, key: SlotKey | None = None) -> float:
-        """A session's time in ms, or this host's wall clock without one (a liveness probe)."""
-        if key is None:
-            return time.time() * 1000.0
+    async def ping(self, key: SlotKey) -> float:
+        """A session's time in ms (a liveness probe and a clock check)."""
         return self.sessions[key].clock.now_ms()
 
     async def restarts(self, key: SlotKey) -> dict[str, int]:
@@ -312,10 +310,6 @@ class SessionHost:
         self._closed.append((key, [] if hosted is None else hosted.take(), True))
         self._wake()
         return counters
-
-    async def load(self) -> int:
-        """Sessions this host serves now."""
-        return len(self.sessions)
 
 
 @functools.cache

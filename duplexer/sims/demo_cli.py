@@ -46,6 +46,17 @@ def _engines(args: argparse.Namespace | None = None) -> tuple[Any, Any]:
     return make_engines, synthesize_user
 
 
+def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The persona and the loaded models: (persona or None, engine factory, user-voice synthesizer).
+
+    Raises ModelPackageMissing, PersonaError or ValueError, each with a one-line message.
+    """
+    persona = _persona(args.persona)
+    progress("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...")
+    make_engines, synthesize = _engines(args)
+    return persona, make_engines, synthesize
+
+
 def _demo(args: argparse.Namespace) -> int:
     from duplexer.actors.real import ModelPackageMissing
     from duplexer.runtime.logging import configure_logging
@@ -54,9 +65,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     try:
-        persona = _persona(args.persona)
-        progress("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...")
-        make_engines, synthesize = _engines(args)
+        persona, make_engines, synthesize = _setup(args)
     except (ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
     progress("running the conversation in real time, with speculation on, then off...")
@@ -84,8 +93,7 @@ def _talk(args: argparse.Namespace) -> int:
     try:
         pcm = read_wav(args.file, INPUT_SAMPLE_RATE_HZ)
         scenario, clips = recording_scenario(pcm, args.file.stem)
-        persona = _persona(args.persona)
-        make_engines, _ = _engines(args)
+        persona, make_engines, _ = _setup(args)
     except (WavError, ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
     config = demo_config(persona)
@@ -113,9 +121,7 @@ def _talk_mic(args: argparse.Namespace) -> int:
         return fail(str(exc))
     try:
         try:
-            persona = _persona(args.persona)
-            progress("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...")
-            make_engines, _ = _engines(args)
+            persona, make_engines, _ = _setup(args)
         except (ModelPackageMissing, PersonaError, ValueError) as exc:
             return fail(str(exc))
         speaker = "the default output" if devices.output_info is not None else "no speaker (bot audio only recorded)"
