@@ -548,6 +548,8 @@ class RaySession(StopsOnExit):
         """Stop the driver's actors and every host; kill the hosts so no Ray actor outlives the session."""
         self._stopping = True
         self.bus.flush_all()
+        for channel in self._channels.values():
+            channel.flush()  # a shared host's coalesced batches go before this session's stop
         await self.supervisor.stop()
         names = list(self.hosts)
         results = await asyncio.gather(
