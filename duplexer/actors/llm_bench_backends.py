@@ -36,6 +36,7 @@ from duplexer.actors.engines import Message
 from duplexer.actors.llm_bench import local_llama_server
 from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
 from duplexer.actors.llm_server import Timeouts
+from duplexer.cli_support import positive_int
 from duplexer.runtime.benchlog import DEFAULT_BENCH_LOG, append_benchmark, format_table
 from duplexer.runtime.console import say
 
@@ -240,16 +241,6 @@ def _ratio(http: Sequence[float], local: Sequence[float]) -> str:
     return f"{statistics.median(http) / statistics.median(local):.2f}x"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="duplexer bench llm",
@@ -259,14 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
         "model lock is free; HTTP: until the server logs the disconnect, and until a follow-up request is served). "
         "The backends run one after the other. Prints the figures and appends them to docs/benchmarks.md (or --log).",
     )
-    parser.add_argument("--requests", type=_positive_int, default=8, help="measured replies per backend (default 8)")
+    parser.add_argument("--requests", type=positive_int, default=8, help="measured replies per backend (default 8)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured replies first, per backend (default 1)")
-    parser.add_argument("--max-tokens", type=_positive_int, default=48, help="reply length budget (default 48)")
-    parser.add_argument("--cancels", type=_positive_int, default=5, help="cancel trials per backend (default 5)")
+    parser.add_argument("--max-tokens", type=positive_int, default=48, help="reply length budget (default 48)")
+    parser.add_argument("--cancels", type=positive_int, default=5, help="cancel trials per backend (default 5)")
     parser.add_argument(
-        "--cancel-after", type=_positive_int, default=4, help="pieces of the long reply before the cancel (default 4)"
+        "--cancel-after", type=positive_int, default=4, help="pieces of the long reply before the cancel (default 4)"
     )
-    parser.add_argument("--threads", type=_positive_int, default=2, help="llama.cpp threads, both sides (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="llama.cpp threads, both sides (default 2)")
     parser.add_argument(
         "--server-start-timeout", type=float, default=SERVER_START_TIMEOUT_S, help="seconds (default 60)"
     )

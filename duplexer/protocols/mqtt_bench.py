@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from duplexer.cli_support import positive_int
 from duplexer.protocols.mqtt_broker import BrokerStartError, LoopbackBroker, find_mosquitto
 from duplexer.protocols.mqtt_connection import BrokerSettings, broker_settings, make_client
 from duplexer.protocols.mqtt_device import DeviceClient
@@ -189,13 +190,6 @@ def _fmt(value: float, digits: int = 0) -> str:
     return "-" if not math.isfinite(value) else f"{round(value, digits) + 0.0:.{digits}f}"  # no "-0"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _ramp(max_devices: int) -> list[int]:
     counts, n = [], 1
     while n < max_devices:
@@ -215,7 +209,7 @@ def main(argv: Sequence[str]) -> int:
         "of audio-sized messages. Starts a loopback mosquitto unless --broker is given. Prints the "
         "figures and appends them to docs/benchmarks.md.",
     )
-    parser.add_argument("--devices", type=_positive_int, default=64, help="most devices to try (64)")
+    parser.add_argument("--devices", type=positive_int, default=64, help="most devices to try (64)")
     parser.add_argument("--seconds", type=float, default=15.0, help="longest round per device, in s (15)")
     parser.add_argument(
         "--latency-slack-ms",
