@@ -49,8 +49,10 @@ class AsrActor(Actor):
         super().__init__(ctx)
         self.engine = engine
         self.params = params or AsrParams()
-        self.recent: deque[tuple[float, bytes]] = deque(maxlen=int(self.params.preroll_ms // FRAME_MS) + 8)
+        # the preroll plus a second: the VAD's speech start can reach this actor after later frames
+        self.recent: deque[tuple[float, bytes]] = deque(maxlen=int((self.params.preroll_ms + 1000.0) // FRAME_MS))
         self.segment: _Segment | None = None
+        self.last_end_ms = float("-inf")
         self.partial_task: asyncio.Task[None] | None = None
 
     async def handle(self, event: Event) -> None:
@@ -67,13 +69,15 @@ class AsrActor(Actor):
                     seg.last_partial_ms = now
                     self.partial_task = self.spawn(self._partial(seg, now), "partial")
         elif isinstance(event, VadSpeechStart):
-            frames = [pcm for start, pcm in self.recent if start >= event.speech_start_ms - FRAME_MS]
+            # the preroll, but never audio of the previous segment: its words are in its own transcript
+            since_ms = max(event.speech_start_ms - self.params.preroll_ms, self.last_end_ms)
+            frames = [pcm for start, pcm in self.recent if start >= since_ms]
             self.segment = _Segment(event.segment_id, event.speech_start_ms, frames, None, event.speech_start_ms)
         elif isinstance(event, VadSpeechStop):
             seg = self.segment
             if seg is None or seg.segment_id != event.segment_id:
                 return
-            seg.end_ms = event.speech_end_ms
+            seg.end_ms = self.last_end_ms = event.speech_end_ms
             self.segment = None
             self.spawn(self._final(seg), "final")
 
