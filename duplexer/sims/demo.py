@@ -128,6 +128,20 @@ def _barge_in_stop_ms(run: SimRun, index: int) -> float | None:
     return None
 
 
+def audio_after_commit_ms(run: SimRun, index: int) -> float | None:
+    """From the commit of the reply that answered step ``index`` to that reply's first audio.
+
+    With speculation off this is the time to generate and speak the first clause, which bounds the
+    latency speculation can save; with it on, what is left of that time when the turn is committed.
+    """
+    reply_id = _reply_for_step(run, index)
+    commits = [e.ts_ms for e in run.events if isinstance(e, CommitReply) and e.reply_id == reply_id]
+    starts = [a.start_ms for a in run.bot_audio if a.reply_id == reply_id]
+    if not commits or not starts:
+        return None
+    return round(min(starts) - commits[0], 1)
+
+
 def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
     """Per user turn: what was said and heard, the reply, and its timing."""
     facts_on = turn_facts(on.run)
@@ -174,6 +188,10 @@ def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
                     "discarded": len((spec_ids & cancelled) - committed),
                 },
                 "latency_saved_ms": saved,
+                "audio_after_commit_ms": {
+                    "speculation_on": audio_after_commit_ms(on.run, i),
+                    "speculation_off": audio_after_commit_ms(off.run, i) if off else None,
+                },
             }
         )
     return records
@@ -191,6 +209,28 @@ def summarize_demo(records: list[dict[str, Any]], on: LiveRun, off: LiveRun | No
         "latency_saved_ms": percentiles(saved, (50,)),
         "output_underruns": int(on.run.underruns + (off.run.underruns if off else 0)),
         "errors": [e.message for e in on.run.events if type(e).__name__ == "ErrorEvent"],  # type: ignore[attr-defined]
+    }
+
+
+def pooled_figures(results: Sequence[tuple[list[dict[str, Any]], dict[str, Any]]]) -> dict[str, Any]:
+    """`bench demo`'s figures over every turn of every repetition: ``results`` holds each repetition's
+    turn records and summary. A p50 of one run's three turns is its middle turn; pooled, it is a median."""
+    records = [r for turn_list, _ in results for r in turn_list]
+
+    def values(get: Callable[[dict[str, Any]], float | None]) -> list[float]:
+        return [v for v in map(get, records) if v is not None]
+
+    return {
+        "turns": len(records),
+        "response_latency_ms": percentiles(values(lambda r: r["response_latency_ms"]), (50, 90)),
+        "latency_saved_ms": percentiles(values(lambda r: r["latency_saved_ms"]), (50,)),
+        "barge_in_stop_ms": percentiles(values(lambda r: r["barge_in_stop_ms"]), (50,)),
+        "output_underruns": sum(int(summary["output_underruns"]) for _, summary in results),
+        "audio_after_commit_off_ms": percentiles(
+            values(lambda r: r["audio_after_commit_ms"]["speculation_off"]), (50,)
+        ),
+        "audio_after_commit_on_ms": percentiles(values(lambda r: r["audio_after_commit_ms"]["speculation_on"]), (50,)),
+        "latency_saved_p50_per_run": [summary["latency_saved_ms"]["p50"] for _, summary in results],
     }
 
 
@@ -236,15 +276,25 @@ async def run_demo(
     persona: Persona | None = None,
     compare: bool = True,
     turns: Sequence[DemoTurn] = DEMO_TURNS,
+    speculation_first: bool = True,
 ) -> tuple[LiveRun, LiveRun | None, list[dict[str, Any]], dict[str, Any]]:
+    """The demo conversation with speculation on and, with ``compare``, off; ``speculation_first``
+    says which runs first (a benchmark alternates it, so neither run always meets the warmer caches)."""
     greeting = persona.greeting if persona else ""
     scenario, clips = build_user_side(synthesize, turns, after_greeting=bool(greeting))
     config = demo_config(persona)
     prompt = persona.system_prompt if persona else None
-    on = await run_live(scenario, clips, make_engines, config, prompt, greeting=greeting)
+
+    async def live(speculation: bool) -> LiveRun:
+        chosen = config if speculation else without_speculation(config)
+        return await run_live(scenario, clips, make_engines, chosen, prompt, greeting=greeting)
+
     off = None
-    if compare:
-        off = await run_live(scenario, clips, make_engines, without_speculation(config), prompt, greeting=greeting)
+    if compare and not speculation_first:
+        off = await live(False)
+    on = await live(True)
+    if compare and speculation_first:
+        off = await live(False)
     records = turn_records(on, off)
     return on, off, records, summarize_demo(records, on, off)
 
