@@ -24,6 +24,7 @@ from duplexer.runtime.events import (
     PlayoutStarted,
     PlayoutStopped,
     ReplyReady,
+    ResumePlayout,
     StartPlayout,
     StartReply,
     StopPlayout,
@@ -50,6 +51,7 @@ class ControllerMachine(RuleBasedStateMachine):
         max_spec=st.integers(0, 3),
         speculation=st.booleans(),
         backchannel_pause=st.booleans(),
+        resume_after_ms=st.sampled_from([0.0, 200.0, 400.0]),
     )
     def setup(
         self,
@@ -59,6 +61,7 @@ class ControllerMachine(RuleBasedStateMachine):
         max_spec: int,
         speculation: bool,
         backchannel_pause: bool,
+        resume_after_ms: float,
     ) -> None:
         eot = pause_ms + eot_extra_ms
         self.params = PolicyParams(
@@ -70,6 +73,7 @@ class ControllerMachine(RuleBasedStateMachine):
             max_speculative_calls=max_spec,
             speculation=speculation,
             backchannel_pause_playout=backchannel_pause,
+            resume_after_ms=resume_after_ms,
             asr_final_timeout_ms=1000.0,
         )
         self.c = Controller(SID, self.params)
@@ -77,6 +81,7 @@ class ControllerMachine(RuleBasedStateMachine):
         self.last_action_ts = 0.0
         self.segment = 0
         self.speaking_since: float | None = None
+        self.spoke_until = float("-inf")
         self.finals_due: list[int] = []
         self.started: dict[str, StartReply] = {}
         self.committed: dict[int, list[str]] = {}
@@ -108,6 +113,12 @@ class ControllerMachine(RuleBasedStateMachine):
                 self.cancelled.add(action.reply_id)
                 if self.playing == action.reply_id:  # the playout actor stops a cancelled reply too
                     self._stop_playing(action.reply_id)
+            elif isinstance(action, ResumePlayout):
+                assert self.speaking_since is None, "held bot audio resumed while the user speaks"
+                assert self.now - self.spoke_until >= self.params.resume_after_ms - 1e-6, (
+                    f"held bot audio resumed {self.now - self.spoke_until} ms after the user's speech "
+                    f"(resume_after_ms {self.params.resume_after_ms})"
+                )
             elif isinstance(action, StartPlayout):
                 self.playout_requested.add(action.reply_id)
             elif isinstance(action, StopPlayout):
@@ -156,6 +167,7 @@ class ControllerMachine(RuleBasedStateMachine):
     @rule()
     def user_stops_speaking(self) -> None:
         self.speaking_since = None
+        self.spoke_until = self.now
         self.apply(ev(VadSpeechStop, segment_id=self.segment, probability=0.05, speech_end_ms=self.now))
 
     @precondition(lambda self: bool(self.finals_due))

@@ -90,6 +90,10 @@ class PolicyParams:
     """User speech during bot speech needed to interrupt; shorter speech is a backchannel."""
     backchannel_pause_playout: bool = False
     """Hold bot audio while overlapping speech is still shorter than min_barge_in_ms."""
+    resume_after_ms: float = 0.0
+    """With backchannel_pause_playout: held bot audio resumes only after this much silence once a short
+    overlap ends. Speech within it continues the overlap, and all of its speech counts towards
+    min_barge_in_ms, so an interruption with a pause in it ("Wait, | tell me ...") is not talked into."""
     min_speech_probability: float = 0.5
     """VAD speech onsets below this probability are ignored."""
     speculation: bool = True
@@ -132,9 +136,13 @@ class PolicyParams:
         return self.end_of_turn_max_ms + p * 2.0 * (self.end_of_turn_ms - self.end_of_turn_max_ms)
 
 
-LIVE_CALL_POLICY = PolicyParams(backchannel_pause_playout=True, pause_ms=150.0, end_of_turn_min_ms=625.0)
+LIVE_CALL_POLICY = PolicyParams(
+    backchannel_pause_playout=True, resume_after_ms=400.0, pause_ms=150.0, end_of_turn_min_ms=625.0
+)
 """For live audio: bot audio pauses the moment user speech is heard (a fast audible stop) and
-stops for good only after min_barge_in_ms; shorter speech resumes it. Speculation starts after
+stops for good only after min_barge_in_ms of speech; shorter speech resumes it after 400 ms of
+silence, longer than the pause at a comma, so the bot does not resume between the words of one
+interruption. Speculation starts after
 150 ms of silence: the VAD's stop and the final transcript come ~150-250 ms after the user stops,
 so a longer pause only delays the speculative reply. A confident end-of-turn detector shortens the
 wait to no less than 625 ms of silence: with the embedded CPU models a speculative reply's first
@@ -176,6 +184,8 @@ class ControllerState:
     reply: Reply | None = None
     stopping_reply_id: str | None = None
     overlap_segment: int | None = None
+    overlap_speech_ms: float = 0.0
+    """User speech in the current overlap before its open segment (resume_after_ms joins segments)."""
 
     @property
     def user_text(self) -> str:
@@ -257,6 +267,7 @@ class _Step:
             eot_probability=None,
             speculative_calls=0,
             overlap_segment=None,
+            overlap_speech_ms=0.0,
         )
 
 
@@ -411,7 +422,10 @@ def _bot_done(step: _Step, reason: str) -> None:
     """The bot's audio ended; a user talking over it now holds the floor, else silence."""
     s = step.state
     step.set(reply=None)
-    if s.phase is Phase.USER_OVERLAP:
+    if s.phase is Phase.USER_OVERLAP and not s.speaking:  # held for a short overlap, now over
+        step.set(overlap_segment=None, speech_start_ms=None, overlap_speech_ms=0.0)
+        step.goto(Phase.SILENCE, reason)
+    elif s.phase is Phase.USER_OVERLAP:
         assert s.overlap_segment is not None
         step.new_turn(s.overlap_segment, s.speech_start_ms or step.now_ms)
         step.goto(Phase.USER_SPEAKING, f"{reason} during user speech")
@@ -447,27 +461,53 @@ def _barge_in(step: _Step) -> None:
 def _check_barge_in(step: _Step, speech_until_ms: float) -> bool:
     s = step.state
     onset = s.speech_start_ms if s.speech_start_ms is not None else step.now_ms
-    if speech_until_ms - onset + TIME_EPSILON_MS >= step.params.min_barge_in_ms:
+    if s.overlap_speech_ms + speech_until_ms - onset + TIME_EPSILON_MS >= step.params.min_barge_in_ms:
         _barge_in(step)
         return True
     return False
 
 
-def _tick_overlap(step: _Step, ev: Tick) -> None:
+def _overlap_continues(step: _Step, ev: VadSpeechStart) -> None:
+    """Speech again while bot audio is held after a short overlap: the same overlap goes on."""
+    s = step.state
+    if s.speaking or ev.probability < step.params.min_speech_probability:
+        return
+    step.set(speaking=True, speech_start_ms=ev.speech_start_ms, silence_since_ms=None, overlap_segment=ev.segment_id)
     _check_barge_in(step, step.now_ms)
 
 
+def _tick_overlap(step: _Step, ev: Tick) -> None:
+    s = step.state
+    if s.speaking:
+        _check_barge_in(step, step.now_ms)
+    elif s.silence_since_ms is not None and step.now_ms - s.silence_since_ms + TIME_EPSILON_MS >= (
+        step.params.resume_after_ms
+    ):
+        _backchannel_over(step)
+
+
 def _overlap_ends(step: _Step, ev: VadSpeechStop) -> None:
-    if ev.segment_id != step.state.overlap_segment:
+    s = step.state
+    if ev.segment_id != s.overlap_segment or not s.speaking:
         return
     step.set(speaking=False, silence_since_ms=ev.speech_end_ms)
     if _check_barge_in(step, ev.speech_end_ms):
         return
+    onset = s.speech_start_ms if s.speech_start_ms is not None else ev.speech_end_ms
+    step.set(overlap_speech_ms=s.overlap_speech_ms + max(0.0, ev.speech_end_ms - onset), speech_start_ms=None)
+    reply = step.state.reply
+    held = reply is not None and reply.paused
+    if not held or step.now_ms - ev.speech_end_ms + TIME_EPSILON_MS >= step.params.resume_after_ms:
+        _backchannel_over(step)
+
+
+def _backchannel_over(step: _Step) -> None:
+    """A short overlap ended for good: held bot audio resumes."""
     reply = step.state.reply
     if reply is not None and reply.paused:
         step.emit(ResumePlayout, reply_id=reply.reply_id)
         step.set(reply=replace(reply, paused=False))
-    step.set(overlap_segment=None, speech_start_ms=None)
+    step.set(overlap_segment=None, speech_start_ms=None, silence_since_ms=None, overlap_speech_ms=0.0)
     step.goto(Phase.BOT_REPLYING, "backchannel")
 
 
@@ -576,17 +616,17 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         Tick: _ignore("nothing is timed while the bot speaks alone"),
     },
     UO: {
-        VadSpeechStart: _ignore("already overlapping"),
-        VadSpeechStop: _rule(_overlap_ends, BR, US, note="short overlap: a backchannel"),
+        VadSpeechStart: _rule(_overlap_continues, US, note="speech again while held: the overlap goes on"),
+        VadSpeechStop: _rule(_overlap_ends, BR, US, note="short overlap: a backchannel, after resume_after_ms"),
         AsrPartial: _ignore("the overlap's length decides, not its text"),
         AsrFinal: _ignore("the overlap's length decides, not its text"),
         EndOfTurnProbability: _ignore("the user's turn has ended"),
         ReplyReady: _rule(_reply_ready, note="the committed reply has audio"),
         PlayoutStarted: _rule(_playout_started, note="bot audio is out (held if backchannel pause)"),
-        PlayoutDone: _rule(_playout_done, US, note="bot finished: the user holds the floor"),
-        PlayoutStopped: _rule(_playout_stopped, US, note="playout ended early: the user holds the floor"),
+        PlayoutDone: _rule(_playout_done, US, S, note="bot finished: the user holds the floor"),
+        PlayoutStopped: _rule(_playout_stopped, US, S, note="playout ended early: the user holds the floor"),
         SpeakRequest: _ignore(_NOT_NOW),
-        Tick: _rule(_tick_overlap, US, note="overlap >= min_barge_in_ms: barge-in, stop playout"),
+        Tick: _rule(_tick_overlap, US, BR, note="barge-in at min_barge_in_ms of speech; resume after resume_after_ms"),
     },
 }
 
@@ -626,7 +666,9 @@ def next_deadline_ms(state: ControllerState, params: PolicyParams) -> float | No
             eot_ms += params.asr_final_timeout_ms
         return state.silence_since_ms + eot_ms
     if state.phase is Phase.USER_OVERLAP and state.speaking and state.speech_start_ms is not None:
-        return state.speech_start_ms + params.min_barge_in_ms
+        return state.speech_start_ms + params.min_barge_in_ms - state.overlap_speech_ms
+    if state.phase is Phase.USER_OVERLAP and state.silence_since_ms is not None:
+        return state.silence_since_ms + params.resume_after_ms
     return None
 
 
