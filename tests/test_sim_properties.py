@@ -76,7 +76,7 @@ def test_barge_in_stops_the_bot_within_min_barge_in_plus_a_frame(
         },
     ]
     sim = run({"name": "g", "engines": engines, "policy": policy, "script": script}, seed)
-    stops = turn_facts(sim).barge_in_stops_ms
+    stops = list(turn_facts(sim).barge_in_stops_ms.values())
     assert len(stops) == 1, "the interruption did not stop the bot"
     limit = max(policy["min_barge_in_ms"], engines["vad"]["onset_lag_ms"]) + FRAME_MS
     assert stops[0] <= limit, (stops[0], limit)

@@ -118,16 +118,6 @@ def _reply_for_step(run: SimRun, index: int) -> str | None:
     return None
 
 
-def _barge_in_stop_ms(run: SimRun, index: int) -> float | None:
-    step = run.steps[index]
-    if not step.bot_speaking_at_onset:
-        return None
-    for interval in run.bot_audio:
-        if interval.start_ms <= step.start_ms < interval.end_ms:
-            return round(interval.end_ms - step.start_ms, 1)
-    return None
-
-
 def audio_after_commit_ms(run: SimRun, index: int) -> float | None:
     """From the commit of the reply that answered step ``index`` to that reply's first audio.
 
@@ -140,6 +130,10 @@ def audio_after_commit_ms(run: SimRun, index: int) -> float | None:
     if not commits or not starts:
         return None
     return round(min(starts) - commits[0], 1)
+
+
+def _rounded(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 1)
 
 
 def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
@@ -180,8 +174,8 @@ def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
                 "user_said": step.text,
                 "user_transcript": info.get("user_transcript"),
                 "bot_reply": info.get("bot_reply"),
-                "response_latency_ms": None if latency is None else round(latency, 1),
-                "barge_in_stop_ms": _barge_in_stop_ms(on.run, i),
+                "response_latency_ms": _rounded(latency),
+                "barge_in_stop_ms": _rounded(facts_on.barge_in_stops_ms.get(i)),
                 "speculation": {
                     "started": len(spec_ids),
                     "committed": len(spec_ids & committed),

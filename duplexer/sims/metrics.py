@@ -63,7 +63,7 @@ class TurnFacts:
     """Raw per-run facts, pooled across scenarios for the aggregate."""
 
     latencies_ms: dict[int, float] = field(default_factory=dict)  # say-step index -> latency
-    barge_in_stops_ms: list[float] = field(default_factory=list)
+    barge_in_stops_ms: dict[int, float] = field(default_factory=dict)  # say-step index -> stop latency
     pauses: int = 0
     pause_takeovers: int = 0
     backchannels: int = 0
@@ -110,7 +110,7 @@ def turn_facts(run: SimRun) -> TurnFacts:
             if playing and any(onset <= t <= step.end_ms for t in stopped_at):
                 # the stopped reply's last audio, however many stretches it was played in
                 ended = max(a.end_ms for a in audio if a.reply_id == playing[0])
-                facts.barge_in_stops_ms.append(ended - onset)
+                facts.barge_in_stops_ms[i] = ended - onset
         if step.kind == "backchannel" and step.bot_speaking_at_onset:
             facts.backchannels += 1
             window_end = step.end_ms + BACKCHANNEL_STOP_WINDOW_MS
@@ -183,7 +183,7 @@ def _tool_facts(run: SimRun, facts: TurnFacts) -> None:
 def summarize(facts: Sequence[TurnFacts], saved_ms: Sequence[float]) -> dict[str, Any]:
     """The summary.json block for one scenario or for the aggregate of several."""
     latencies = [v for f in facts for _, v in sorted(f.latencies_ms.items())]
-    stops = [v for f in facts for v in f.barge_in_stops_ms]
+    stops = [v for f in facts for v in f.barge_in_stops_ms.values()]
     started = sum(f.spec_started for f in facts)
     committed = sum(f.spec_committed for f in facts)
     return {
