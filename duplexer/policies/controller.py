@@ -142,12 +142,12 @@ LIVE_CALL_POLICY = PolicyParams(
 """For live audio: bot audio pauses the moment user speech is heard (a fast audible stop) and
 stops for good only after min_barge_in_ms of speech; shorter speech resumes it after 400 ms of
 silence, longer than the pause at a comma, so the bot does not resume between the words of one
-interruption. Speculation starts after
-150 ms of silence: the VAD's stop and the final transcript come ~150-250 ms after the user stops,
-so a longer pause only delays the speculative reply. A confident end-of-turn detector shortens the
-wait to no less than 625 ms of silence: with the embedded CPU models a speculative reply's first
-audio is ready ~650-800 ms after the user stops, so committing sooner would play nothing sooner
-and only leave the user less time to go on (and speculation less time to save)."""
+interruption. Speculation starts after 150 ms of silence: the VAD's stop and the final transcript
+come ~150-250 ms after the user stops, so a longer pause only delays the speculative reply. A
+confident end-of-turn detector shortens the wait to no less than 625 ms of silence: with the
+embedded CPU models a speculative reply's first audio is ready ~650-800 ms after the user stops, so
+committing sooner would play nothing sooner and only leave the user less time to go on (and
+speculation less time to save)."""
 
 
 # ------------------------------------------------------------------ state

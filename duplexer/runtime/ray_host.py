@@ -103,7 +103,7 @@ class SlotSpec:
 class HostedSession:
     """One session's share of a host: its bus, clock and actors, and its outbox for the driver."""
 
-    def __init__(self, key: SlotKey, spec: SlotSpec, on_outbox: Callable[[], None]) -> None:
+    def __init__(self, key: SlotKey, spec: SlotSpec, on_outbox: Callable[[], None], driver_version: int = 0) -> None:
         session_id = spec.session_id
         self.session_id, self.host = session_id, key[1]
         self.on_outbox = on_outbox
@@ -115,7 +115,8 @@ class HostedSession:
         self.restart_policy = spec.restart_policy
         self.supervisor: Supervisor | None = None
         self.to_driver: list[Event] = []
-        self._driver_version = 0
+        self._driver_version = driver_version
+        """The version of ``spec.driver_kinds`` (see :meth:`set_driver_kinds`)."""
         self._cpu_at_go: float | None = None
         self._early: list[tuple[str, str, int, list[Event]]] = []
         """Batches that arrived before the actors started (in :meth:`go`); delivered then, in order."""
@@ -197,10 +198,11 @@ class SessionHost:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._early: dict[SlotKey, list[tuple[str, str, int, list[Event]]]] = {}
         self._kinds: dict[SlotKey, tuple[int, frozenset[type[Event]] | None]] = {}
+        """(version, kinds) from ``set_driver_kinds`` calls that overtook ``start``."""
         self._closed: list[tuple[SlotKey, list[Event], bool]] = []
         """Stopped sessions' last events for the driver, and their end (``True``)."""
         self._waiter: asyncio.Future[None] | None = None
-        """(version, kinds) from ``set_driver_kinds`` calls that overtook ``start``."""
+        """The waiting :meth:`pull`, woken when a session queues events for the driver."""
         self._lock = threading.Lock()
         """Guards the maps above against :meth:`deliver_control`, which runs in its own thread."""
 
@@ -218,12 +220,8 @@ class SessionHost:
             raise RuntimeError(f"this host already served session {self._last}; a host serves one session")
         if len(self.sessions) >= self.slots or key in self.sessions:
             raise RuntimeError(f"this host already serves {len(self.sessions)} sessions of its {self.slots}")
-        kinds = self._kinds.pop(key, None)
-        if kinds is not None:  # set_driver_kinds overtook start
-            spec = replace(spec, driver_kinds=kinds[1])
-        hosted = HostedSession(key, spec, self._wake)
-        if kinds is not None:
-            hosted._driver_version = kinds[0]
+        version, kinds = self._kinds.pop(key, (0, spec.driver_kinds))  # set_driver_kinds may overtake start
+        hosted = HostedSession(key, replace(spec, driver_kinds=kinds), self._wake, version)
         with self._lock:
             self.sessions[key] = hosted
             self.served += 1
@@ -296,10 +294,6 @@ class SessionHost:
     async def ping(self, key: SlotKey) -> float:
         """A session's time in ms (a liveness probe and a clock check)."""
         return self.sessions[key].clock.now_ms()
-
-    async def restarts(self, key: SlotKey) -> dict[str, int]:
-        supervisor = self.sessions[key].supervisor
-        return {} if supervisor is None else dict(supervisor.restarts)
 
     async def stop(self, key: SlotKey) -> dict[str, float]:
         """Stop a session's actors and free its slot; return its counters (see :meth:`HostedSession.stop`)."""

@@ -153,6 +153,8 @@ def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
             info.setdefault("bot_reply", heard_by_turn.get(event.turn_id))
         elif isinstance(event, LlmDone):
             by_reply.setdefault(event.reply_id, {})["bot_reply"] = event.text
+    committed = {e.reply_id for e in on.run.events if isinstance(e, CommitReply)}
+    cancelled = {e.reply_id for e in on.run.events if isinstance(e, CancelReply)}
     records: list[dict[str, Any]] = []
     for i, step in enumerate(on.run.steps):
         if step.kind != "say":
@@ -162,8 +164,6 @@ def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
         turn_id = int(reply_id[1:].split("r")[0]) if reply_id else None
         spec = [e for e in on.run.events if isinstance(e, StartReply) and e.speculative and e.turn_id == turn_id]
         spec_ids = {e.reply_id for e in spec}
-        committed = {e.reply_id for e in on.run.events if isinstance(e, CommitReply)}
-        cancelled = {e.reply_id for e in on.run.events if isinstance(e, CancelReply)}
         latency = facts_on.latencies_ms.get(i)
         saved = None
         if facts_off is not None and latency is not None and i in facts_off.latencies_ms:
