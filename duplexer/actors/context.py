@@ -20,6 +20,7 @@ from duplexer.actors.engines import Message
 from duplexer.actors.llm import TOOL_ROLE
 from duplexer.actors.tool_calls import call_text
 from duplexer.actors.tts import split_instructions
+from duplexer.policies.reply import ReplyLedger
 from duplexer.runtime.actor import Actor, SessionContext
 from duplexer.runtime.events import (
     CancelReply,
@@ -122,8 +123,9 @@ class ContextActor(Actor):
     def __init__(self, ctx: SessionContext, manager: ContextManager | None = None) -> None:
         super().__init__(ctx)
         self.manager = manager or ContextManager()
+        self.lives = ReplyLedger()
+        """Which replies were committed or cancelled: only a committed reply's words enter history."""
         self.spoken: dict[str, _Spoken] = {}
-        self.committed: set[str] = set()
         self.calls: dict[str, list[_Call]] = {}
         self.late_results: dict[str, int | None] = {}
         """Calls of finished replies whose result is still to come: call id -> turn id."""
@@ -133,7 +135,11 @@ class ContextActor(Actor):
         self.emit(HistoryUpdated, turn_id=turn_id, role=role, text=text)
 
     async def handle(self, event: Event) -> None:
+        if isinstance(event, (StartReply, CommitReply, CancelReply, SpeakText, PlayoutDone)):
+            self.lives.observe(event)
         if isinstance(event, StartReply):
+            if not self.lives.may_run(event.reply_id):  # its cancel came first: no prompt for it
+                return
             self.spoken[event.reply_id] = _Spoken()
             self.emit(
                 PromptReady,
@@ -142,13 +148,11 @@ class ContextActor(Actor):
                 messages=self.manager.prompt(event.user_text),
             )
         elif isinstance(event, CommitReply):
-            self.committed.add(event.reply_id)
             self._record("user", event.user_text, event.turn_id)
         elif isinstance(event, SpeakText):  # the bot speaks first: history keeps what is played
             self.spoken[event.reply_id] = _Spoken()
-            self.committed.add(event.reply_id)
         elif isinstance(event, CancelReply):
-            if event.reply_id not in self.committed:
+            if not self.lives.committed(event.reply_id):
                 self.spoken.pop(event.reply_id, None)
                 self.calls.pop(event.reply_id, None)
         elif isinstance(event, ToolCallRequested):
@@ -169,9 +173,8 @@ class ContextActor(Actor):
 
     def _finish(self, reply_id: str, played_ms: float | None, turn_id: int | None) -> None:
         spoken = self.spoken.pop(reply_id, None)
-        if spoken is None or reply_id not in self.committed:
+        if spoken is None or not self.lives.committed(reply_id):
             return
-        self.committed.discard(reply_id)
         text = spoken.text() if played_ms is None else spoken.played_text(played_ms)
         calls = self.calls.pop(reply_id, [])
         words, said = text.split(), 0

@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from duplexer.actors.engines import AudioSink
+from duplexer.policies.reply import ReplyLedger
 from duplexer.runtime.actor import Actor, SessionContext
 from duplexer.runtime.events import (
     FRAME_MS,
@@ -54,6 +55,8 @@ class PlayoutActor(Actor):
         super().__init__(ctx)
         self.sink = sink
         self.params = params or PlayoutParams()
+        self.lives = ReplyLedger()
+        """Which replies were cancelled: their audio still queued on the data lane is dropped, not buffered."""
         self.buffers: dict[str, _Buffer] = {}
         self.playing: str | None = None
         self.paused = False
@@ -72,6 +75,10 @@ class PlayoutActor(Actor):
         return buf
 
     async def handle(self, event: Event) -> None:
+        if isinstance(event, CancelReply):
+            self.lives.observe(event)
+        elif isinstance(event, (TtsAudio, TtsDone, StartPlayout)) and not self.lives.may_run(event.reply_id):
+            return  # audio of a reply cancelled after it was synthesized: nobody will play it
         if isinstance(event, TtsAudio):
             buf = self._buffer(event.reply_id, event.turn_id)
             buf.sample_rate_hz = event.sample_rate_hz

@@ -22,6 +22,7 @@ from typing import Any
 
 from duplexer.actors.tool_calls import ToolStatus, wait_on_clock
 from duplexer.actors.tool_registry import Tool, ToolArgumentsError, ToolRegistry, result_text
+from duplexer.policies.reply import ReplyLedger
 from duplexer.runtime.actor import Actor, SessionContext
 from duplexer.runtime.events import (
     CancelReply,
@@ -53,7 +54,6 @@ class _Deferred:
 
 @dataclass
 class _ReplyCalls:
-    committed: bool = False
     played: bool = False
     n_calls: int = 0
     running: dict[str, tuple[asyncio.Task[None], ToolCallRequested]] = field(default_factory=dict)
@@ -68,15 +68,16 @@ class ToolActor(Actor):
         super().__init__(ctx)
         self.registry = registry
         self.params = params or ToolParams()
+        self.lives = ReplyLedger()
+        """Which replies were committed or cancelled, whatever order the two lanes brought the news in."""
         self.replies: dict[str, _ReplyCalls] = {}
 
     async def handle(self, event: Event) -> None:
+        if isinstance(event, (StartReply, CommitReply, CancelReply, PlayoutDone, PlayoutStopped)):
+            self.lives.observe(event)
         if isinstance(event, StartReply):
-            self.replies[event.reply_id] = _ReplyCalls()
-        elif isinstance(event, CommitReply):
-            reply = self.replies.get(event.reply_id)
-            if reply is not None:
-                reply.committed = True
+            if self.lives.may_run(event.reply_id):  # not when its cancel came first
+                self.replies[event.reply_id] = _ReplyCalls()
         elif isinstance(event, ToolCallRequested):
             self._request(event)
         elif isinstance(event, CancelReply):
@@ -164,7 +165,7 @@ class ToolActor(Actor):
             call_id=request.call_id,
             name=tool.name,
             read_only=tool.read_only,
-            speculative=not reply.committed,
+            speculative=not self.lives.committed(request.reply_id),
         )
         task = self.spawn(self._run(reply, request, tool, arguments), f"{request.call_id}:{tool.name}")
         reply.running[request.call_id] = (task, request)
@@ -197,7 +198,7 @@ class ToolActor(Actor):
         reply.played = True
         for call_id, deferred in list(reply.deferred.items()):
             del reply.deferred[call_id]
-            if reply.committed:
+            if self.lives.committed(reply_id):
                 self._start(reply, deferred.request, deferred.tool, deferred.arguments)
             else:  # a played reply is always committed; refuse rather than trust it
                 self._prevent(deferred.request, "its reply was never committed")
