@@ -13,7 +13,6 @@ from duplexer.runtime.events import (
     Event,
     PausePlayout,
     PlayoutStarted,
-    ReplyReady,
     ResumePlayout,
     StopPlayout,
     Tick,
@@ -55,7 +54,6 @@ class Driver:
         self.send(AsrFinal, segment_id=self.segment, text="hello there")
         self.wait(self.c.params.end_of_turn_max_ms + FRAME_MS)
         reply_id = next(a.reply_id for _, a in self.actions if isinstance(a, CommitReply))
-        self.send(ReplyReady, reply_id=reply_id)
         self.send(PlayoutStarted, reply_id=reply_id)
         assert self.c.phase is Phase.BOT_REPLYING
         self.actions.clear()

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from duplexer.policies.controller import ClockWentBackwards, Controller, Phase, PolicyParams
+from duplexer.policies.controller import ClockWentBackwards, Controller, Phase, PolicyParams, next_deadline_ms, step
 from duplexer.runtime.events import (
     FRAME_MS,
     AsrFinal,
@@ -23,7 +23,6 @@ from duplexer.runtime.events import (
     PlayoutDone,
     PlayoutStarted,
     PlayoutStopped,
-    ReplyReady,
     ResumePlayout,
     StartPlayout,
     StartReply,
@@ -78,6 +77,7 @@ class ControllerMachine(RuleBasedStateMachine):
         )
         self.c = Controller(SID, self.params)
         self.now = 0.0
+        self.last_state_ms = 0.0
         self.last_action_ts = 0.0
         self.segment = 0
         self.speaking_since: float | None = None
@@ -186,12 +186,6 @@ class ControllerMachine(RuleBasedStateMachine):
     def end_of_turn_detector(self, probability: float) -> None:
         self.apply(ev(EndOfTurnProbability, probability=probability))
 
-    @precondition(lambda self: bool(self.started))
-    @rule(data=st.data())
-    def reply_becomes_ready(self, data: st.DataObject) -> None:
-        reply_id = data.draw(st.sampled_from(sorted(self.started)))
-        self.apply(ev(ReplyReady, reply_id=reply_id))
-
     @precondition(lambda self: self.playing is None and bool(self.playout_requested - self.ended - self.cancelled))
     @rule(data=st.data())
     def playout_starts(self, data: st.DataObject) -> None:
@@ -215,7 +209,7 @@ class ControllerMachine(RuleBasedStateMachine):
         reply_id = self.stops_due.pop(0)
         self.apply(ev(PlayoutStopped, reply_id=reply_id, played_ms=0.0))
 
-    @rule(kind=st.sampled_from([ReplyReady, PlayoutStarted, PlayoutDone, PlayoutStopped]))
+    @rule(kind=st.sampled_from([PlayoutStarted, PlayoutDone, PlayoutStopped]))
     def stale_event_for_unknown_reply(self, kind: type[Event]) -> None:
         fields: dict[str, object] = {"reply_id": "nobody"}
         if kind in (PlayoutDone, PlayoutStopped):
@@ -254,8 +248,21 @@ class ControllerMachine(RuleBasedStateMachine):
         )
 
     @invariant()
-    def controller_time_never_goes_backwards(self) -> None:
-        assert self.c.state.now_ms == self.now or self.c.state.now_ms <= self.now
+    def a_tick_at_the_next_deadline_always_acts(self) -> None:
+        """The timers that give the deadline are the ones a tick fires: a driver ticking at it never spins."""
+        deadline = self.c.next_deadline_ms()
+        if deadline is None:
+            return
+        at_ms = max(deadline, self.c.state.now_ms)
+        after, _ = step(self.c.state, ev(Tick), at_ms, self.params)
+        moved = after.phase is not self.c.state.phase or next_deadline_ms(after, self.params) != deadline
+        assert moved, f"a tick at the deadline {deadline} ms in {self.c.phase} changed nothing"
+
+    @invariant()
+    def controller_time_is_the_time_of_the_last_event(self) -> None:
+        assert self.c.state.now_ms == self.now, f"controller at {self.c.state.now_ms} ms, events at {self.now} ms"
+        assert self.c.state.now_ms >= self.last_state_ms, "controller time went backwards"
+        self.last_state_ms = self.c.state.now_ms
 
     def teardown(self) -> None:
         if not hasattr(self, "c"):

@@ -6,15 +6,35 @@ import pytest
 
 from duplexer.policies.controller import (
     CONTROLLER_INPUTS,
+    LIVE_CALL_POLICY,
+    POLICY_PRESETS,
+    TIMERS,
     TRANSITIONS,
     Controller,
     Phase,
     PolicyParams,
+    Rule,
+    UndeclaredTarget,
     UndeclaredTransition,
+    preset,
     rule_for,
 )
 from duplexer.policies.render import render
-from duplexer.runtime.events import HistoryUpdated, Tick
+from duplexer.runtime.events import (
+    AsrFinal,
+    CancelReply,
+    CommitReply,
+    EndOfTurnProbability,
+    ErrorEvent,
+    HistoryUpdated,
+    PlayoutDone,
+    StartReply,
+    StateChanged,
+    StopPlayout,
+    Tick,
+    VadSpeechStart,
+    VadSpeechStop,
+)
 
 
 def test_every_state_event_pair_is_declared() -> None:
@@ -24,7 +44,11 @@ def test_every_state_event_pair_is_declared() -> None:
         assert declared == set(CONTROLLER_INPUTS), f"{phase}: missing {set(CONTROLLER_INPUTS) - declared}"
         for kind in CONTROLLER_INPUTS:
             rule = rule_for(phase, kind)
-            assert rule.ignored or rule.handler is not None
+            if rule.ignored:
+                assert rule.targets == (), f"{phase} x {kind.__name__} is ignored yet declares targets"
+            else:
+                assert callable(rule.handler), f"{phase} x {kind.__name__} names no callable handler"
+                assert phase not in rule.targets, f"{phase} x {kind.__name__} lists its own phase as a target"
             assert rule.note, f"{phase} x {kind.__name__} has no explanation"
 
 
@@ -80,3 +104,100 @@ def test_ticks_in_silence_do_nothing() -> None:
     c = Controller("s")
     assert c.handle(Tick(session_id="s", ts_ms=0.0), 20.0) == []
     assert c.phase is Phase.SILENCE
+
+
+def _paused_with_a_speculative_reply(strict: bool = True) -> tuple[Controller, str]:
+    c = Controller("s", PolicyParams(), strict=strict)
+    c.handle(VadSpeechStart(session_id="s", ts_ms=0.0, segment_id=1, probability=0.9, speech_start_ms=0.0), 0.0)
+    c.handle(VadSpeechStop(session_id="s", ts_ms=400.0, segment_id=1, probability=0.1, speech_end_ms=400.0), 400.0)
+    c.handle(AsrFinal(session_id="s", ts_ms=450.0, segment_id=1, text="what time is it"), 450.0)
+    actions = c.handle(Tick(session_id="s", ts_ms=600.0), 600.0)
+    assert c.phase is Phase.USER_PAUSED
+    return c, next(a.reply_id for a in actions if isinstance(a, StartReply))
+
+
+def test_a_rule_that_moves_to_an_undeclared_target_raises_naming_phase_event_and_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    c, _ = _paused_with_a_speculative_reply()
+    rogue = Rule(lambda step, ev: step.goto(Phase.SILENCE, "rogue"), (), "moves without declaring it")
+    monkeypatch.setitem(TRANSITIONS[Phase.USER_PAUSED], EndOfTurnProbability, rogue)
+    with pytest.raises(UndeclaredTarget, match=r"EndOfTurnProbability in state UserPaused moved to Silence"):
+        c.handle(EndOfTurnProbability(session_id="s", ts_ms=700.0, probability=0.5), 700.0)
+
+
+def test_playout_done_of_the_speculative_reply_while_paused_cancels_it_and_the_turn_goes_on() -> None:
+    """No playout sends it today; the rule for the pair keeps the table's promise (no undeclared move)."""
+    c, reply_id = _paused_with_a_speculative_reply()
+    actions = c.handle(PlayoutDone(session_id="s", ts_ms=650.0, reply_id=reply_id, played_ms=300.0), 650.0)
+    assert c.phase is Phase.USER_PAUSED
+    assert [(type(a), getattr(a, "reply_id", None)) for a in actions] == [(CancelReply, reply_id)]
+    actions = c.handle(Tick(session_id="s", ts_ms=2000.0), 2000.0)  # end of turn: a fresh reply, committed
+    fresh = next(a for a in actions if isinstance(a, CommitReply))
+    assert fresh.reply_id != reply_id and c.phase is Phase.BOT_REPLYING
+
+
+def test_a_live_controller_turns_a_violation_into_an_error_and_a_safe_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    c, reply_id = _paused_with_a_speculative_reply(strict=False)
+    rogue = Rule(lambda step, ev: step.goto(Phase.BOT_REPLYING, "rogue"), (), "moves without declaring it")
+    monkeypatch.setitem(TRANSITIONS[Phase.USER_PAUSED], EndOfTurnProbability, rogue)
+    actions = c.handle(EndOfTurnProbability(session_id="s", ts_ms=700.0, probability=0.5), 700.0)
+    assert c.phase is Phase.SILENCE and c.state.reply is None
+    kinds = [type(a) for a in actions]
+    assert kinds[0] is ErrorEvent and "moved to BotReplying" in actions[0].message  # type: ignore[attr-defined]
+    assert {StopPlayout, CancelReply, StateChanged} <= set(kinds)
+    assert all(getattr(a, "reply_id", reply_id) == reply_id for a in actions)
+    assert c.next_deadline_ms() is None  # nothing left timed: the session waits for the user
+
+
+def test_every_timed_phase_ticks_and_every_ticking_phase_is_timed() -> None:
+    for phase in Phase:
+        ticks = not rule_for(phase, Tick).ignored
+        assert ticks == bool(TIMERS.get(phase)), phase
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"pause_ms": True}, "pause_ms must be a number"),
+        ({"speculation": 1}, "speculation must be true or false"),
+        ({"pause_ms": float("nan")}, "pause_ms must be finite"),
+        ({"end_of_turn_ms": float("inf")}, "end_of_turn_ms must be finite"),
+        ({"max_speculative_calls": 2.5}, "max_speculative_calls must be an integer"),
+        ({"pause_ms": "fast"}, "pause_ms must be a number"),
+        ({"pause_speed": 1.0}, "unknown policy parameter 'pause_speed'"),
+        ({"pause_ms": 900.0}, "pause_ms"),
+    ],
+)
+def test_overrides_are_refused_in_one_line_naming_the_field(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message) as refused:
+        PolicyParams().with_overrides(overrides)
+    assert "\n" not in str(refused.value)
+
+
+def test_overrides_apply_and_keep_the_rest() -> None:
+    params = LIVE_CALL_POLICY.with_overrides({"pause_ms": 120, "max_speculative_calls": 2.0, "speculation": False})
+    assert (params.pause_ms, params.max_speculative_calls, params.speculation) == (120, 2, False)
+    assert isinstance(params.max_speculative_calls, int)
+    assert params.resume_after_ms == LIVE_CALL_POLICY.resume_after_ms
+
+
+def test_presets_name_todays_policies() -> None:
+    assert POLICY_PRESETS["default"] == PolicyParams()
+    assert POLICY_PRESETS["live"] == LIVE_CALL_POLICY
+    assert preset("live") is LIVE_CALL_POLICY
+    with pytest.raises(ValueError, match="unknown policy preset 'fast' \\(known: default, live\\)"):
+        preset("fast")
+
+
+def test_the_policy_decides_whether_tts_renders_a_speculative_reply_before_its_commit() -> None:
+    for speculative_tts in (True, False):
+        c = Controller("s", PolicyParams(speculative_tts=speculative_tts, max_speculative_calls=1))
+        c.handle(VadSpeechStart(session_id="s", ts_ms=0.0, segment_id=1, probability=0.9, speech_start_ms=0.0), 0.0)
+        c.handle(VadSpeechStop(session_id="s", ts_ms=400.0, segment_id=1, probability=0.1, speech_end_ms=400.0), 400.0)
+        c.handle(AsrFinal(session_id="s", ts_ms=450.0, segment_id=1, text="hi"), 450.0)
+        spec = [a for a in c.handle(Tick(session_id="s", ts_ms=600.0), 600.0) if isinstance(a, StartReply)]
+        assert [(a.speculative, a.prerender) for a in spec] == [(True, speculative_tts)]
+        c.handle(AsrFinal(session_id="s", ts_ms=700.0, segment_id=1, text="hi there"), 700.0)  # no longer matches
+        fresh = [a for a in c.handle(Tick(session_id="s", ts_ms=3000.0), 3000.0) if isinstance(a, StartReply)]
+        assert [(a.speculative, a.prerender) for a in fresh] == [(False, True)]

@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
-from typing import Any
 
-from duplexer.policies.controller import CONTROLLER_INPUTS, Controller, PolicyParams
+from duplexer.policies.controller import CONTROLLER_INPUTS, Controller, ControllerError, PolicyParams
 from duplexer.runtime.actor import Actor, SessionContext
 from duplexer.runtime.events import ErrorEvent, Event, MetricEvent, PolicyUpdate, StateChanged, Tick
 
-RETRY_TICK_MS = 1.0
-"""If a tick at a deadline changes nothing, the next one waits this long, so a deadline the state
-machine does not act on (rounding) cannot spin at one instant of a virtual clock."""
-
 
 class ControllerActor(Actor):
-    """Runs the state machine on its inputs; :class:`PolicyUpdate` changes its parameters live."""
+    """Runs the state machine on its inputs; :class:`PolicyUpdate` changes its parameters live.
+
+    ``strict`` (the simulator): a rule that breaks the table's promises raises, crashing this actor,
+    and is kept in ``violation`` for the caller to raise. Off (a live session), the state machine turns
+    it into an error event and a safe reset, and the call goes on.
+    """
 
     name = "controller"
     subscribes = (*CONTROLLER_INPUTS, PolicyUpdate)
 
-    def __init__(self, ctx: SessionContext, params: PolicyParams | None = None) -> None:
+    def __init__(self, ctx: SessionContext, params: PolicyParams | None = None, strict: bool = False) -> None:
         super().__init__(ctx)
-        self.controller = Controller(ctx.session_id, params or PolicyParams())
+        self.controller = Controller(ctx.session_id, params or PolicyParams(), strict=strict)
+        self.violation: ControllerError | None = None
+        """The first rule violation seen in strict mode."""
         self._ticker: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         """Set after every input is handled: the next deadline may have moved."""
@@ -33,23 +34,20 @@ class ControllerActor(Actor):
             self._ticker = self.spawn(self._tick_forever(), "ticker")
 
     async def _tick_forever(self) -> None:
-        """A tick exactly when the state machine's next timing rule comes due (``next_deadline_ms``).
+        """A tick exactly when the state machine's next timer comes due (``next_deadline_ms``).
 
-        Between deadlines nothing is timed, so the ticker sleeps until one comes due or an input
-        changes the state: an idle session costs no wake-ups (on Ray, a ticking idle session host
-        cost 2.6% of a core).
+        The timers that compute the deadline are the ones a tick fires, so a tick at a deadline always
+        moves it. Between deadlines nothing is timed, so the ticker sleeps until one comes due or an
+        input changes the state: an idle session costs no wake-ups (on Ray, a ticking idle session
+        host cost 2.6% of a core).
         """
         clock = self.ctx.clock
-        ticked: float | None = None
         while True:
             self._changed.clear()
             deadline = self.controller.next_deadline_ms()
             if deadline is not None and deadline <= clock.now_ms():
-                if deadline == ticked:  # a tick at this deadline changed nothing: let time pass first
-                    await clock.sleep_ms(RETRY_TICK_MS)
                 self.emit(Tick, turn_id=self.controller.state.turn_id)
-                ticked = deadline
-                await self._changed.wait()  # handled: the deadline has moved (or is retried as above)
+                await self._changed.wait()  # handled: the deadline has moved
                 continue
             changed = asyncio.ensure_future(self._changed.wait())
             if deadline is None:
@@ -65,6 +63,9 @@ class ControllerActor(Actor):
     async def handle(self, event: Event) -> None:
         try:
             self._handle(event)
+        except ControllerError as exc:
+            self.violation = self.violation or exc
+            raise
         finally:
             self._changed.set()
 
@@ -82,15 +83,16 @@ class ControllerActor(Actor):
                     new=action.new_state,
                     reason=action.reason,
                 )
+            elif isinstance(action, ErrorEvent):
+                self.log.error("controller_reset", error=action.message)
             self.ctx.bus.publish(action)
 
     def _update_policy(self, update: PolicyUpdate) -> None:
         """Apply a live policy update, or refuse all of it (an error event) and keep the parameters."""
-        overrides: dict[str, Any] = dict(update.overrides)
-        current = self.controller.params
+        overrides = dict(update.overrides)
         try:
-            params = replace(current, **overrides)
-        except (TypeError, ValueError) as exc:  # an unknown name, or values the policy refuses
+            params = self.controller.params.with_overrides(overrides)
+        except ValueError as exc:  # an unknown name, a wrong type, or values the policy refuses
             self.log.warning("policy_update_refused", error=str(exc))
             self.emit(ErrorEvent, source=self.name, message=f"policy update refused: {exc}")
             return

@@ -28,6 +28,8 @@ class PipelineConfig:
     """Every actor's parameters, with defaults in one place."""
 
     policy: PolicyParams = field(default_factory=PolicyParams)
+    strict_policy: bool = False
+    """A rule that breaks the controller table's promises raises (the simulator) instead of resetting."""
     vad: VadParams = field(default_factory=VadParams)
     asr: AsrParams = field(default_factory=AsrParams)
     llm: LlmParams = field(default_factory=LlmParams)
@@ -56,7 +58,7 @@ def pipeline_specs(
     if tools is not None and context is None:
         context = ContextManager(system_prompt=DEFAULT_SYSTEM_PROMPT + "\n\n" + tools.prompt())
     specs = [
-        ActorSpec.of(ControllerActor, cfg.policy),
+        ActorSpec.of(ControllerActor, cfg.policy, strict=cfg.strict_policy),
         ActorSpec.of(ContextActor, context),
         ActorSpec.of(VadActor, EngineRef("vad"), cfg.vad),
         ActorSpec.of(AsrActor, EngineRef("asr"), cfg.asr),

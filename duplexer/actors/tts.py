@@ -5,8 +5,8 @@ clause, not after the whole reply. A reply that runs on without a clause boundar
 ("The most famous story about cats is probably the one where ...") has its
 opening words cut at a word boundary instead (``first_clause_max_words``), so
 the user does not wait for the LLM and TTS to get through a long first sentence.
-Speculative replies are pre-rendered when ``speculative_tts`` is on, so a
-committed reply can play at once.
+A speculative reply is pre-rendered when its :class:`StartReply` says so (the
+policy's ``speculative_tts``), so a committed reply can play at once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from duplexer.actors.engines import TtsEngine
+from duplexer.policies.reply import ReplyLedger
 from duplexer.runtime.actor import Actor, SessionContext
 from duplexer.runtime.events import (
     CancelReply,
@@ -43,7 +44,6 @@ _OPENERS = "\"'(\u201c\u2018["
 
 @dataclass(frozen=True)
 class TtsParams:
-    speculative_tts: bool = True
     default_instructions: tuple[str, ...] = ()
     """Tags applied to every reply (a persona's speaking rate, say), before the reply's own."""
     first_clause_max_words: int = 8
@@ -64,8 +64,8 @@ def split_instructions(text: str) -> tuple[tuple[str, ...], str]:
 @dataclass
 class _Reply:
     turn_id: int | None
-    speculative: bool
-    committed: bool = False
+    prerender: bool
+    """Render before the reply is committed (from its StartReply)."""
     pending: str = ""
     instructions: tuple[str, ...] | None = None  # None until the reply's opening text is seen
     n_clauses: int = 0
@@ -112,14 +112,18 @@ class TtsActor(Actor):
         super().__init__(ctx)
         self.engine = engine
         self.params = params or TtsParams()
+        self.lives = ReplyLedger()
         self.replies: dict[str, _Reply] = {}
 
-    def _may_render(self, reply: _Reply) -> bool:
-        return reply.committed or not reply.speculative or self.params.speculative_tts
+    def _may_render(self, reply_id: str, reply: _Reply) -> bool:
+        return reply.prerender or self.lives.committed(reply_id)
 
     async def handle(self, event: Event) -> None:
+        if isinstance(event, (StartReply, SpeakText, CommitReply, CancelReply)):
+            self.lives.observe(event)
         if isinstance(event, StartReply):
-            self.replies[event.reply_id] = _Reply(event.turn_id, event.speculative)
+            if self.lives.may_run(event.reply_id):  # not when its cancel came first
+                self.replies[event.reply_id] = _Reply(event.turn_id, event.prerender)
             return
         if isinstance(event, SpeakText):
             self._speak(event)
@@ -131,8 +135,6 @@ class TtsActor(Actor):
             del self.replies[event.reply_id]
             if reply.worker is not None:
                 reply.worker.cancel()
-        elif isinstance(event, CommitReply):
-            reply.committed = True
         elif isinstance(event, LlmToken):
             text = reply.pending + event.text
             if reply.instructions is None:
@@ -154,7 +156,11 @@ class TtsActor(Actor):
             clauses, reply.pending = split_clauses(reply.pending, final=True)
             self._queue(reply, clauses)
             reply.clauses.put_nowait(None)
-        if reply.worker is None and isinstance(event, (CommitReply, LlmToken, LlmDone)) and self._may_render(reply):
+        if (
+            reply.worker is None
+            and isinstance(event, (CommitReply, LlmToken, LlmDone))
+            and self._may_render(event.reply_id, reply)
+        ):
             reply.worker = self.spawn(self._render(event.reply_id, reply), event.reply_id)  # type: ignore[attr-defined]
 
     @staticmethod
@@ -166,7 +172,7 @@ class TtsActor(Actor):
     def _speak(self, event: SpeakText) -> None:
         """Fixed text (a greeting): all its clauses are known, so rendering starts at once."""
         tags, text = split_instructions(event.text)
-        reply = _Reply(event.turn_id, speculative=False, committed=True)
+        reply = _Reply(event.turn_id, prerender=True)
         reply.instructions = self.params.default_instructions + tags
         for clause in split_clauses(text, final=True)[0]:
             reply.clauses.put_nowait(clause)

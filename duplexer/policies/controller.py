@@ -24,14 +24,20 @@ the final transcript; otherwise it is cancelled and a fresh reply starts.
 Every reply ends committed or cancelled.
 
 Every (phase, event type) pair is declared in :data:`TRANSITIONS`, either with
-the handler and the phases it may lead to, or as ignored. An undeclared pair
-raises :class:`UndeclaredTransition`.
+the handler for that phase and the phases it may lead to, or as ignored. An
+undeclared pair raises :class:`UndeclaredTransition`; a handler that moves to a
+phase its rule does not declare raises :class:`UndeclaredTarget` (strict, as in
+tests and the simulator) or, in a live session, becomes an :class:`ErrorEvent`
+and a safe reset to Silence. Every timing rule is a :class:`Timer` declared per
+phase in :data:`TIMERS`: the tick handler fires it and :func:`next_deadline_ms`
+asks it when it is due, so the two never disagree.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
@@ -41,12 +47,12 @@ from duplexer.runtime.events import (
     CancelReply,
     CommitReply,
     EndOfTurnProbability,
+    ErrorEvent,
     Event,
     PausePlayout,
     PlayoutDone,
     PlayoutStarted,
     PlayoutStopped,
-    ReplyReady,
     ResumePlayout,
     SpeakRequest,
     SpeakText,
@@ -100,6 +106,9 @@ class PolicyParams:
     """Start replies during user pauses (off: replies start only at end of turn)."""
     max_speculative_calls: int = 3
     """Speculative replies allowed per user turn."""
+    speculative_tts: bool = True
+    """Synthesize a speculative reply's audio before it is committed, so a committed reply plays at once
+    (off: TTS waits for the commit, saving work on discarded replies)."""
     asr_final_timeout_ms: float = 2000.0
     """How long past end of turn to wait for a late final transcript before replying anyway."""
 
@@ -126,6 +135,30 @@ class PolicyParams:
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
+    def with_overrides(self, overrides: Mapping[str, object]) -> PolicyParams:
+        """These parameters with ``overrides`` applied; a ValueError (one line, naming the field) refuses
+        an unknown name, a value of the wrong type (a bool for a number, a number for a bool), a
+        non-finite or non-integral number where one does not fit, or values the policy refuses."""
+        known = {f.name: f for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for name, value in overrides.items():
+            if name not in known:
+                raise ValueError(f"unknown policy parameter {name!r} (known: {', '.join(sorted(known))})")
+            kind = str(known[name].type)  # "bool", "int" or "float" (annotations are strings here)
+            if kind == "bool":
+                if not isinstance(value, bool):
+                    raise ValueError(f"policy parameter {name} must be true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"policy parameter {name} must be a number, got {value!r}")
+            elif not math.isfinite(value):
+                raise ValueError(f"policy parameter {name} must be finite, got {value!r}")
+            elif kind == "int":
+                if value != round(value):
+                    raise ValueError(f"policy parameter {name} must be an integer, got {value!r}")
+                value = int(value)
+            changes[name] = value
+        return replace(self, **changes)
+
     def effective_end_of_turn_ms(self, probability: float | None) -> float:
         """End-of-turn silence for a detector's probability: p=0 -> max, p=0.5 -> default, p=1 -> min."""
         if probability is None:
@@ -149,19 +182,28 @@ embedded CPU models a speculative reply's first audio is ready ~650-800 ms after
 committing sooner would play nothing sooner and only leave the user less time to go on (and
 speculation less time to save)."""
 
+POLICY_PRESETS: dict[str, PolicyParams] = {"default": PolicyParams(), "live": LIVE_CALL_POLICY}
+"""Named parameter sets: ``default`` for scripted audio (the simulator, the MQTT bridge), ``live`` for
+live calls (demo, talk, serve). Every command that runs a policy selects one with ``--policy NAME``."""
+
+
+def preset(name: str) -> PolicyParams:
+    """The preset called ``name``; a ValueError listing the names when there is none."""
+    try:
+        return POLICY_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown policy preset {name!r} (known: {', '.join(POLICY_PRESETS)})") from None
+
 
 # ------------------------------------------------------------------ state
 
 
 @dataclass(frozen=True)
 class Reply:
-    """The reply in flight: speculative until committed."""
+    """The reply in flight, as far as a rule needs it (its whole life: :mod:`duplexer.policies.reply`)."""
 
     reply_id: str
     user_text: str
-    speculative: bool
-    committed: bool = False
-    ready: bool = False
     playing: bool = False
     paused: bool = False
 
@@ -212,6 +254,17 @@ class ClockWentBackwards(ControllerError):
     pass
 
 
+class UndeclaredTarget(ControllerError):
+    """A handler moved to a phase its rule does not declare: the table broke its own promise."""
+
+    def __init__(self, phase: Phase, kind: type[Event], target: Phase) -> None:
+        self.phase, self.kind, self.target = phase, kind, target
+        super().__init__(
+            f"rule for event {kind.__name__} in state {phase.value} moved to {target.value}, "
+            "a target it does not declare in duplexer.policies.controller.TRANSITIONS"
+        )
+
+
 # ------------------------------------------------------------------ handlers
 
 
@@ -242,11 +295,17 @@ class _Step:
 
     def start_reply(self, speculative: bool) -> Reply:
         seq = self.state.reply_seq + 1
-        reply = Reply(reply_id=f"t{self.state.turn_id}r{seq}", user_text=self.state.user_text, speculative=speculative)
+        reply = Reply(reply_id=f"t{self.state.turn_id}r{seq}", user_text=self.state.user_text)
         self.set(reply_seq=seq, reply=reply)
         if speculative:
             self.set(speculative_calls=self.state.speculative_calls + 1)
-        self.emit(StartReply, reply_id=reply.reply_id, user_text=reply.user_text, speculative=speculative)
+        self.emit(
+            StartReply,
+            reply_id=reply.reply_id,
+            user_text=reply.user_text,
+            speculative=speculative,
+            prerender=not speculative or self.params.speculative_tts,
+        )
         return reply
 
     def cancel_reply(self, reason: str) -> None:
@@ -273,6 +332,12 @@ class _Step:
 
 Handler = Callable[[_Step, Any], None]
 
+TIME_EPSILON_MS = 1e-6
+"""Float slack for comparing a clock reading with a deadline computed from it."""
+
+
+# -- speech and transcripts
+
 
 def _speech_starts_turn(step: _Step, ev: VadSpeechStart) -> None:
     if ev.probability < step.params.min_speech_probability:
@@ -281,9 +346,10 @@ def _speech_starts_turn(step: _Step, ev: VadSpeechStart) -> None:
     step.goto(Phase.USER_SPEAKING, "speech")
 
 
-def _speech_continues(step: _Step, ev: VadSpeechStart) -> None:
+def _speech_joins_turn(step: _Step, ev: VadSpeechStart) -> bool:
+    """A new segment of the same turn; False for a doubtful onset, which is ignored."""
     if ev.probability < step.params.min_speech_probability:
-        return
+        return False
     s = step.state
     step.set(
         speaking=True,
@@ -292,7 +358,15 @@ def _speech_continues(step: _Step, ev: VadSpeechStart) -> None:
         turn_segments=s.turn_segments | {ev.segment_id},
         awaiting_final=s.awaiting_final | {ev.segment_id},
     )
-    if s.phase is Phase.USER_PAUSED:
+    return True
+
+
+def _speech_continues(step: _Step, ev: VadSpeechStart) -> None:
+    _speech_joins_turn(step, ev)
+
+
+def _user_resumes(step: _Step, ev: VadSpeechStart) -> None:
+    if _speech_joins_turn(step, ev):
         step.cancel_reply("user_resumed")
         step.goto(Phase.USER_SPEAKING, "user resumed")
 
@@ -302,16 +376,25 @@ def _speech_stops(step: _Step, ev: VadSpeechStop) -> None:
         step.set(speaking=False, silence_since_ms=ev.speech_end_ms)
 
 
-def _final_transcript(step: _Step, ev: AsrFinal) -> None:
+def _final_transcript(step: _Step, ev: AsrFinal) -> bool:
+    """Record a segment's final transcript; False when it is not of this turn."""
     s = step.state
     if ev.segment_id not in s.turn_segments:
-        return
+        return False
     kept = tuple(item for item in s.transcript if item[0] != ev.segment_id)
     step.set(
         transcript=(*kept, (ev.segment_id, ev.text.strip())),
         awaiting_final=s.awaiting_final - {ev.segment_id},
     )
-    if s.phase is Phase.USER_PAUSED:
+    return True
+
+
+def _record_final(step: _Step, ev: AsrFinal) -> None:
+    _final_transcript(step, ev)
+
+
+def _final_in_pause(step: _Step, ev: AsrFinal) -> None:
+    if _final_transcript(step, ev):
         _maybe_speculate(step)
 
 
@@ -332,32 +415,44 @@ def _maybe_speculate(step: _Step) -> None:
     step.start_reply(speculative=True)
 
 
-TIME_EPSILON_MS = 1e-6
-"""Float slack for comparing a clock reading with a deadline computed from it."""
+# -- timers: when each is due (None: not running), and what it does when it fires
 
 
-def _silence_elapsed_ms(step: _Step) -> float:
-    s = step.state
+def _pause_due(s: ControllerState, params: PolicyParams) -> float | None:
     if s.speaking or s.silence_since_ms is None:
-        return 0.0
-    return step.now_ms - s.silence_since_ms + TIME_EPSILON_MS
+        return None
+    return s.silence_since_ms + params.pause_ms
 
 
-def _tick_user_speaking(step: _Step, ev: Tick) -> None:
-    if _silence_elapsed_ms(step) >= step.params.pause_ms:
-        step.goto(Phase.USER_PAUSED, "pause")
-        _maybe_speculate(step)
-        _tick_user_paused(step, ev)
-
-
-def _tick_user_paused(step: _Step, ev: Tick) -> None:
-    s, params = step.state, step.params
-    silence_ms = _silence_elapsed_ms(step)
+def _end_of_turn_due(s: ControllerState, params: PolicyParams) -> float | None:
+    if s.speaking or s.silence_since_ms is None:
+        return None
     eot_ms = params.effective_end_of_turn_ms(s.eot_probability)
-    if silence_ms < eot_ms:
-        return
-    if s.awaiting_final and silence_ms < eot_ms + params.asr_final_timeout_ms:
-        return  # the final transcript decides the reply: wait for it, within bounds
+    if s.awaiting_final:  # the final transcript decides the reply: wait for it, within bounds
+        eot_ms += params.asr_final_timeout_ms
+    return s.silence_since_ms + eot_ms
+
+
+def _barge_in_due(s: ControllerState, params: PolicyParams) -> float | None:
+    if not s.speaking or s.speech_start_ms is None:
+        return None
+    return s.speech_start_ms + params.min_barge_in_ms - s.overlap_speech_ms
+
+
+def _resume_due(s: ControllerState, params: PolicyParams) -> float | None:
+    if s.speaking or s.silence_since_ms is None:
+        return None
+    return s.silence_since_ms + params.resume_after_ms
+
+
+def _pause_begins(step: _Step) -> None:
+    step.goto(Phase.USER_PAUSED, "pause")
+    _maybe_speculate(step)
+    _fire_due_timer(step)  # the end of turn may be due at the same tick
+
+
+def _end_of_turn(step: _Step) -> None:
+    s = step.state
     text = s.user_text
     if not text:
         step.cancel_reply("no_transcript")
@@ -367,82 +462,10 @@ def _tick_user_paused(step: _Step, ev: Tick) -> None:
     if reply is None or reply.user_text != text:
         step.cancel_reply("stale_input")
         reply = step.start_reply(speculative=False)
-    reply = replace(reply, committed=True)
-    step.set(reply=reply, awaiting_final=frozenset())
+    step.set(awaiting_final=frozenset())
     step.emit(CommitReply, reply_id=reply.reply_id, user_text=text)
     step.emit(StartPlayout, reply_id=reply.reply_id)
     step.goto(Phase.BOT_REPLYING, "end of turn")
-
-
-def _reply_ready(step: _Step, ev: ReplyReady) -> None:
-    reply = step.state.reply
-    if reply is not None and reply.reply_id == ev.reply_id:
-        step.set(reply=replace(reply, ready=True))
-
-
-def _bot_speaks_first(step: _Step, ev: SpeakRequest) -> None:
-    reply = Reply(reply_id=ev.reply_id, user_text="", speculative=False, committed=True)
-    step.set(reply=reply)
-    step.emit(SpeakText, reply_id=ev.reply_id, text=ev.text)
-    step.emit(StartPlayout, reply_id=ev.reply_id)
-    step.goto(Phase.BOT_REPLYING, "bot speaks first")
-
-
-def _playout_started(step: _Step, ev: PlayoutStarted) -> None:
-    reply = step.state.reply
-    if reply is not None and reply.reply_id == ev.reply_id:
-        hold = step.state.phase is Phase.USER_OVERLAP and step.params.backchannel_pause_playout
-        step.set(reply=replace(reply, playing=True, paused=hold or reply.paused))
-        if hold:
-            step.emit(PausePlayout, reply_id=reply.reply_id)
-
-
-def _playout_done(step: _Step, ev: PlayoutDone) -> None:
-    s = step.state
-    if s.stopping_reply_id == ev.reply_id:
-        step.set(stopping_reply_id=None)  # it finished before the stop reached it: nothing to cut
-        return
-    if s.reply is None or s.reply.reply_id != ev.reply_id:
-        return
-    _bot_done(step, "reply played")
-
-
-def _playout_stopped(step: _Step, ev: PlayoutStopped) -> None:
-    s = step.state
-    if s.stopping_reply_id == ev.reply_id:
-        step.set(stopping_reply_id=None)
-        step.emit(TruncateHistory, reply_id=ev.reply_id, played_ms=ev.played_ms)
-    elif s.reply is not None and s.reply.reply_id == ev.reply_id:
-        # Playout ended by itself (an output failure): keep what was heard and yield.
-        step.emit(TruncateHistory, reply_id=ev.reply_id, played_ms=ev.played_ms)
-        _bot_done(step, "playout stopped")
-
-
-def _bot_done(step: _Step, reason: str) -> None:
-    """The bot's audio ended; a user talking over it now holds the floor, else silence."""
-    s = step.state
-    step.set(reply=None)
-    if s.phase is Phase.USER_OVERLAP and not s.speaking:  # held for a short overlap, now over
-        step.set(overlap_segment=None, speech_start_ms=None, overlap_speech_ms=0.0)
-        step.goto(Phase.SILENCE, reason)
-    elif s.phase is Phase.USER_OVERLAP:
-        assert s.overlap_segment is not None
-        step.new_turn(s.overlap_segment, s.speech_start_ms or step.now_ms)
-        step.goto(Phase.USER_SPEAKING, f"{reason} during user speech")
-    else:
-        step.goto(Phase.SILENCE, reason)
-
-
-def _overlap_begins(step: _Step, ev: VadSpeechStart) -> None:
-    if ev.probability < step.params.min_speech_probability:
-        return
-    step.set(speaking=True, speech_start_ms=ev.speech_start_ms, overlap_segment=ev.segment_id)
-    reply = step.state.reply
-    if step.params.backchannel_pause_playout and reply is not None and reply.playing:
-        step.emit(PausePlayout, reply_id=reply.reply_id)
-        step.set(reply=replace(reply, paused=True))
-    step.goto(Phase.USER_OVERLAP, "user speech over bot")
-    _check_barge_in(step, step.now_ms)
 
 
 def _barge_in(step: _Step) -> None:
@@ -458,49 +481,6 @@ def _barge_in(step: _Step) -> None:
     step.goto(Phase.USER_SPEAKING, "barge-in")
 
 
-def _check_barge_in(step: _Step, speech_until_ms: float) -> bool:
-    s = step.state
-    onset = s.speech_start_ms if s.speech_start_ms is not None else step.now_ms
-    if s.overlap_speech_ms + speech_until_ms - onset + TIME_EPSILON_MS >= step.params.min_barge_in_ms:
-        _barge_in(step)
-        return True
-    return False
-
-
-def _overlap_continues(step: _Step, ev: VadSpeechStart) -> None:
-    """Speech again while bot audio is held after a short overlap: the same overlap goes on."""
-    s = step.state
-    if s.speaking or ev.probability < step.params.min_speech_probability:
-        return
-    step.set(speaking=True, speech_start_ms=ev.speech_start_ms, silence_since_ms=None, overlap_segment=ev.segment_id)
-    _check_barge_in(step, step.now_ms)
-
-
-def _tick_overlap(step: _Step, ev: Tick) -> None:
-    s = step.state
-    if s.speaking:
-        _check_barge_in(step, step.now_ms)
-    elif s.silence_since_ms is not None and step.now_ms - s.silence_since_ms + TIME_EPSILON_MS >= (
-        step.params.resume_after_ms
-    ):
-        _backchannel_over(step)
-
-
-def _overlap_ends(step: _Step, ev: VadSpeechStop) -> None:
-    s = step.state
-    if ev.segment_id != s.overlap_segment or not s.speaking:
-        return
-    step.set(speaking=False, silence_since_ms=ev.speech_end_ms)
-    if _check_barge_in(step, ev.speech_end_ms):
-        return
-    onset = s.speech_start_ms if s.speech_start_ms is not None else ev.speech_end_ms
-    step.set(overlap_speech_ms=s.overlap_speech_ms + max(0.0, ev.speech_end_ms - onset), speech_start_ms=None)
-    reply = step.state.reply
-    held = reply is not None and reply.paused
-    if not held or step.now_ms - ev.speech_end_ms + TIME_EPSILON_MS >= step.params.resume_after_ms:
-        _backchannel_over(step)
-
-
 def _backchannel_over(step: _Step) -> None:
     """A short overlap ended for good: held bot audio resumes."""
     reply = step.state.reply
@@ -511,7 +491,213 @@ def _backchannel_over(step: _Step) -> None:
     step.goto(Phase.BOT_REPLYING, "backchannel")
 
 
+@dataclass(frozen=True)
+class Timer:
+    """A timing rule of one phase: when it is due for a state, and the transition it makes then."""
+
+    name: str
+    due_ms: Callable[[ControllerState, PolicyParams], float | None]
+    fire: Callable[[_Step], None]
+    note: str
+
+
+_BARGE_IN = Timer("barge_in", _barge_in_due, _barge_in, "overlap speech >= min_barge_in_ms")
+_RESUME = Timer("resume", _resume_due, _backchannel_over, "silence >= resume_after_ms after a short overlap")
+
+
+def _due(step: _Step, timer: Timer) -> bool:
+    due_ms = timer.due_ms(step.state, step.params)
+    return due_ms is not None and step.now_ms + TIME_EPSILON_MS >= due_ms
+
+
+def _fire_due_timer(step: _Step) -> None:
+    """Fire the current phase's timer that is due, if any (they are declared mutually exclusive)."""
+    for timer in TIMERS.get(step.state.phase, ()):
+        if _due(step, timer):
+            timer.fire(step)
+            return
+
+
+def _tick(step: _Step, ev: Tick) -> None:
+    _fire_due_timer(step)
+
+
+def _check_barge_in(step: _Step) -> bool:
+    """Barge in now if the overlap's speech has reached min_barge_in_ms."""
+    if _due(step, _BARGE_IN):
+        _barge_in(step)
+        return True
+    return False
+
+
+# -- the bot's speech
+
+
+def _bot_speaks_first(step: _Step, ev: SpeakRequest) -> None:
+    step.set(reply=Reply(reply_id=ev.reply_id, user_text=""))
+    step.emit(SpeakText, reply_id=ev.reply_id, text=ev.text)
+    step.emit(StartPlayout, reply_id=ev.reply_id)
+    step.goto(Phase.BOT_REPLYING, "bot speaks first")
+
+
+def _is_live(step: _Step, reply_id: str) -> bool:
+    reply = step.state.reply
+    return reply is not None and reply.reply_id == reply_id
+
+
+def _playout_started(step: _Step, ev: PlayoutStarted) -> None:
+    reply = step.state.reply
+    if reply is not None and reply.reply_id == ev.reply_id:
+        step.set(reply=replace(reply, playing=True))
+
+
+def _playout_started_in_overlap(step: _Step, ev: PlayoutStarted) -> None:
+    reply = step.state.reply
+    if reply is not None and reply.reply_id == ev.reply_id:
+        hold = step.params.backchannel_pause_playout
+        step.set(reply=replace(reply, playing=True, paused=hold or reply.paused))
+        if hold:
+            step.emit(PausePlayout, reply_id=reply.reply_id)
+
+
+def _stop_reached(step: _Step, reply_id: str) -> bool:
+    """The end of a reply the controller stopped: it needs nothing more than forgetting."""
+    if step.state.stopping_reply_id != reply_id:
+        return False
+    step.set(stopping_reply_id=None)
+    return True
+
+
+def _late_playout_done(step: _Step, ev: PlayoutDone) -> None:
+    """Outside the bot's turn: the end of a stopped reply, or audio of the live speculative reply played
+    before its commit (no playout does that today): that reply is spent, so it is cancelled and the
+    turn goes on; the end of turn starts a fresh one."""
+    if not _stop_reached(step, ev.reply_id) and _is_live(step, ev.reply_id):
+        step.cancel_reply("played_before_commit")
+
+
+def _late_playout_stopped(step: _Step, ev: PlayoutStopped) -> None:
+    """Outside the bot's turn: a stopped reply's history keeps what was played; an uncommitted live
+    reply that played is spent (see :func:`_late_playout_done`)."""
+    if _stop_reached(step, ev.reply_id):
+        step.emit(TruncateHistory, reply_id=ev.reply_id, played_ms=ev.played_ms)
+    elif _is_live(step, ev.reply_id):
+        step.cancel_reply("played_before_commit")
+
+
+def _reply_played(step: _Step, ev: PlayoutDone) -> None:
+    if not _stop_reached(step, ev.reply_id) and _is_live(step, ev.reply_id):
+        step.set(reply=None)
+        step.goto(Phase.SILENCE, "reply played")
+
+
+def _playout_ended_early(step: _Step, ev: PlayoutStopped) -> None:
+    if _stop_reached(step, ev.reply_id):
+        step.emit(TruncateHistory, reply_id=ev.reply_id, played_ms=ev.played_ms)
+    elif _is_live(step, ev.reply_id):  # an output failure: keep what was heard and yield
+        step.emit(TruncateHistory, reply_id=ev.reply_id, played_ms=ev.played_ms)
+        step.set(reply=None)
+        step.goto(Phase.SILENCE, "playout stopped")
+
+
+def _floor_to_user(step: _Step, reason: str) -> None:
+    """The bot's audio ended during an overlap: a user still talking holds the floor, else silence."""
+    s = step.state
+    step.set(reply=None)
+    if not s.speaking:  # held for a short overlap, now over
+        step.set(overlap_segment=None, speech_start_ms=None, overlap_speech_ms=0.0)
+        step.goto(Phase.SILENCE, reason)
+    else:
+        assert s.overlap_segment is not None
+        step.new_turn(s.overlap_segment, s.speech_start_ms or step.now_ms)
+        step.goto(Phase.USER_SPEAKING, f"{reason} during user speech")
+
+
+def _reply_played_in_overlap(step: _Step, ev: PlayoutDone) -> None:
+    if not _stop_reached(step, ev.reply_id) and _is_live(step, ev.reply_id):
+        _floor_to_user(step, "reply played")
+
+
+def _playout_ended_in_overlap(step: _Step, ev: PlayoutStopped) -> None:
+    if _stop_reached(step, ev.reply_id):
+        step.emit(TruncateHistory, reply_id=ev.reply_id, played_ms=ev.played_ms)
+    elif _is_live(step, ev.reply_id):
+        step.emit(TruncateHistory, reply_id=ev.reply_id, played_ms=ev.played_ms)
+        _floor_to_user(step, "playout stopped")
+
+
+# -- user speech over the bot
+
+
+def _overlap_begins(step: _Step, ev: VadSpeechStart) -> None:
+    if ev.probability < step.params.min_speech_probability:
+        return
+    step.set(speaking=True, speech_start_ms=ev.speech_start_ms, overlap_segment=ev.segment_id)
+    reply = step.state.reply
+    if step.params.backchannel_pause_playout and reply is not None and reply.playing:
+        step.emit(PausePlayout, reply_id=reply.reply_id)
+        step.set(reply=replace(reply, paused=True))
+    step.goto(Phase.USER_OVERLAP, "user speech over bot")
+    _check_barge_in(step)
+
+
+def _overlap_continues(step: _Step, ev: VadSpeechStart) -> None:
+    """Speech again while bot audio is held after a short overlap: the same overlap goes on."""
+    s = step.state
+    if s.speaking or ev.probability < step.params.min_speech_probability:
+        return
+    step.set(speaking=True, speech_start_ms=ev.speech_start_ms, silence_since_ms=None, overlap_segment=ev.segment_id)
+    _check_barge_in(step)
+
+
+def _overlap_ends(step: _Step, ev: VadSpeechStop) -> None:
+    s = step.state
+    if ev.segment_id != s.overlap_segment or not s.speaking:
+        return
+    onset = s.speech_start_ms if s.speech_start_ms is not None else ev.speech_end_ms
+    if s.overlap_speech_ms + ev.speech_end_ms - onset + TIME_EPSILON_MS >= step.params.min_barge_in_ms:
+        step.set(speaking=False, silence_since_ms=ev.speech_end_ms)
+        _barge_in(step)  # the speech, up to its end, was long enough
+        return
+    step.set(
+        speaking=False,
+        silence_since_ms=ev.speech_end_ms,
+        overlap_speech_ms=s.overlap_speech_ms + max(0.0, ev.speech_end_ms - onset),
+        speech_start_ms=None,
+    )
+    reply = step.state.reply
+    held = reply is not None and reply.paused
+    if not held or _due(step, _RESUME):
+        _backchannel_over(step)
+
+
 # ------------------------------------------------------------------ the table
+
+
+S, US, UP, BR, UO = (
+    Phase.SILENCE,
+    Phase.USER_SPEAKING,
+    Phase.USER_PAUSED,
+    Phase.BOT_REPLYING,
+    Phase.USER_OVERLAP,
+)
+
+TIMERS: dict[Phase, tuple[Timer, ...]] = {
+    US: (Timer("pause", _pause_due, _pause_begins, "silence >= pause_ms: pause, speculate"),),
+    UP: (
+        Timer(
+            "end_of_turn",
+            _end_of_turn_due,
+            _end_of_turn,
+            "silence >= the end-of-turn wait (+ asr_final_timeout_ms while a final is due): commit or start fresh",
+        ),
+    ),
+    UO: (_BARGE_IN, _RESUME),
+}
+"""Every timing rule, by the phase it runs in. The tick handler fires the one that is due and
+:func:`next_deadline_ms` asks them when the next is due: one definition, so a tick at a deadline
+always acts, and the ticker never needs to retry. A phase's timers are never due together
+(barge-in runs while the user speaks, the others while silent)."""
 
 
 @dataclass(frozen=True)
@@ -535,21 +721,12 @@ def _rule(handler: Handler, *targets: Phase, note: str = "") -> Rule:
     return Rule(handler, targets, note or (handler.__doc__ or handler.__name__).strip("_ ").replace("_", " "))
 
 
-S, US, UP, BR, UO = (
-    Phase.SILENCE,
-    Phase.USER_SPEAKING,
-    Phase.USER_PAUSED,
-    Phase.BOT_REPLYING,
-    Phase.USER_OVERLAP,
-)
-
 CONTROLLER_INPUTS: tuple[type[Event], ...] = (
     VadSpeechStart,
     VadSpeechStop,
     AsrPartial,
     AsrFinal,
     EndOfTurnProbability,
-    ReplyReady,
     PlayoutStarted,
     PlayoutDone,
     PlayoutStopped,
@@ -557,10 +734,13 @@ CONTROLLER_INPUTS: tuple[type[Event], ...] = (
     Tick,
 )
 """Every event type the controller consumes. Playout progress is not one: no rule needs it, and on
-Ray it would cross to the controller's host five times a second for nothing."""
+Ray it would cross to the controller's host five times a second for nothing. Nor is ReplyReady: no
+rule waits for audio to be ready (playout starts a committed reply's audio when it has some)."""
 
 _STALE = "stale: belongs to a reply that is no longer current"
 _NOT_NOW = "the bot never starts talking over the user or itself"
+_LATE_DONE = "late done of a stopped reply; the live one played uncommitted: cancel it"
+_LATE_STOP = "truncate a stopped reply's history; the live one played uncommitted: cancel it"
 
 TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
     S: {
@@ -569,10 +749,9 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         AsrPartial: _ignore("text of speech outside any turn (noise, backchannel)"),
         AsrFinal: _ignore("text of speech outside any turn (noise, backchannel)"),
         EndOfTurnProbability: _ignore("no turn to end"),
-        ReplyReady: _ignore(_STALE),
         PlayoutStarted: _ignore(_STALE),
-        PlayoutDone: _rule(_playout_done, note="late done of a stopped reply"),
-        PlayoutStopped: _rule(_playout_stopped, note="truncate history to what was played"),
+        PlayoutDone: _rule(_late_playout_done, note=_LATE_DONE),
+        PlayoutStopped: _rule(_late_playout_stopped, note=_LATE_STOP),
         SpeakRequest: _rule(_bot_speaks_first, BR, note="the bot speaks first (a greeting)"),
         Tick: _ignore("nothing is timed in silence"),
     },
@@ -580,27 +759,25 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         VadSpeechStart: _rule(_speech_continues, note="speech resumes after a short gap"),
         VadSpeechStop: _rule(_speech_stops, note="silence timing starts"),
         AsrPartial: _ignore("partials are for display; the final decides"),
-        AsrFinal: _rule(_final_transcript, note="record the segment's transcript"),
+        AsrFinal: _rule(_record_final, note="record the segment's transcript"),
         EndOfTurnProbability: _rule(_eot_probability, note="adjusts the end-of-turn silence"),
-        ReplyReady: _ignore(_STALE),
         PlayoutStarted: _ignore(_STALE),
-        PlayoutDone: _rule(_playout_done, note="late done of a stopped reply"),
-        PlayoutStopped: _rule(_playout_stopped, note="truncate history to what was played"),
+        PlayoutDone: _rule(_late_playout_done, note=_LATE_DONE),
+        PlayoutStopped: _rule(_late_playout_stopped, note=_LATE_STOP),
         SpeakRequest: _ignore(_NOT_NOW),
-        Tick: _rule(_tick_user_speaking, UP, BR, S, note="silence >= pause_ms: pause, speculate"),
+        Tick: _rule(_tick, UP, BR, S, note="timers: pause (then end of turn, if also due)"),
     },
     UP: {
-        VadSpeechStart: _rule(_speech_continues, US, note="user resumes: cancel speculation"),
+        VadSpeechStart: _rule(_user_resumes, US, note="user resumes: cancel speculation"),
         VadSpeechStop: _rule(_speech_stops, note="silence timing starts"),
         AsrPartial: _ignore("partials are for display; the final decides"),
-        AsrFinal: _rule(_final_transcript, note="record the transcript; speculate on it"),
+        AsrFinal: _rule(_final_in_pause, note="record the transcript; speculate on it"),
         EndOfTurnProbability: _rule(_eot_probability, note="adjusts the end-of-turn silence"),
-        ReplyReady: _rule(_reply_ready, note="the speculative reply has audio"),
         PlayoutStarted: _ignore(_STALE),
-        PlayoutDone: _rule(_playout_done, note="late done of a stopped reply"),
-        PlayoutStopped: _rule(_playout_stopped, note="truncate history to what was played"),
+        PlayoutDone: _rule(_late_playout_done, note=_LATE_DONE),
+        PlayoutStopped: _rule(_late_playout_stopped, note=_LATE_STOP),
         SpeakRequest: _ignore(_NOT_NOW),
-        Tick: _rule(_tick_user_paused, BR, S, note="end of turn: commit latest reply or start fresh"),
+        Tick: _rule(_tick, BR, S, note="timer: end of turn, commit latest reply or start fresh"),
     },
     BR: {
         VadSpeechStart: _rule(_overlap_begins, UO, US, note="user speech over the bot"),
@@ -608,10 +785,9 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         AsrPartial: _ignore("text of a backchannel or noise"),
         AsrFinal: _ignore("text of a backchannel or noise"),
         EndOfTurnProbability: _ignore("the user's turn has ended"),
-        ReplyReady: _rule(_reply_ready, note="the committed reply has audio"),
         PlayoutStarted: _rule(_playout_started, note="bot audio is out"),
-        PlayoutDone: _rule(_playout_done, S, note="reply played to its end"),
-        PlayoutStopped: _rule(_playout_stopped, S, note="playout ended early: keep what was heard"),
+        PlayoutDone: _rule(_reply_played, S, note="reply played to its end"),
+        PlayoutStopped: _rule(_playout_ended_early, S, note="playout ended early: keep what was heard"),
         SpeakRequest: _ignore(_NOT_NOW),
         Tick: _ignore("nothing is timed while the bot speaks alone"),
     },
@@ -621,12 +797,11 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         AsrPartial: _ignore("the overlap's length decides, not its text"),
         AsrFinal: _ignore("the overlap's length decides, not its text"),
         EndOfTurnProbability: _ignore("the user's turn has ended"),
-        ReplyReady: _rule(_reply_ready, note="the committed reply has audio"),
-        PlayoutStarted: _rule(_playout_started, note="bot audio is out (held if backchannel pause)"),
-        PlayoutDone: _rule(_playout_done, US, S, note="bot finished: the user holds the floor"),
-        PlayoutStopped: _rule(_playout_stopped, US, S, note="playout ended early: the user holds the floor"),
+        PlayoutStarted: _rule(_playout_started_in_overlap, note="bot audio is out (held if backchannel pause)"),
+        PlayoutDone: _rule(_reply_played_in_overlap, US, S, note="bot finished: the user holds the floor"),
+        PlayoutStopped: _rule(_playout_ended_in_overlap, US, S, note="playout ended early: the user holds the floor"),
         SpeakRequest: _ignore(_NOT_NOW),
-        Tick: _rule(_tick_overlap, US, BR, note="barge-in at min_barge_in_ms of speech; resume after resume_after_ms"),
+        Tick: _rule(_tick, US, BR, note="timers: barge-in at min_barge_in_ms of speech; resume after resume_after_ms"),
     },
 }
 
@@ -640,9 +815,14 @@ def rule_for(phase: Phase, kind: type[Event]) -> Rule:
 
 
 def step(
-    state: ControllerState, event: Event, now_ms: float, params: PolicyParams
+    state: ControllerState, event: Event, now_ms: float, params: PolicyParams, strict: bool = True
 ) -> tuple[ControllerState, list[Event]]:
-    """Apply one event at ``now_ms``; return the new state and the actions to carry out."""
+    """Apply one event at ``now_ms``; return the new state and the actions to carry out.
+
+    A handler that moves to a phase its rule does not declare raises :class:`UndeclaredTarget` when
+    ``strict`` (tests, the simulator); otherwise (a live session) the step becomes an error event and
+    a safe reset to Silence instead, so a hole in the table never crashes a call.
+    """
     if now_ms < state.now_ms:
         raise ClockWentBackwards(f"controller time went backwards: {now_ms} ms after {state.now_ms} ms ({event.kind})")
     rule = rule_for(state.phase, type(event))
@@ -651,40 +831,66 @@ def step(
         return state, []
     work = _Step(state, params, now_ms, event.kind)
     rule.handler(work, event)
+    target = work.state.phase
+    if target is not state.phase and target not in rule.targets:
+        violation = UndeclaredTarget(state.phase, type(event), target)
+        if strict:
+            raise violation
+        return safe_reset(state, params, now_ms, str(violation))
+    return work.state, work.actions
+
+
+def safe_reset(
+    state: ControllerState, params: PolicyParams, now_ms: float, why: str
+) -> tuple[ControllerState, list[Event]]:
+    """Back to Silence from ``state``: an error event, the live reply's playout stopped and the reply
+    cancelled, every timer and turn fact cleared (turn and reply numbering go on)."""
+    work = _Step(state, params, now_ms, "reset")
+    work.emit(ErrorEvent, source="controller", message=f"{why}; reset to Silence")
+    reply = state.reply
+    if reply is not None:
+        work.emit(StopPlayout, reply_id=reply.reply_id)
+        work.cancel_reply("controller_reset")
+    work.goto(Phase.SILENCE, "reset after a rule violation")
+    work.set(
+        speaking=False,
+        speech_start_ms=None,
+        silence_since_ms=None,
+        turn_segments=frozenset(),
+        awaiting_final=frozenset(),
+        transcript=(),
+        eot_probability=None,
+        stopping_reply_id=None,
+        overlap_segment=None,
+        overlap_speech_ms=0.0,
+    )
     return work.state, work.actions
 
 
 def next_deadline_ms(state: ControllerState, params: PolicyParams) -> float | None:
-    """When the next timing rule could fire, so a driver can tick exactly then, not a frame late."""
-    if state.phase in (Phase.USER_SPEAKING, Phase.USER_PAUSED):
-        if state.speaking or state.silence_since_ms is None:
-            return None
-        if state.phase is Phase.USER_SPEAKING:
-            return state.silence_since_ms + params.pause_ms
-        eot_ms = params.effective_end_of_turn_ms(state.eot_probability)
-        if state.awaiting_final:
-            eot_ms += params.asr_final_timeout_ms
-        return state.silence_since_ms + eot_ms
-    if state.phase is Phase.USER_OVERLAP and state.speaking and state.speech_start_ms is not None:
-        return state.speech_start_ms + params.min_barge_in_ms - state.overlap_speech_ms
-    if state.phase is Phase.USER_OVERLAP and state.silence_since_ms is not None:
-        return state.silence_since_ms + params.resume_after_ms
-    return None
+    """When the next timer of the phase comes due (:data:`TIMERS`), so a driver can tick exactly then."""
+    due = [d for timer in TIMERS.get(state.phase, ()) if (d := timer.due_ms(state, params)) is not None]
+    return min(due, default=None)
 
 
 @dataclass
 class Controller:
-    """Holds a :class:`ControllerState` and applies events to it; still pure, no I/O."""
+    """Holds a :class:`ControllerState` and applies events to it; still pure, no I/O.
+
+    ``strict``: a rule that moves to a target it does not declare raises (tests, the simulator);
+    off, it becomes an error event and a safe reset (a live session).
+    """
 
     session_id: str
     params: PolicyParams = field(default_factory=PolicyParams)
+    strict: bool = True
     state: ControllerState = field(init=False)
 
     def __post_init__(self) -> None:
         self.state = ControllerState(session_id=self.session_id)
 
     def handle(self, event: Event, now_ms: float) -> list[Event]:
-        self.state, actions = step(self.state, event, now_ms, self.params)
+        self.state, actions = step(self.state, event, now_ms, self.params, self.strict)
         return actions
 
     @property

@@ -187,25 +187,10 @@ def scripted_engines(
 
 def policy_with(base: PolicyParams, overrides: PolicyOverrides) -> PolicyParams:
     """``base`` with overrides applied; raises WireError(BAD_POLICY) naming the bad parameter."""
-    names = set(PolicyParams.field_names())
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise WireError(
-            ErrorCode.BAD_POLICY,
-            f"unknown policy parameter(s) {unknown}; see `duplexer policy show` for the names",
-        )
-    for name, value in overrides.items():
-        default = getattr(base, name)
-        if isinstance(default, bool) != isinstance(value, bool):
-            kind = "true or false" if isinstance(default, bool) else "a number"
-            raise WireError(ErrorCode.BAD_POLICY, f"policy parameter {name} must be {kind}, got {value!r}")
-        if isinstance(default, int) and not isinstance(default, bool) and value != round(value):
-            raise WireError(ErrorCode.BAD_POLICY, f"policy parameter {name} must be an integer")
-    changes: dict[str, Any] = dict(overrides)
     try:
-        return replace(base, **changes)
-    except (TypeError, ValueError) as exc:
-        raise WireError(ErrorCode.BAD_POLICY, str(exc)) from None
+        return base.with_overrides(overrides)
+    except ValueError as exc:
+        raise WireError(ErrorCode.BAD_POLICY, f"{exc}; see `duplexer policy show`") from None
 
 
 class BrokerLoginRefused(RuntimeError):

@@ -126,6 +126,8 @@ class StartReply(Event):
     reply_id: str
     user_text: str
     speculative: bool
+    prerender: bool = True
+    """Synthesize its audio before it is committed (the policy's ``speculative_tts``)."""
     priority: ClassVar[Priority] = Priority.CONTROL
 
 

@@ -78,10 +78,10 @@ def parse_sweep(items: Sequence[str]) -> dict[str, list[float]]:
     return grid
 
 
-def make_params(overrides: dict[str, Any]) -> PolicyParams:
+def make_params(overrides: dict[str, Any], base: PolicyParams | None = None) -> PolicyParams:
     try:
-        return replace(PolicyParams(), **overrides)
-    except (ValueError, TypeError) as exc:
+        return (base or PolicyParams()).with_overrides(overrides)
+    except ValueError as exc:
         raise UsageError(f"--set: {exc}") from None
 
 

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import json
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from duplexer.actors.asr import AsrParams
@@ -161,6 +161,7 @@ def _pipeline_config(scenario: Scenario, params: PolicyParams) -> PipelineConfig
     models = scenario.engines
     return PipelineConfig(
         policy=params,
+        strict_policy=True,
         vad=VadParams(min_speech_ms=models.vad.onset_lag_ms, min_silence_ms=models.vad.offset_lag_ms),
         asr=AsrParams(partial_interval_ms=models.asr.partial_interval_ms),
     )
@@ -168,12 +169,8 @@ def _pipeline_config(scenario: Scenario, params: PolicyParams) -> PipelineConfig
 
 def policy_for(scenario: Scenario, base: PolicyParams, source: str) -> PolicyParams:
     """The base parameters with the scenario's own overrides applied; unknown names are errors."""
-    known = set(PolicyParams.field_names())
-    for key in scenario.policy:
-        if key not in known:
-            raise ScenarioError(f"{source}: policy.{key}: unknown field (known: {', '.join(sorted(known))})")
     try:
-        return replace(base, **scenario.policy)  # type: ignore[arg-type]
+        return base.with_overrides(scenario.policy)
     except ValueError as exc:
         raise ScenarioError(f"{source}: policy: {exc}") from None
 
@@ -479,6 +476,9 @@ async def _simulate(
     while (event := recorder.get_nowait()) is not None:
         events.append(event)
     await session.stop()
+    controller: Any = actors.get("controller")
+    if controller is not None and controller.violation is not None:
+        raise controller.violation  # the table broke its own promise: a bug, never a figure
     playout: Any = actors["playout"]
     return SimRun(
         scenario=scenario.name,
