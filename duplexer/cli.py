@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
     "duplexer.sims.cli",
-    "duplexer.policies.cli",
+    "duplexer.policy_cli",
     "duplexer.sims.demo_cli",
     "duplexer.protocols.mqtt_cli",
     "duplexer.protocols.webrtc_cli",

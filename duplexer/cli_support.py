@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from duplexer.runtime.console import progress
+
+if TYPE_CHECKING:
+    from duplexer.policies.controller import PolicyParams
 
 EXIT_BAD_INPUT = 2
 
@@ -13,6 +17,28 @@ def fail(message: str) -> int:
     """Print ``duplexer: error: MESSAGE`` on stderr and return the bad-input exit code."""
     progress(f"duplexer: error: {message}")
     return EXIT_BAD_INPUT
+
+
+def add_policy_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--policy NAME``: the policy preset a command runs (``duplexer policy show`` lists them)."""
+    from duplexer.policies.controller import POLICY_PRESETS
+
+    parser.add_argument(
+        "--policy",
+        default=default,
+        metavar="NAME",
+        help=f"turn-taking policy preset: {', '.join(POLICY_PRESETS)} (default: {default})",
+    )
+
+
+def chosen_policy(args: argparse.Namespace) -> PolicyParams:
+    """The preset ``--policy`` names; a ValueError listing the names when there is none."""
+    from duplexer.policies.controller import preset
+
+    try:
+        return preset(args.policy)
+    except ValueError as exc:
+        raise ValueError(f"--policy: {exc}") from None
 
 
 def positive_int(text: str) -> int:

@@ -267,3 +267,45 @@ def test_serve_and_mqtt_help_explain_the_executor_and_shared_engines(
     assert "--share KINDS" in text and "asr, llm, tts" in text
     assert "--llm-gpus N" in text and "GPUs per LLM replica" in text
     assert "--share llm --llm-gpus 1" in text and "docs/deploy.md" in text
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sim", str(SCENARIOS / "plain_single_turn.yaml")],
+        ["demo"],
+        ["talk", "--mic"],
+        TRANSPORTS["serve"],
+        TRANSPORTS["mqtt"],
+        ["policy", "show"],
+    ],
+    ids=["sim", "demo", "talk", "serve", "mqtt", "policy-show"],
+)
+def test_every_policy_command_refuses_an_unknown_preset_with_exit_2_listing_the_names(
+    command: list[str], capsys: pytest.CaptureFixture[str], logging_restored: None
+) -> None:
+    assert main([*command, "--policy", "brisk"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("duplexer: error: --policy") and "\n" not in err
+    assert "'brisk'" in err and "default, live" in err
+
+
+def test_policy_show_prints_a_chosen_preset_and_lists_them_all() -> None:
+    from duplexer.policies.controller import LIVE_CALL_POLICY
+
+    shown = run_cli("policy", "show", "--policy", "live")
+    assert shown.returncode == 0 and "parameters (preset live):" in shown.stdout
+    assert f"resume_after_ms = {LIVE_CALL_POLICY.resume_after_ms}" in shown.stdout
+    plain = run_cli("policy", "show")
+    assert "parameters (defaults):" in plain.stdout and "resume_after_ms = 0.0" in plain.stdout
+    assert "presets (select with --policy NAME): default, live" in plain.stdout
+
+
+def test_sim_runs_the_chosen_preset_under_its_overrides(tmp_path: Path) -> None:
+    from duplexer.policies.controller import LIVE_CALL_POLICY
+
+    scenario = str(SCENARIOS / "plain_single_turn.yaml")
+    args = ["--report", str(tmp_path), "--quiet", "--no-plots", "--policy", "live", "--set", "min_barge_in_ms=450"]
+    assert main(["sim", scenario, *args]) == 0
+    policy = json.loads((tmp_path / "summary.json").read_text())["policy"]
+    assert policy["resume_after_ms"] == LIVE_CALL_POLICY.resume_after_ms and policy["min_barge_in_ms"] == 450

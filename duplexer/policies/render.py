@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from duplexer.policies.controller import CONTROLLER_INPUTS, TRANSITIONS, PolicyParams
+from duplexer.policies.controller import CONTROLLER_INPUTS, POLICY_PRESETS, TIMERS, TRANSITIONS, PolicyParams
 
 
 def _rows() -> list[tuple[str, str, str, str]]:
@@ -20,7 +20,8 @@ def _rows() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def render_table() -> str:
+def render_table(params: PolicyParams | None = None, name: str | None = None) -> str:
+    """The table, the timers, and the parameters of ``params`` (the defaults when None)."""
     rows = [("state", "event", "next state(s)", "rule"), *_rows()]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = []
@@ -28,10 +29,14 @@ def render_table() -> str:
         lines.append(f"{state:<{widths[0]}}  {event:<{widths[1]}}  {target:<{widths[2]}}  {note}")
         if i == 0:
             lines.append("-" * (sum(widths) + 6 + len("rule")))
-    defaults = PolicyParams()
-    lines += ["", "parameters (defaults):"]
+    lines += ["", "timers (a tick fires the one that is due):"]
+    for phase, timers in TIMERS.items():
+        lines += [f"  {phase.value}: {timer.name}: {timer.note}" for timer in timers]
+    shown = params or PolicyParams()
+    lines += ["", "parameters (defaults):" if name is None else f"parameters (preset {name}):"]
     for f in fields(PolicyParams):
-        lines.append(f"  {f.name} = {getattr(defaults, f.name)}")
+        lines.append(f"  {f.name} = {getattr(shown, f.name)}")
+    lines += ["", f"presets (select with --policy NAME): {', '.join(POLICY_PRESETS)}"]
     return "\n".join(lines)
 
 
@@ -58,5 +63,8 @@ def render_dot() -> str:
     return "\n".join(lines)
 
 
-def render(fmt: str) -> str:
-    return {"table": render_table, "mermaid": render_mermaid, "dot": render_dot}[fmt]()
+def render(fmt: str, params: PolicyParams | None = None, name: str | None = None) -> str:
+    """``table`` shows ``params`` (the defaults when None); the diagrams are the same for every preset."""
+    if fmt == "table":
+        return render_table(params, name)
+    return {"mermaid": render_mermaid, "dot": render_dot}[fmt]()

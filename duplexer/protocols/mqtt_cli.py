@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from duplexer.cli_support import fail
+from duplexer.cli_support import add_policy_argument, chosen_policy, fail
 from duplexer.protocols.executor_cli import add_transport_executor_arguments
 
 PASSWORD_ENV = "DUPLEXER_MQTT_PASSWORD"
@@ -93,7 +93,6 @@ async def _serve(bridge: Any, preflight: Any) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from duplexer.actors.pipeline import PipelineConfig
-    from duplexer.policies.controller import PolicyParams
     from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
     from duplexer.protocols.mqtt import BridgeConfig, MqttBridge, policy_with, scripted_engines
     from duplexer.protocols.mqtt_connection import broker_settings
@@ -106,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         broker = broker_settings(args.broker, args.username, password, args.tls, args.ca_file, args.tls_insecure)
         topics = Topics(args.prefix)
         overrides = parse_policy_sets(args.set)
+        base_policy = chosen_policy(args)
         share_request(args)  # checked here too, so every bad option stops the command before Ray starts
     except ValueError as exc:
         return fail(str(exc))
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if not valid_device_id(args.bridge_id):
         return fail(f"--bridge-id {args.bridge_id!r} is not valid: use 1-64 of A-Z a-z 0-9 _ . -")
     try:
-        policy = policy_with(PolicyParams(), overrides)
+        policy = policy_with(base_policy, overrides)
     except WireError as exc:
         return fail(f"--set: {exc.message}")
     preflight = None
@@ -187,4 +187,5 @@ def register(commands: Any) -> None:
     )
     mqtt.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
     add_transport_executor_arguments(mqtt)
+    add_policy_argument(mqtt, "default")
     mqtt.set_defaults(handler=run)

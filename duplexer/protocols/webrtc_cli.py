@@ -9,7 +9,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from duplexer.cli_support import fail
+from duplexer.cli_support import add_policy_argument, chosen_policy, fail
 from duplexer.protocols.executor_cli import add_transport_executor_arguments
 
 TOKEN_ENV = "DUPLEXER_TOKEN"
@@ -57,6 +57,7 @@ async def _serve(server: Any, preload: Any) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from duplexer.actors.pipeline import PipelineConfig
     from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
     from duplexer.protocols.webrtc_call import CallSettings
     from duplexer.protocols.webrtc_engines import (
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--connect-timeout and --media-timeout must be positive seconds")
         share_request(args)  # checked here too, so every bad option stops the command before Ray starts
         settings = CallSettings(
+            pipeline=PipelineConfig(policy=chosen_policy(args)),
             connect_timeout_s=args.connect_timeout,
             media_timeout_s=args.media_timeout,
             debug=args.debug,
@@ -179,4 +181,5 @@ def register(commands: Any) -> None:
     )
     serve.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
     add_transport_executor_arguments(serve)
+    add_policy_argument(serve, "live")
     serve.set_defaults(handler=run)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from duplexer.cli_support import fail
+from duplexer.cli_support import add_policy_argument, chosen_policy, fail
 from duplexer.runtime.console import say
 from duplexer.runtime.executors import add_executor_arguments, session_maker
 
@@ -36,14 +36,15 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     progress = not args.quiet and sys.stderr.isatty()
     try:
+        policy = chosen_policy(args)
         runner = _runner(args, progress)
-    except (ValueError, RuntimeError) as exc:  # a bad placement, or no Ray
+    except (ValueError, RuntimeError) as exc:  # a bad preset or placement, or no Ray
         return fail(str(exc))
     try:
         overrides = parse_overrides(args.set)
         if args.sweep:
             grid = parse_sweep(args.sweep)
-            rows = run_sweep(args.paths, args.report, args.seed, overrides, grid, progress=progress)
+            rows = run_sweep(args.paths, args.report, args.seed, overrides, grid, progress=progress, policy=policy)
             keys = list(grid)
             say(" ".join(f"{k:>16}" for k in keys) + f" {'lat p50 ms':>10} {'takeover':>8}")
             for row in rows:
@@ -55,7 +56,14 @@ def run(args: argparse.Namespace) -> int:
         if args.sweep and runner is not None:
             raise UsageError("--sweep runs on the virtual clock only; leave out --executor ray and --real-time")
         summary = run_scenarios(
-            args.paths, args.report, args.seed, overrides, plots=not args.no_plots, progress=progress, runner=runner
+            args.paths,
+            args.report,
+            args.seed,
+            overrides,
+            plots=not args.no_plots,
+            progress=progress,
+            runner=runner,
+            policy=policy,
         )
     except (ScenarioError, UsageError) as exc:
         return fail(str(exc))
@@ -94,12 +102,13 @@ def register(commands: Any) -> None:
     sim.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="scenario files or folders")
     sim.add_argument("--report", type=Path, default=Path("out"), metavar="DIR", help="output folder (default: out)")
     sim.add_argument("--seed", type=int, default=0, help="seed for latency jitter (default: 0)")
+    add_policy_argument(sim, "default")
     sim.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a policy parameter, e.g. --set pause_ms=250 (see `duplexer policy show`)",
+        help="override a parameter of the --policy preset, e.g. --set pause_ms=250 (see `duplexer policy show`)",
     )
     sim.add_argument(
         "--sweep",

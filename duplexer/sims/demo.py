@@ -23,7 +23,7 @@ from duplexer.actors.engines import AudioSink
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.actors.tts import TtsParams
 from duplexer.actors.vad import VadParams
-from duplexer.policies.controller import LIVE_CALL_POLICY
+from duplexer.policies.controller import LIVE_CALL_POLICY, PolicyParams
 from duplexer.runtime.clock import LoopClock
 from duplexer.runtime.events import (
     FRAME_MS,
@@ -103,9 +103,9 @@ def build_user_side(
     return scenario, clips
 
 
-def demo_config(persona: Persona | None) -> PipelineConfig:
+def demo_config(persona: Persona | None, policy: PolicyParams = LIVE_CALL_POLICY) -> PipelineConfig:
     tts = TtsParams(default_instructions=persona.tts_instructions if persona else ())
-    return PipelineConfig(policy=LIVE_CALL_POLICY, vad=VadParams(), asr=WHISPER_ASR, tts=tts)
+    return PipelineConfig(policy=policy, vad=VadParams(), asr=WHISPER_ASR, tts=tts)
 
 
 def _reply_for_step(run: SimRun, index: int) -> str | None:
@@ -271,12 +271,13 @@ async def run_demo(
     compare: bool = True,
     turns: Sequence[DemoTurn] = DEMO_TURNS,
     speculation_first: bool = True,
+    policy: PolicyParams = LIVE_CALL_POLICY,
 ) -> tuple[LiveRun, LiveRun | None, list[dict[str, Any]], dict[str, Any]]:
     """The demo conversation with speculation on and, with ``compare``, off; ``speculation_first``
     says which runs first (a benchmark alternates it, so neither run always meets the warmer caches)."""
     greeting = persona.greeting if persona else ""
     scenario, clips = build_user_side(synthesize, turns, after_greeting=bool(greeting))
-    config = demo_config(persona)
+    config = demo_config(persona, policy)
     prompt = persona.system_prompt if persona else None
 
     async def live(speculation: bool) -> LiveRun:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from duplexer.cli_support import fail, positive_int
+from duplexer.cli_support import add_policy_argument, chosen_policy, fail, positive_int
 from duplexer.runtime.console import progress, say
 
 
@@ -65,11 +65,14 @@ def _demo(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     try:
+        policy = chosen_policy(args)
         persona, make_engines, synthesize = _setup(args)
     except (ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
     progress("running the conversation in real time, with speculation on, then off...")
-    on, _, records, summary = asyncio.run(run_demo(make_engines, synthesize, persona, compare=not args.no_compare))
+    on, _, records, summary = asyncio.run(
+        run_demo(make_engines, synthesize, persona, compare=not args.no_compare, policy=policy)
+    )
     write_outputs(args.out, "demo", on, records, summary)
     say(table(records, summary))
     say(f"wrote {args.out / 'demo.wav'}, {args.out / 'demo.json'} and {args.out / 'demo_timeline.png'}")
@@ -86,6 +89,10 @@ def _talk(args: argparse.Namespace) -> int:
     from duplexer.sims.persona import PersonaError
 
     configure_logging(args.log_level)
+    try:
+        chosen_policy(args)  # a bad preset stops the command before any model loads
+    except ValueError as exc:
+        return fail(str(exc))
     if args.mic:
         return _talk_mic(args)
     if args.file is None:
@@ -96,7 +103,7 @@ def _talk(args: argparse.Namespace) -> int:
         persona, make_engines, _ = _setup(args)
     except (WavError, ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
-    config = demo_config(persona)
+    config = demo_config(persona, chosen_policy(args))
     run = asyncio.run(run_live(scenario, clips, make_engines, config, persona.system_prompt if persona else None))
     records = turn_records(run, None)
     summary = summarize_demo(records, run, None)
@@ -129,7 +136,8 @@ def _talk_mic(args: argparse.Namespace) -> int:
         prompt = persona.system_prompt if persona else None
         greeting = persona.greeting if persona else ""
         try:
-            run = asyncio.run(talk_live(devices, make_engines, demo_config(persona), prompt, greeting))
+            config = demo_config(persona, chosen_policy(args))
+            run = asyncio.run(talk_live(devices, make_engines, config, prompt, greeting))
         except MicrophoneUnavailable as exc:
             return fail(str(exc))
     finally:
@@ -233,6 +241,7 @@ def register(commands: Any) -> None:
     demo.add_argument("--persona", type=Path, help="persona YAML (see personas/)")
     demo.add_argument("--no-compare", action="store_true", help="skip the speculation-off run")
     demo.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
+    add_policy_argument(demo, "live")
     add_llm_arguments(demo)
     demo.set_defaults(handler=_demo)
 
@@ -255,5 +264,6 @@ def register(commands: Any) -> None:
         "--persona", type=Path, help="persona YAML (see personas/); its greeting is not spoken over a recording"
     )
     talk.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
+    add_policy_argument(talk, "live")
     add_llm_arguments(talk)
     talk.set_defaults(handler=_talk)

@@ -119,9 +119,11 @@ def run_scenarios(
     plots: bool = True,
     progress: bool = True,
     runner: Runner | None = None,
+    policy: PolicyParams | None = None,
 ) -> dict[str, Any]:
-    """Replay every scenario with speculation as configured and with it off; write the report."""
-    base = make_params(overrides)
+    """Replay every scenario with speculation as configured and with it off; write the report.
+    ``policy`` is the preset the overrides apply to (the defaults when None)."""
+    base = make_params(overrides, policy)
     prepared = _prepare(paths, base)
     from duplexer.sims.plots import plot_timeline
 
@@ -209,6 +211,7 @@ def run_sweep(
     overrides: dict[str, Any],
     grid: dict[str, list[float]],
     progress: bool = True,
+    policy: PolicyParams | None = None,
 ) -> list[dict[str, Any]]:
     """Every combination of the swept parameters over all scenarios; CSV plus Pareto plot."""
     from duplexer.sims.plots import plot_pareto
@@ -216,7 +219,7 @@ def run_sweep(
     combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     prepared_per_combo = []
     for combo in combos:  # validate every combination before running any
-        params = make_params({**overrides, **combo})
+        params = make_params({**overrides, **combo}, policy)
         prepared_per_combo.append((combo, _prepare(paths, params)))
     rows: list[dict[str, Any]] = []
     total = sum(len(p) for _, p in prepared_per_combo)
