@@ -6,7 +6,8 @@ Every rule that decides when the bot speaks, speculates or yields lives in this
 file: the parameters (:class:`PolicyParams`), the transition table
 (:data:`TRANSITIONS`) and the handlers it names. Nothing here does I/O or
 reads a clock; the caller passes ``now_ms``, so the simulator, the server and
-the robot run the same policy.
+the robot run the same policy. The vocabulary the rules are written in (phases,
+state, the shapes of a rule and a timer) is :mod:`duplexer.policies.state`.
 
 Phases::
 
@@ -35,12 +36,25 @@ asks it when it is due, so the two never disagree.
 
 from __future__ import annotations
 
-import enum
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import Any
 
+from duplexer.policies.state import (
+    TIME_EPSILON_MS,
+    ClockWentBackwards,
+    ControllerError,
+    ControllerState,
+    Handler,
+    Phase,
+    Reply,
+    Rule,
+    Step,
+    Timer,
+    UndeclaredTarget,
+    UndeclaredTransition,
+)
 from duplexer.runtime.events import (
     AsrFinal,
     AsrPartial,
@@ -57,8 +71,6 @@ from duplexer.runtime.events import (
     SpeakRequest,
     SpeakText,
     StartPlayout,
-    StartReply,
-    StateChanged,
     StopPlayout,
     Tick,
     TruncateHistory,
@@ -66,16 +78,30 @@ from duplexer.runtime.events import (
     VadSpeechStop,
 )
 
-E = TypeVar("E", bound=Event)
-
-
-class Phase(enum.StrEnum):
-    SILENCE = "Silence"
-    USER_SPEAKING = "UserSpeaking"
-    USER_PAUSED = "UserPaused"
-    BOT_REPLYING = "BotReplying"
-    USER_OVERLAP = "UserOverlap"
-
+__all__ = [
+    "CONTROLLER_INPUTS",
+    "LIVE_CALL_POLICY",
+    "POLICY_PRESETS",
+    "TIMERS",
+    "TIME_EPSILON_MS",
+    "TRANSITIONS",
+    "ClockWentBackwards",
+    "Controller",
+    "ControllerError",
+    "ControllerState",
+    "Phase",
+    "PolicyParams",
+    "Reply",
+    "Rule",
+    "Timer",
+    "UndeclaredTarget",
+    "UndeclaredTransition",
+    "next_deadline_ms",
+    "preset",
+    "rule_for",
+    "safe_reset",
+    "step",
+]
 
 # ------------------------------------------------------------------ parameters
 
@@ -195,158 +221,20 @@ def preset(name: str) -> PolicyParams:
         raise ValueError(f"unknown policy preset {name!r} (known: {', '.join(POLICY_PRESETS)})") from None
 
 
-# ------------------------------------------------------------------ state
-
-
-@dataclass(frozen=True)
-class Reply:
-    """The reply in flight, as far as a rule needs it (its whole life: :mod:`duplexer.policies.reply`)."""
-
-    reply_id: str
-    user_text: str
-    playing: bool = False
-    paused: bool = False
-
-
-@dataclass(frozen=True)
-class ControllerState:
-    session_id: str
-    phase: Phase = Phase.SILENCE
-    now_ms: float = 0.0
-    turn_id: int = 0
-    reply_seq: int = 0
-    speaking: bool = False
-    speech_start_ms: float | None = None
-    silence_since_ms: float | None = None
-    turn_segments: frozenset[int] = frozenset()
-    awaiting_final: frozenset[int] = frozenset()
-    transcript: tuple[tuple[int, str], ...] = ()
-    eot_probability: float | None = None
-    speculative_calls: int = 0
-    reply: Reply | None = None
-    stopping_reply_id: str | None = None
-    overlap_segment: int | None = None
-    overlap_speech_ms: float = 0.0
-    """User speech in the current overlap before its open segment (resume_after_ms joins segments)."""
-
-    @property
-    def user_text(self) -> str:
-        """The turn's final transcript so far, segment by segment."""
-        return " ".join(text for _, text in sorted(self.transcript) if text).strip()
-
-
-# ------------------------------------------------------------------ errors
-
-
-class ControllerError(Exception):
-    """The controller was driven in a way its rules do not allow."""
-
-
-class UndeclaredTransition(ControllerError):
-    def __init__(self, phase: Phase, kind: type[Event]) -> None:
-        super().__init__(
-            f"no rule for event {kind.__name__} in state {phase.value}: declare it in "
-            "duplexer.policies.controller.TRANSITIONS (as a transition or as ignored)"
-        )
-
-
-class ClockWentBackwards(ControllerError):
-    pass
-
-
-class UndeclaredTarget(ControllerError):
-    """A handler moved to a phase its rule does not declare: the table broke its own promise."""
-
-    def __init__(self, phase: Phase, kind: type[Event], target: Phase) -> None:
-        self.phase, self.kind, self.target = phase, kind, target
-        super().__init__(
-            f"rule for event {kind.__name__} in state {phase.value} moved to {target.value}, "
-            "a target it does not declare in duplexer.policies.controller.TRANSITIONS"
-        )
-
-
 # ------------------------------------------------------------------ handlers
-
-
-class _Step:
-    """Scratch space for one transition: the evolving state and the actions it emits."""
-
-    def __init__(self, state: ControllerState, params: PolicyParams, now_ms: float, reason: str) -> None:
-        self.state = state
-        self.params = params
-        self.now_ms = now_ms
-        self.actions: list[Event] = []
-        self.reason = reason
-
-    def set(self, **changes: Any) -> None:
-        self.state = replace(self.state, **changes)
-
-    def emit(self, kind: type[E], **values: Any) -> None:
-        self.actions.append(
-            kind(session_id=self.state.session_id, ts_ms=self.now_ms, turn_id=self.state.turn_id, **values)
-        )
-
-    def goto(self, phase: Phase, reason: str) -> None:
-        if phase is not self.state.phase:
-            self.emit(StateChanged, old_state=self.state.phase.value, new_state=phase.value, reason=reason)
-            self.set(phase=phase)
-
-    # -- reply bookkeeping
-
-    def start_reply(self, speculative: bool) -> Reply:
-        seq = self.state.reply_seq + 1
-        reply = Reply(reply_id=f"t{self.state.turn_id}r{seq}", user_text=self.state.user_text)
-        self.set(reply_seq=seq, reply=reply)
-        if speculative:
-            self.set(speculative_calls=self.state.speculative_calls + 1)
-        self.emit(
-            StartReply,
-            reply_id=reply.reply_id,
-            user_text=reply.user_text,
-            speculative=speculative,
-            prerender=not speculative or self.params.speculative_tts,
-        )
-        return reply
-
-    def cancel_reply(self, reason: str) -> None:
-        reply = self.state.reply
-        if reply is not None:
-            self.emit(CancelReply, reply_id=reply.reply_id, reason=reason)
-            self.set(reply=None)
-
-    def new_turn(self, segment_id: int, speech_start_ms: float) -> None:
-        self.set(
-            turn_id=self.state.turn_id + 1,
-            speaking=True,
-            speech_start_ms=speech_start_ms,
-            silence_since_ms=None,
-            turn_segments=frozenset({segment_id}),
-            awaiting_final=frozenset({segment_id}),
-            transcript=(),
-            eot_probability=None,
-            speculative_calls=0,
-            overlap_segment=None,
-            overlap_speech_ms=0.0,
-        )
-
-
-Handler = Callable[[_Step, Any], None]
-
-TIME_EPSILON_MS = 1e-6
-"""Float slack for comparing a clock reading with a deadline computed from it."""
 
 
 # -- speech and transcripts
 
 
-def _speech_starts_turn(step: _Step, ev: VadSpeechStart) -> None:
+def _speech_starts_turn(step: Step, ev: VadSpeechStart) -> None:
     if ev.probability < step.params.min_speech_probability:
         return
     step.new_turn(ev.segment_id, ev.speech_start_ms)
     step.goto(Phase.USER_SPEAKING, "speech")
 
 
-def _speech_joins_turn(step: _Step, ev: VadSpeechStart) -> bool:
+def _speech_joins_turn(step: Step, ev: VadSpeechStart) -> bool:
     """A new segment of the same turn; False for a doubtful onset, which is ignored."""
     if ev.probability < step.params.min_speech_probability:
         return False
@@ -361,22 +249,22 @@ def _speech_joins_turn(step: _Step, ev: VadSpeechStart) -> bool:
     return True
 
 
-def _speech_continues(step: _Step, ev: VadSpeechStart) -> None:
+def _speech_continues(step: Step, ev: VadSpeechStart) -> None:
     _speech_joins_turn(step, ev)
 
 
-def _user_resumes(step: _Step, ev: VadSpeechStart) -> None:
+def _user_resumes(step: Step, ev: VadSpeechStart) -> None:
     if _speech_joins_turn(step, ev):
         step.cancel_reply("user_resumed")
         step.goto(Phase.USER_SPEAKING, "user resumed")
 
 
-def _speech_stops(step: _Step, ev: VadSpeechStop) -> None:
+def _speech_stops(step: Step, ev: VadSpeechStop) -> None:
     if ev.segment_id in step.state.turn_segments:
         step.set(speaking=False, silence_since_ms=ev.speech_end_ms)
 
 
-def _final_transcript(step: _Step, ev: AsrFinal) -> bool:
+def _final_transcript(step: Step, ev: AsrFinal) -> bool:
     """Record a segment's final transcript; False when it is not of this turn."""
     s = step.state
     if ev.segment_id not in s.turn_segments:
@@ -389,20 +277,20 @@ def _final_transcript(step: _Step, ev: AsrFinal) -> bool:
     return True
 
 
-def _record_final(step: _Step, ev: AsrFinal) -> None:
+def _record_final(step: Step, ev: AsrFinal) -> None:
     _final_transcript(step, ev)
 
 
-def _final_in_pause(step: _Step, ev: AsrFinal) -> None:
+def _final_in_pause(step: Step, ev: AsrFinal) -> None:
     if _final_transcript(step, ev):
         _maybe_speculate(step)
 
 
-def _eot_probability(step: _Step, ev: EndOfTurnProbability) -> None:
+def _eot_probability(step: Step, ev: EndOfTurnProbability) -> None:
     step.set(eot_probability=ev.probability)
 
 
-def _maybe_speculate(step: _Step) -> None:
+def _maybe_speculate(step: Step) -> None:
     """In UserPaused with the transcript final: speculate on it unless a reply already has it."""
     s, params = step.state, step.params
     if not params.speculation or s.awaiting_final or not s.user_text:
@@ -445,13 +333,13 @@ def _resume_due(s: ControllerState, params: PolicyParams) -> float | None:
     return s.silence_since_ms + params.resume_after_ms
 
 
-def _pause_begins(step: _Step) -> None:
+def _pause_begins(step: Step) -> None:
     step.goto(Phase.USER_PAUSED, "pause")
     _maybe_speculate(step)
     _fire_due_timer(step)  # the end of turn may be due at the same tick
 
 
-def _end_of_turn(step: _Step) -> None:
+def _end_of_turn(step: Step) -> None:
     s = step.state
     text = s.user_text
     if not text:
@@ -468,7 +356,7 @@ def _end_of_turn(step: _Step) -> None:
     step.goto(Phase.BOT_REPLYING, "end of turn")
 
 
-def _barge_in(step: _Step) -> None:
+def _barge_in(step: Step) -> None:
     s = step.state
     reply = s.reply
     assert reply is not None and s.overlap_segment is not None
@@ -481,7 +369,7 @@ def _barge_in(step: _Step) -> None:
     step.goto(Phase.USER_SPEAKING, "barge-in")
 
 
-def _backchannel_over(step: _Step) -> None:
+def _backchannel_over(step: Step) -> None:
     """A short overlap ended for good: held bot audio resumes."""
     reply = step.state.reply
     if reply is not None and reply.paused:
@@ -491,26 +379,16 @@ def _backchannel_over(step: _Step) -> None:
     step.goto(Phase.BOT_REPLYING, "backchannel")
 
 
-@dataclass(frozen=True)
-class Timer:
-    """A timing rule of one phase: when it is due for a state, and the transition it makes then."""
-
-    name: str
-    due_ms: Callable[[ControllerState, PolicyParams], float | None]
-    fire: Callable[[_Step], None]
-    note: str
-
-
 _BARGE_IN = Timer("barge_in", _barge_in_due, _barge_in, "overlap speech >= min_barge_in_ms")
 _RESUME = Timer("resume", _resume_due, _backchannel_over, "silence >= resume_after_ms after a short overlap")
 
 
-def _due(step: _Step, timer: Timer) -> bool:
+def _due(step: Step, timer: Timer) -> bool:
     due_ms = timer.due_ms(step.state, step.params)
     return due_ms is not None and step.now_ms + TIME_EPSILON_MS >= due_ms
 
 
-def _fire_due_timer(step: _Step) -> None:
+def _fire_due_timer(step: Step) -> None:
     """Fire the current phase's timer that is due, if any (they are declared mutually exclusive)."""
     for timer in TIMERS.get(step.state.phase, ()):
         if _due(step, timer):
@@ -518,11 +396,11 @@ def _fire_due_timer(step: _Step) -> None:
             return
 
 
-def _tick(step: _Step, ev: Tick) -> None:
+def _tick(step: Step, ev: Tick) -> None:
     _fire_due_timer(step)
 
 
-def _check_barge_in(step: _Step) -> bool:
+def _check_barge_in(step: Step) -> bool:
     """Barge in now if the overlap's speech has reached min_barge_in_ms."""
     if _due(step, _BARGE_IN):
         _barge_in(step)
@@ -533,25 +411,25 @@ def _check_barge_in(step: _Step) -> bool:
 # -- the bot's speech
 
 
-def _bot_speaks_first(step: _Step, ev: SpeakRequest) -> None:
+def _bot_speaks_first(step: Step, ev: SpeakRequest) -> None:
     step.set(reply=Reply(reply_id=ev.reply_id, user_text=""))
     step.emit(SpeakText, reply_id=ev.reply_id, text=ev.text)
     step.emit(StartPlayout, reply_id=ev.reply_id)
     step.goto(Phase.BOT_REPLYING, "bot speaks first")
 
 
-def _is_live(step: _Step, reply_id: str) -> bool:
+def _is_live(step: Step, reply_id: str) -> bool:
     reply = step.state.reply
     return reply is not None and reply.reply_id == reply_id
 
 
-def _playout_started(step: _Step, ev: PlayoutStarted) -> None:
+def _playout_started(step: Step, ev: PlayoutStarted) -> None:
     reply = step.state.reply
     if reply is not None and reply.reply_id == ev.reply_id:
         step.set(reply=replace(reply, playing=True))
 
 
-def _playout_started_in_overlap(step: _Step, ev: PlayoutStarted) -> None:
+def _playout_started_in_overlap(step: Step, ev: PlayoutStarted) -> None:
     reply = step.state.reply
     if reply is not None and reply.reply_id == ev.reply_id:
         hold = step.params.backchannel_pause_playout
@@ -560,7 +438,7 @@ def _playout_started_in_overlap(step: _Step, ev: PlayoutStarted) -> None:
             step.emit(PausePlayout, reply_id=reply.reply_id)
 
 
-def _stop_reached(step: _Step, reply_id: str) -> bool:
+def _stop_reached(step: Step, reply_id: str) -> bool:
     """The end of a reply the controller stopped: it needs nothing more than forgetting."""
     if step.state.stopping_reply_id != reply_id:
         return False
@@ -568,7 +446,7 @@ def _stop_reached(step: _Step, reply_id: str) -> bool:
     return True
 
 
-def _late_playout_done(step: _Step, ev: PlayoutDone) -> None:
+def _late_playout_done(step: Step, ev: PlayoutDone) -> None:
     """Outside the bot's turn: the end of a stopped reply, or audio of the live speculative reply played
     before its commit (no playout does that today): that reply is spent, so it is cancelled and the
     turn goes on; the end of turn starts a fresh one."""
@@ -576,7 +454,7 @@ def _late_playout_done(step: _Step, ev: PlayoutDone) -> None:
         step.cancel_reply("played_before_commit")
 
 
-def _late_playout_stopped(step: _Step, ev: PlayoutStopped) -> None:
+def _late_playout_stopped(step: Step, ev: PlayoutStopped) -> None:
     """Outside the bot's turn: a stopped reply's history keeps what was played; an uncommitted live
     reply that played is spent (see :func:`_late_playout_done`)."""
     if _stop_reached(step, ev.reply_id):
@@ -585,13 +463,13 @@ def _late_playout_stopped(step: _Step, ev: PlayoutStopped) -> None:
         step.cancel_reply("played_before_commit")
 
 
-def _reply_played(step: _Step, ev: PlayoutDone) -> None:
+def _reply_played(step: Step, ev: PlayoutDone) -> None:
     if not _stop_reached(step, ev.reply_id) and _is_live(step, ev.reply_id):
         step.set(reply=None)
         step.goto(Phase.SILENCE, "reply played")
 
 
-def _playout_ended_early(step: _Step, ev: PlayoutStopped) -> None:
+def _playout_ended_early(step: Step, ev: PlayoutStopped) -> None:
     if _stop_reached(step, ev.reply_id):
         step.emit(TruncateHistory, reply_id=ev.reply_id, played_ms=ev.played_ms)
     elif _is_live(step, ev.reply_id):  # an output failure: keep what was heard and yield
@@ -600,7 +478,7 @@ def _playout_ended_early(step: _Step, ev: PlayoutStopped) -> None:
         step.goto(Phase.SILENCE, "playout stopped")
 
 
-def _floor_to_user(step: _Step, reason: str) -> None:
+def _floor_to_user(step: Step, reason: str) -> None:
     """The bot's audio ended during an overlap: a user still talking holds the floor, else silence."""
     s = step.state
     step.set(reply=None)
@@ -613,12 +491,12 @@ def _floor_to_user(step: _Step, reason: str) -> None:
         step.goto(Phase.USER_SPEAKING, f"{reason} during user speech")
 
 
-def _reply_played_in_overlap(step: _Step, ev: PlayoutDone) -> None:
+def _reply_played_in_overlap(step: Step, ev: PlayoutDone) -> None:
     if not _stop_reached(step, ev.reply_id) and _is_live(step, ev.reply_id):
         _floor_to_user(step, "reply played")
 
 
-def _playout_ended_in_overlap(step: _Step, ev: PlayoutStopped) -> None:
+def _playout_ended_in_overlap(step: Step, ev: PlayoutStopped) -> None:
     if _stop_reached(step, ev.reply_id):
         step.emit(TruncateHistory, reply_id=ev.reply_id, played_ms=ev.played_ms)
     elif _is_live(step, ev.reply_id):
@@ -629,7 +507,7 @@ def _playout_ended_in_overlap(step: _Step, ev: PlayoutStopped) -> None:
 # -- user speech over the bot
 
 
-def _overlap_begins(step: _Step, ev: VadSpeechStart) -> None:
+def _overlap_begins(step: Step, ev: VadSpeechStart) -> None:
     if ev.probability < step.params.min_speech_probability:
         return
     step.set(speaking=True, speech_start_ms=ev.speech_start_ms, overlap_segment=ev.segment_id)
@@ -641,7 +519,7 @@ def _overlap_begins(step: _Step, ev: VadSpeechStart) -> None:
     _check_barge_in(step)
 
 
-def _overlap_continues(step: _Step, ev: VadSpeechStart) -> None:
+def _overlap_continues(step: Step, ev: VadSpeechStart) -> None:
     """Speech again while bot audio is held after a short overlap: the same overlap goes on."""
     s = step.state
     if s.speaking or ev.probability < step.params.min_speech_probability:
@@ -650,7 +528,7 @@ def _overlap_continues(step: _Step, ev: VadSpeechStart) -> None:
     _check_barge_in(step)
 
 
-def _overlap_ends(step: _Step, ev: VadSpeechStop) -> None:
+def _overlap_ends(step: Step, ev: VadSpeechStop) -> None:
     s = step.state
     if ev.segment_id != s.overlap_segment or not s.speaking:
         return
@@ -698,19 +576,6 @@ TIMERS: dict[Phase, tuple[Timer, ...]] = {
 :func:`next_deadline_ms` asks them when the next is due: one definition, so a tick at a deadline
 always acts, and the ticker never needs to retry. A phase's timers are never due together
 (barge-in runs while the user speaks, the others while silent)."""
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A declared (phase, event) pair: the handler and every phase it may lead to."""
-
-    handler: Handler | None
-    targets: tuple[Phase, ...] = ()
-    note: str = ""
-
-    @property
-    def ignored(self) -> bool:
-        return self.handler is None
 
 
 def _ignore(note: str) -> Rule:
@@ -829,7 +694,7 @@ def step(
     state = replace(state, now_ms=now_ms)
     if rule.handler is None:
         return state, []
-    work = _Step(state, params, now_ms, event.kind)
+    work = Step(state, params, now_ms, event.kind)
     rule.handler(work, event)
     target = work.state.phase
     if target is not state.phase and target not in rule.targets:
@@ -845,7 +710,7 @@ def safe_reset(
 ) -> tuple[ControllerState, list[Event]]:
     """Back to Silence from ``state``: an error event, the live reply's playout stopped and the reply
     cancelled, every timer and turn fact cleared (turn and reply numbering go on)."""
-    work = _Step(state, params, now_ms, "reset")
+    work = Step(state, params, now_ms, "reset")
     work.emit(ErrorEvent, source="controller", message=f"{why}; reset to Silence")
     reply = state.reply
     if reply is not None:
