@@ -201,3 +201,53 @@ def test_the_policy_decides_whether_tts_renders_a_speculative_reply_before_its_c
         c.handle(AsrFinal(session_id="s", ts_ms=700.0, segment_id=1, text="hi there"), 700.0)  # no longer matches
         fresh = [a for a in c.handle(Tick(session_id="s", ts_ms=3000.0), 3000.0) if isinstance(a, StartReply)]
         assert [(a.speculative, a.prerender) for a in fresh] == [(False, True)]
+
+
+def _rogue_speech_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """UserSpeaking x VadSpeechStop moves to BotReplying, which its row does not declare."""
+    rogue = Rule(lambda step, ev: step.goto(Phase.BOT_REPLYING, "rogue"), (), "moves without declaring it")
+    monkeypatch.setitem(TRANSITIONS[Phase.USER_SPEAKING], VadSpeechStop, rogue)
+
+
+def test_the_simulator_raises_a_rule_violation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from duplexer.sims.scenario import load_scenario
+    from duplexer.sims.simulator import simulate
+    from tests.conftest import SCENARIOS
+
+    _rogue_speech_stop(monkeypatch)
+    scenario = load_scenario(SCENARIOS / "plain_single_turn.yaml")
+    with pytest.raises(UndeclaredTarget, match="VadSpeechStop in state UserSpeaking moved to BotReplying"):
+        simulate(scenario, PolicyParams())
+
+
+def test_a_live_controller_actor_reports_a_violation_and_resets_without_crashing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from duplexer.actors.controller import ControllerActor
+    from duplexer.runtime.clock import LoopClock, run_virtual
+    from duplexer.runtime.events import Event
+    from duplexer.runtime.session import Session
+
+    _rogue_speech_stop(monkeypatch)
+
+    async def scenario() -> tuple[list[Event], ControllerActor, float]:
+        clock = LoopClock()
+        async with Session("s", clock=clock) as session:
+            seen = session.bus.subscribe("test", (ErrorEvent, StateChanged), maxsize=1000)
+            actor = ControllerActor(session.ctx)
+            session.add(actor)
+            session.ctx.emit(VadSpeechStart, segment_id=1, probability=0.9, speech_start_ms=0.0)
+            await clock.sleep_ms(300.0)
+            session.ctx.emit(VadSpeechStop, segment_id=1, probability=0.1, speech_end_ms=300.0)
+            await clock.sleep_ms(100.0)
+            crashes = session.metrics.count("actor.crash", actor="controller")
+            events = []
+            while (event := seen.get_nowait()) is not None:
+                events.append(event)
+        return events, actor, crashes
+
+    events, actor, crashes = run_virtual(scenario())  # type: ignore[misc]
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert len(errors) == 1 and errors[0].source == "controller" and "moved to BotReplying" in errors[0].message
+    assert actor.controller.phase is Phase.SILENCE and actor.violation is None and crashes == 0.0
+    assert isinstance(events[-1], StateChanged) and events[-1].new_state == Phase.SILENCE.value

@@ -22,7 +22,7 @@ from typing import Any
 
 from duplexer.actors.tool_calls import ToolStatus, wait_on_clock
 from duplexer.actors.tool_registry import Tool, ToolArgumentsError, ToolRegistry, result_text
-from duplexer.policies.reply import ReplyLedger
+from duplexer.policies.reply import ReplyLedger, ReplyStage
 from duplexer.runtime.actor import Actor, SessionContext
 from duplexer.runtime.events import (
     CancelReply,
@@ -54,7 +54,6 @@ class _Deferred:
 
 @dataclass
 class _ReplyCalls:
-    played: bool = False
     n_calls: int = 0
     running: dict[str, tuple[asyncio.Task[None], ToolCallRequested]] = field(default_factory=dict)
     deferred: dict[str, _Deferred] = field(default_factory=dict)
@@ -181,7 +180,7 @@ class ToolActor(Actor):
                 call.cancel()
                 await asyncio.gather(call, return_exceptions=True)
         reply.running.pop(request.call_id, None)
-        if reply.played and not reply.running:
+        if self.lives.stage(request.reply_id) is ReplyStage.DONE and not reply.running:
             self.replies.pop(request.reply_id, None)
         latency_ms = clock.now_ms() - started_ms
         if not answered or call.cancelled():
@@ -195,7 +194,6 @@ class ToolActor(Actor):
         reply = self.replies.get(reply_id)
         if reply is None:
             return
-        reply.played = True
         for call_id, deferred in list(reply.deferred.items()):
             del reply.deferred[call_id]
             if self.lives.committed(reply_id):
