@@ -86,7 +86,7 @@ class LlmActor(Actor):
         self.params = params or LlmParams()
         self.tools = tools
         """A tool actor answers ToolCallRequested; without one, every call is refused here."""
-        self.replies = ReplyLedger()
+        self.lives = ReplyLedger()
         """Which replies were cancelled: a cancel can reach this actor before the prompt it cancels."""
         self.running: dict[str, asyncio.Task[None]] = {}
         self.token_counts: dict[str, int] = {}
@@ -95,13 +95,13 @@ class LlmActor(Actor):
 
     async def handle(self, event: Event) -> None:
         if isinstance(event, PromptReady):
-            if not self.replies.may_run(event.reply_id):  # its cancel overtook it on the control lane
+            if not self.lives.may_run(event.reply_id):  # its cancel overtook it on the control lane
                 self.log.info("llm_prompt_of_cancelled_reply_dropped", reply_id=event.reply_id)
                 return
             self.token_counts[event.reply_id] = 0
             self.running[event.reply_id] = self.spawn(self._generate(event), event.reply_id)
         elif isinstance(event, CancelReply):
-            self.replies.observe(event)
+            self.lives.observe(event)
             task = self.running.pop(event.reply_id, None)
             if task is not None and not task.done():
                 task.cancel()

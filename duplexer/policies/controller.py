@@ -725,7 +725,7 @@ def safe_reset(
         awaiting_final=frozenset(),
         transcript=(),
         eot_probability=None,
-        stopping_reply_id=None,
+        stopping_reply_id=state.stopping_reply_id if reply is None else reply.reply_id,  # its stop truncates history
         overlap_segment=None,
         overlap_speech_ms=0.0,
     )
