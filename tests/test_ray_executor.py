@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from duplexer.actors.pipeline import PipelineConfig, start_pipeline
+from duplexer.actors.pipeline import PIPELINE_ACTORS, PipelineConfig, pipeline_specs, start_pipeline
 from duplexer.policies.controller import PolicyParams
 from duplexer.protocols.webrtc_engines import scripted_engines
 from duplexer.runtime.events import (
@@ -31,16 +31,14 @@ from tests.conftest import SCENARIOS
 
 ray = pytest.importorskip("ray")
 
-from duplexer.runtime.ray_executor import (  # noqa: E402
-    Placement,
-    PlacementError,
-    RayOptions,
-    RaySession,
-)
+from duplexer.runtime.placement import ActorCatalog, Placement, PlacementError  # noqa: E402
+from duplexer.runtime.ray_executor import RayOptions, RaySession  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_instance")]
 
-OPTIONS = RayOptions(num_cpus=2, placement=Placement.parse("session=controller,context,tts"))
+OPTIONS = RayOptions(
+    num_cpus=2, actors=PIPELINE_ACTORS, placement=PIPELINE_ACTORS.parse("session=controller,context,tts")
+)
 CONCURRENCY = 4
 """Scenarios at once: each session starts a Ray worker process for its host (about a CPU-second)."""
 LATENCY_TOLERANCE_MS = 250.0
@@ -133,7 +131,7 @@ async def _speak_and_wait_for_reply(session: Any, speech_ms: float = 900.0, time
 
 
 def _session(placement: str) -> RaySession:
-    return RaySession(replace(OPTIONS, placement=Placement.parse(placement)), engine_factory=_engines)
+    return RaySession(replace(OPTIONS, placement=PIPELINE_ACTORS.parse(placement)), engine_factory=_engines)
 
 
 async def _started(placement: str) -> tuple[RaySession, _Sink]:
@@ -218,7 +216,7 @@ def test_scenarios_on_shared_hosts_have_the_same_outcome_as_on_the_virtual_clock
 def test_a_dead_shared_host_ends_the_sessions_on_it_and_no_other() -> None:
     from duplexer.runtime.ray_executor import HostPool
 
-    shared = replace(OPTIONS, placement=Placement.parse("session"), sessions_per_host=2)
+    shared = replace(OPTIONS, placement=PIPELINE_ACTORS.parse("session"), sessions_per_host=2)
     pool = HostPool(shared)
 
     async def main() -> None:
@@ -285,7 +283,7 @@ def test_a_killed_shared_engine_replica_gives_an_error_serve_replaces_it_and_the
     shared = deploy_shared_engines(slow_llm, ShareOptions(kinds=("llm",)))
 
     async def main() -> None:
-        session = RaySession(replace(OPTIONS, placement=Placement.parse("session")), engine_factory=shared)
+        session = RaySession(replace(OPTIONS, placement=PIPELINE_ACTORS.parse("session")), engine_factory=shared)
         sink = _Sink()
         errors = session.bus.subscribe("test-errors", (ErrorEvent,))
         prompts = session.bus.subscribe("test-prompts", (PromptReady,))
@@ -332,8 +330,22 @@ async def _until_replaced(kind: str) -> None:
 
 def test_a_placement_that_is_wrong_is_refused_with_one_line() -> None:
     with pytest.raises(PlacementError, match="must run in the driver"):
-        Placement.parse("session=playout")
-    with pytest.raises(PlacementError, match="expected HOST=ACTOR"):
-        Placement.parse("nonsense")
+        PIPELINE_ACTORS.parse("session=playout")
+    with pytest.raises(PlacementError, match=r"expected HOST=ACTOR.* or one of session, audio-remote, split"):
+        PIPELINE_ACTORS.parse("nonsense")
+    with pytest.raises(PlacementError, match="does not run: nose"):
+        PIPELINE_ACTORS.parse("session=llm,nose")
     with pytest.raises(PlacementError, match="placed twice"):
         Placement.parse("a=vad;b=vad")
+
+
+def test_a_session_checks_its_placement_against_the_catalog_its_caller_gave() -> None:
+    """The runtime names no actor: what may leave the driver, and which actors exist, come from the pipeline."""
+    playout_on_a_host = replace(OPTIONS, placement=Placement.parse("session=controller,playout"))
+    with pytest.raises(PlacementError, match="'playout' must run in the driver"):
+        RaySession(playout_on_a_host).place(pipeline_specs())
+    # the empty catalog knows only the actors a session runs: tools are not among them here
+    no_catalog = replace(OPTIONS, actors=ActorCatalog(), placement=Placement.parse("session=controller,tools"))
+    with pytest.raises(PlacementError, match="does not run: tools"):
+        RaySession(no_catalog).place(pipeline_specs())
+    assert _alive_session_hosts() == []

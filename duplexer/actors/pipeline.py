@@ -21,6 +21,7 @@ from duplexer.actors.turn_detector import TurnDetectorActor, TurnDetectorParams
 from duplexer.actors.vad import VadActor, VadParams
 from duplexer.policies.controller import PolicyParams
 from duplexer.runtime.actor import Actor, ActorSpec, EngineRef
+from duplexer.runtime.placement import ActorCatalog, Placement
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,40 @@ def pipeline_specs(
     if turn_detector:
         specs.append(ActorSpec.of(TurnDetectorActor, EngineRef("turn_detector"), cfg.turn_detector))
     return specs
+
+
+_ALWAYS = (VadActor, AsrActor, ControllerActor, ContextActor, LlmActor, TtsActor, PlayoutActor)
+_WHEN_CONFIGURED = (ToolActor, TokenizerActor, TurnDetectorActor)
+"""Actors a session runs only when configured: tools, an audio tokenizer, a turn detector."""
+_SESSION = (ControllerActor, ContextActor, LlmActor, TtsActor)
+"""What leaves the driver by default: the actors that do not read every audio frame."""
+
+
+def _on_one_host(*actors: type[Actor]) -> Placement:
+    return Placement((("session", tuple(actor.name for actor in actors)),))
+
+
+PIPELINE_ACTORS = ActorCatalog(
+    actors=frozenset(actor.name for actor in (*_ALWAYS, *_WHEN_CONFIGURED)),
+    driver_only=frozenset({PlayoutActor.name}),  # it writes to the call's audio sink
+    placements=(
+        ("session", _on_one_host(*_SESSION)),
+        ("audio-remote", _on_one_host(VadActor, AsrActor, TokenizerActor, *_SESSION)),
+        (
+            "split",
+            Placement(
+                tuple(
+                    (actor.name, (actor.name,))
+                    for actor in (VadActor, AsrActor, ControllerActor, ContextActor, LlmActor, TtsActor, ToolActor)
+                )
+            ),
+        ),
+    ),
+    preload=(__name__,),
+)
+"""The pipeline's actors for the Ray executor. Named placements: ``session`` keeps audio in the driver;
+``audio-remote`` moves the audio readers to the session host; ``split`` gives every subsystem a Ray
+actor of its own. A pooled host preloads this module, and with it every actor module."""
 
 
 class PlacesActors(Protocol):

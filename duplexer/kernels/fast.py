@@ -1,13 +1,16 @@
 """numba kernels: one fused pass per operation; same names, signatures and results as `reference`.
 
 Each operation validates, offsets and places tokens in a single loop. The `*_batch` forms run
-one session per `prange` iteration, or a serial twin for small batches (PARALLEL_MIN_TOKENS).
+one session per `prange` iteration, or the same kernel compiled serially for small batches
+(PARALLEL_MIN_TOKENS).
 All kernels are `cache=True`, so only the first process on a machine pays the compile;
 `compiled_kernels()` lists them for warm-up and timing.
 """
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -256,10 +259,11 @@ def _demux_row(
     return n_text, n_audio, in_segment, slot, only, _NONE, -1
 
 
-# Batched kernels come in twins: `prange` over sessions, and a serial loop. Handing a parallel
-# region to the thread pool costs microseconds, and milliseconds when another process holds a
-# core (a pool thread is descheduled and the region waits for it), so batches below
-# PARALLEL_MIN_TOKENS run serially; batching, not threads, is what removes per-call overhead.
+# Batched kernels are compiled twice from one definition: with `prange` over sessions, and as a
+# serial loop (numba runs `prange` as `range` without parallel=True). Handing a parallel region
+# to the thread pool costs microseconds, and milliseconds when another process holds a core (a
+# pool thread is descheduled and the region waits for it), so batches below PARALLEL_MIN_TOKENS
+# run serially; batching, not threads, is what removes per-call overhead.
 
 PARALLEL_MIN_TOKENS = 1 << 16
 """Batches with fewer tokens than this run on the serial twin unless `parallel=True`."""
@@ -270,8 +274,20 @@ def _use_parallel(parallel: bool | None, tokens: int) -> bool:
     return tokens >= PARALLEL_MIN_TOKENS if parallel is None else parallel
 
 
-@njit(cache=True, parallel=True)  # type: ignore[untyped-decorator,misc]
-def _interleave_batch_parallel(
+def _compiled_twice(kernel: Callable[..., None]) -> tuple[Any, Any]:
+    """(serial, parallel) dispatchers of one batched kernel.
+
+    numba keys its on-disk cache by the function's qualified name and line, not by its options
+    (numba issue 6845), so the serial compilation gets a copy of the function under a name of
+    its own; otherwise one process would load the other's machine code from the cache.
+    """
+    serial = types.FunctionType(kernel.__code__, kernel.__globals__, kernel.__name__ + "_serial")
+    serial.__qualname__ = kernel.__qualname__ + "_serial"
+    serial.__doc__ = kernel.__doc__
+    return njit(cache=True, nogil=True)(serial), njit(cache=True, parallel=True)(kernel)
+
+
+def _interleave_batch(
     ling: Any,
     ling_len: Any,
     sem: Any,
@@ -284,7 +300,7 @@ def _interleave_batch_parallel(
     faults: Any,
     index: Any,
 ) -> None:
-    """One session per prange iteration; rows of `out` are padded with PAD_ID."""
+    """One session per iteration; rows of `out` are padded with PAD_ID."""
     for b in prange(ling.shape[0]):
         n, ul, us, fault, idx = _interleave_row(ling[b, : ling_len[b]], sem[b, : sem_len[b]], flush, out[b])
         out_len[b] = n
@@ -295,8 +311,7 @@ def _interleave_batch_parallel(
         out[b, n:] = PAD_ID
 
 
-@njit(cache=True, parallel=True)  # type: ignore[untyped-decorator,misc]
-def _deinterleave_batch_parallel(
+def _deinterleave_batch(
     ids: Any,
     id_len: Any,
     phases: Any,
@@ -308,7 +323,7 @@ def _deinterleave_batch_parallel(
     faults: Any,
     index: Any,
 ) -> None:
-    """One session per prange iteration; output rows are padded with PAD_ID."""
+    """One session per iteration; output rows are padded with PAD_ID."""
     for b in prange(ids.shape[0]):
         nl, ns, fault, idx = _deinterleave_row(ids[b, : id_len[b]], phases[b], final, ling_out[b], sem_out[b])
         ling_len[b] = nl
@@ -319,8 +334,7 @@ def _deinterleave_batch_parallel(
         sem_out[b, ns:] = PAD_ID
 
 
-@njit(cache=True, parallel=True)  # type: ignore[untyped-decorator,misc]
-def _demux_batch_parallel(
+def _demux_batch(
     ids: Any,
     id_len: Any,
     start_id: int,
@@ -338,7 +352,7 @@ def _demux_batch_parallel(
     faults: Any,
     index: Any,
 ) -> None:
-    """One session per prange iteration; state advances only for sessions without a fault."""
+    """One session per iteration; state advances only for sessions without a fault."""
     for b in prange(ids.shape[0]):
         nt, na, seg, new_slot, new_only, fault, idx = _demux_row(
             ids[b, : id_len[b]],
@@ -365,99 +379,9 @@ def _demux_batch_parallel(
         audio_out[b, na:] = PAD_ID
 
 
-@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,misc]
-def _interleave_batch_serial(
-    ling: Any,
-    ling_len: Any,
-    sem: Any,
-    sem_len: Any,
-    flush: bool,
-    out: Any,
-    out_len: Any,
-    used_l: Any,
-    used_s: Any,
-    faults: Any,
-    index: Any,
-) -> None:
-    """Serial twin of `_interleave_batch_parallel` for batches too small to share out."""
-    for b in range(ling.shape[0]):
-        n, ul, us, fault, idx = _interleave_row(ling[b, : ling_len[b]], sem[b, : sem_len[b]], flush, out[b])
-        out_len[b] = n
-        used_l[b] = ul
-        used_s[b] = us
-        faults[b] = fault
-        index[b] = idx
-        out[b, n:] = PAD_ID
-
-
-@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,misc]
-def _deinterleave_batch_serial(
-    ids: Any,
-    id_len: Any,
-    phases: Any,
-    final: bool,
-    ling_out: Any,
-    ling_len: Any,
-    sem_out: Any,
-    sem_len: Any,
-    faults: Any,
-    index: Any,
-) -> None:
-    """Serial twin of `_deinterleave_batch_parallel` for batches too small to share out."""
-    for b in range(ids.shape[0]):
-        nl, ns, fault, idx = _deinterleave_row(ids[b, : id_len[b]], phases[b], final, ling_out[b], sem_out[b])
-        ling_len[b] = nl
-        sem_len[b] = ns
-        faults[b] = fault
-        index[b] = idx
-        ling_out[b, nl:] = PAD_ID
-        sem_out[b, ns:] = PAD_ID
-
-
-@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,misc]
-def _demux_batch_serial(
-    ids: Any,
-    id_len: Any,
-    start_id: int,
-    end_id: int,
-    vocab_size: int,
-    text_per: int,
-    audio_per: int,
-    in_segment: Any,
-    slot: Any,
-    only: Any,
-    text_out: Any,
-    text_len: Any,
-    audio_out: Any,
-    audio_len: Any,
-    faults: Any,
-    index: Any,
-) -> None:
-    """Serial twin of `_demux_batch_parallel` for batches too small to share out."""
-    for b in range(ids.shape[0]):
-        nt, na, seg, new_slot, new_only, fault, idx = _demux_row(
-            ids[b, : id_len[b]],
-            start_id,
-            end_id,
-            vocab_size,
-            text_per,
-            audio_per,
-            in_segment[b],
-            slot[b],
-            only[b],
-            text_out[b],
-            audio_out[b],
-        )
-        if fault == _NONE:
-            in_segment[b] = seg
-            slot[b] = new_slot
-            only[b] = new_only
-        text_len[b] = nt
-        audio_len[b] = na
-        faults[b] = fault
-        index[b] = idx
-        text_out[b, nt:] = PAD_ID
-        audio_out[b, na:] = PAD_ID
+_interleave_batch_serial, _interleave_batch_parallel = _compiled_twice(_interleave_batch)
+_deinterleave_batch_serial, _deinterleave_batch_parallel = _compiled_twice(_deinterleave_batch)
+_demux_batch_serial, _demux_batch_parallel = _compiled_twice(_demux_batch)
 
 
 # --- wrappers with the same signatures and results as `reference` --------------------------

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from duplexer.actors.engines import SHAREABLE
+from duplexer.actors.pipeline import PIPELINE_ACTORS
 from duplexer.runtime.executors import SessionMaker, add_executor_arguments, session_maker
 
 TRANSPORT_PLACEMENT = "session"
@@ -23,7 +24,7 @@ TRANSPORT_PLACEMENT = "session"
 
 def add_transport_executor_arguments(parser: Any) -> None:
     """The executor arguments, and --share/--llm-gpus, for a command that serves live sessions."""
-    add_executor_arguments(parser, TRANSPORT_PLACEMENT)
+    add_executor_arguments(parser, TRANSPORT_PLACEMENT, PIPELINE_ACTORS)
     group = parser.add_argument_group("shared engines (with --executor ray)")
     group.add_argument(
         "--share",
@@ -88,10 +89,8 @@ def transport_executor(args: argparse.Namespace, engines: Callable[..., Any]) ->
     Raises ValueError or RayUnavailable with a one-line message naming the option; every check
     that needs no cluster runs before Ray is started or reached.
     """
-    from duplexer.actors.pipeline import pipeline_specs
-
     kinds, gpus = share_request(args)
-    make_session = session_maker(args, [spec.name for spec in pipeline_specs()])
+    make_session = session_maker(args, PIPELINE_ACTORS)
     if not kinds:
         return TransportExecutor(make_session, engines)
     import ray

@@ -12,20 +12,12 @@ from __future__ import annotations
 
 import argparse
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from duplexer.runtime.ray_executor import (
-    OPTIONAL_ACTORS,
-    HostPool,
-    Placement,
-    PlacementError,
-    RayOptions,
-    RaySession,
-    RayUnavailable,
-    ensure_ray,
-)
+from duplexer.runtime.placement import ActorCatalog, PlacementError
+from duplexer.runtime.ray_executor import HostPool, RayOptions, RaySession, RayUnavailable, ensure_ray
 from duplexer.runtime.session import Session
 
 EXECUTORS = ("local", "ray")
@@ -45,8 +37,11 @@ needing engines; it is pickled there, so it must be a module-level callable (or 
 module-level class, or a closure made by a package function). The local executor ignores it."""
 
 
-def add_executor_arguments(parser: Any, default_placement: str) -> None:
-    """Add --executor, --ray-address, --placement, --idle-hosts, --sessions-per-host and --batch-ms to a parser."""
+def add_executor_arguments(parser: Any, default_placement: str, actors: ActorCatalog) -> None:
+    """Add --executor, --ray-address, --placement, --idle-hosts, --sessions-per-host and --batch-ms to a parser.
+
+    ``actors`` is the catalog of the pipeline the command runs: its named placements are listed.
+    """
     group = parser.add_argument_group("executor")
     group.add_argument(
         "--executor",
@@ -65,7 +60,7 @@ def add_executor_arguments(parser: Any, default_placement: str) -> None:
         default=default_placement,
         metavar="SPEC",
         help="with --executor ray: which Ray actor runs which subsystem, as HOST=ACTOR,ACTOR[;HOST=...] "
-        f"or a named placement: session, audio-remote, split (default: {default_placement})",
+        f"or a named placement: {', '.join(name for name, _ in actors.placements)} (default: {default_placement})",
     )
     group.add_argument(
         "--idle-hosts",
@@ -96,11 +91,12 @@ def add_executor_arguments(parser: Any, default_placement: str) -> None:
     )
 
 
-def ray_options(args: argparse.Namespace, actors: Iterable[str] | None = None) -> RayOptions:
-    """The RayOptions the parsed arguments ask for. Raises ValueError (one line, naming the option).
+def ray_options(args: argparse.Namespace, actors: ActorCatalog) -> RayOptions:
+    """The RayOptions the parsed arguments ask for, for a pipeline of ``actors``. Raises ValueError
+    (one line, naming the option).
 
-    With ``actors`` (the names of the actors the command's sessions run), a placement naming any
-    other actor is refused now rather than when the first session starts.
+    A placement that names an actor the pipeline does not have, or puts one that must stay in the
+    driver on a host, is refused now rather than when the first session starts.
     """
     if args.batch_ms < 0:
         raise ValueError(f"--batch-ms must be >= 0, got {args.batch_ms:g}")
@@ -109,21 +105,14 @@ def ray_options(args: argparse.Namespace, actors: Iterable[str] | None = None) -
     if getattr(args, "sessions_per_host", 1) < 1:
         raise ValueError(f"--sessions-per-host must be >= 1, got {args.sessions_per_host}")
     try:
-        placement = Placement.parse(args.placement)
+        placement = actors.parse(args.placement)
     except PlacementError as exc:  # "placement ...: why", which names the option once prefixed
         message = str(exc)
         raise ValueError("--" + message if message.startswith("placement") else f"--placement: {message}") from None
-    if actors is not None:
-        known = frozenset(actors) | OPTIONAL_ACTORS
-        unknown = placement.actors() - known
-        if unknown:
-            raise ValueError(
-                f"--placement {args.placement!r} names actors these sessions do not run: "
-                f"{', '.join(sorted(unknown))} (they run: {', '.join(sorted(actors))})"
-            )
     level = getattr(args, "log_level", "WARNING")
     return RayOptions(
         address=args.ray_address,
+        actors=actors,
         placement=placement,
         batch_ms=args.batch_ms,
         log_level=level,
@@ -180,8 +169,8 @@ class RaySessionMaker:
             self.pool.shutdown()
 
 
-def session_maker(args: argparse.Namespace, actors: Iterable[str] | None = None) -> SessionMaker:
-    """The session factory the executor arguments ask for.
+def session_maker(args: argparse.Namespace, actors: ActorCatalog) -> SessionMaker:
+    """The session factory the executor arguments ask for, for sessions of a pipeline of ``actors``.
 
     With ``--executor ray`` this checks the options, then connects to the cluster (or starts a
     local instance) now, so a bad value stops the command before it serves anyone. Raises

@@ -1,13 +1,15 @@
 """The Ray executor: one session's actors spread over Ray actors, on a bus that crosses processes.
 
 The driver (the process that owns the transport: a WebRTC call, an MQTT device,
-the simulated user) keeps the actors that must sit next to it: playout, which
-writes to the call's sink, and by default the actors that read every audio frame
+the simulated user) keeps the actors that must sit next to it (playout, which
+writes to the call's sink), and by default the actors that read every audio frame
 (VAD, ASR, tokenizer), because sending 50 frames a second per session across
 processes costs more than running a small VAD where the audio already is
 (``duplexer bench executors`` measures both). The other actors run in Ray actors,
 "session hosts", built from the same actor classes: nothing in an actor knows
-which executor runs it.
+which executor runs it, and nothing here names an actor: the pipeline's
+:class:`~duplexer.runtime.placement.ActorCatalog` (``RayOptions.actors``) says
+which actors exist and which must stay in the driver.
 
 A session host holds session state (the controller's state, the history), so it
 is never restarted behind the session's back: when one dies, its session gets a
@@ -36,84 +38,15 @@ from duplexer.runtime.events import ErrorEvent, Event
 from duplexer.runtime.linked_bus import LinkedBus
 from duplexer.runtime.logging import get_logger
 from duplexer.runtime.metrics import Metrics
+from duplexer.runtime.placement import ActorCatalog, Placement
 from duplexer.runtime.session import StopsOnExit
 
 RAY_INSTALL_HINT = "pip install 'duplexer[ray]' (Ray with Ray Serve)"
-DRIVER_ONLY = frozenset({"playout"})
-"""Actors that must run in the driver: playout writes to the call's audio sink."""
-OPTIONAL_ACTORS = frozenset({"tools", "tokenizer", "turn_detector"})
-"""Actors a placement may name that a session runs only when configured (tools, an audio tokenizer,
-a turn detector)."""
 HOST_STOP_TIMEOUT_S = 5.0
 
 
 class RayUnavailable(RuntimeError):
     """Ray is not installed, or the cluster cannot be reached; the message says which."""
-
-
-class PlacementError(ValueError):
-    """A placement names an unknown actor, or puts a driver-only actor on a host."""
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Which Ray host runs each actor of a session; actors not named run in the driver.
-
-    Written as ``HOST=ACTOR,ACTOR;HOST=ACTOR``, e.g. ``session=controller,context,llm,tts``.
-    Each host is one Ray actor per session.
-    """
-
-    hosts: tuple[tuple[str, tuple[str, ...]], ...]
-
-    def __post_init__(self) -> None:
-        seen: set[str] = set()
-        for host, actors in self.hosts:
-            if not host or host == "driver":
-                raise PlacementError(f"placement: {host!r} is not a host name")
-            for actor in actors:
-                if actor in DRIVER_ONLY:
-                    raise PlacementError(f"placement: {actor!r} must run in the driver, next to its sink")
-                if actor in seen:
-                    raise PlacementError(f"placement: {actor!r} is placed twice")
-                seen.add(actor)
-
-    @classmethod
-    def parse(cls, text: str) -> Placement:
-        if text in PLACEMENTS:
-            return PLACEMENTS[text]
-        hosts = []
-        for part in text.split(";"):
-            host, sep, names = part.partition("=")
-            actors = tuple(a.strip() for a in names.split(",") if a.strip())
-            if not sep or not actors:
-                raise PlacementError(
-                    f"placement {text!r}: expected HOST=ACTOR,ACTOR[;HOST=...] or one of {', '.join(PLACEMENTS)}"
-                )
-            hosts.append((host.strip(), actors))
-        return cls(tuple(hosts))
-
-    def host_of(self, actor: str) -> str | None:
-        for host, actors in self.hosts:
-            if actor in actors:
-                return host
-        return None
-
-    def actors(self) -> frozenset[str]:
-        return frozenset(a for _, actors in self.hosts for a in actors)
-
-    def describe(self) -> str:
-        return ";".join(f"{host}={','.join(actors)}" for host, actors in self.hosts)
-
-
-PLACEMENTS: dict[str, Placement] = {
-    "session": Placement((("session", ("controller", "context", "llm", "tts")),)),
-    "audio-remote": Placement((("session", ("vad", "asr", "tokenizer", "controller", "context", "llm", "tts")),)),
-    "split": Placement(
-        tuple((name, (name,)) for name in ("vad", "asr", "controller", "context", "llm", "tts", "tools"))
-    ),
-}
-"""Named placements. ``session`` (the default) keeps audio in the driver; ``audio-remote`` moves the
-audio readers to the session host; ``split`` gives every subsystem a Ray actor of its own."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +55,11 @@ class RayOptions:
 
     address: str | None = None
     """A running cluster (``ray start --head`` prints it), or None to start a local instance."""
-    placement: Placement = field(default_factory=lambda: PLACEMENTS["session"])
+    actors: ActorCatalog = field(default_factory=ActorCatalog)
+    """The pipeline's actors, from the code that builds it: what ``placement`` is checked against,
+    and what a pooled host imports ahead of its sessions."""
+    placement: Placement = field(default_factory=lambda: Placement(()))
+    """Every actor not placed on a host runs in the driver (by default, all of them)."""
     batch_ms: float = 0.0
     """Hold data events for a host up to this long, to send fewer, larger messages (0: one per loop turn)."""
     host_num_cpus: float = 0.0
@@ -173,11 +110,6 @@ def new_host(options: RayOptions, label: str) -> Any:
     cls = host_class(options.max_restarts, options.host_num_cpus)
     name = f"duplexer:{label}:{uuid.uuid4().hex[:8]}"
     return cls.options(name=name, namespace="duplexer").remote(options.log_level, options.sessions_per_host)
-
-
-PRELOAD = ("duplexer.actors.pipeline",)
-"""What a pooled host imports ahead of its session: the pipeline, and with it every actor module
-(named, not imported, here: the runtime does not depend on the actors)."""
 
 
 Receiver = tuple[Callable[[list[Event]], None], Callable[[], None], Callable[[BaseException], None]]
@@ -271,8 +203,9 @@ class HostPool:
 
     Starting a host starts a Ray worker process (about a CPU-second on this machine's cores, and
     seconds of waiting); taken from a pool, a session's host is already up. Each pooled host
-    imports ``preload`` (module names) at once: unpickling a session's actors in a cold host
-    imports the actor modules, which costs about as much CPU as starting the process.
+    imports the catalog's ``preload`` modules at once (``options.actors``): unpickling a session's
+    actors in a cold host imports the actor modules, which costs about as much CPU as starting the
+    process.
 
     With ``options.sessions_per_host`` 1, a pooled host still serves exactly one session and dies
     with it, so a host failure still ends only that session; ``idle`` > 0 starts a replacement
@@ -281,12 +214,12 @@ class HostPool:
     slots.
     """
 
-    def __init__(self, options: RayOptions, idle: int = 0, preload: tuple[str, ...] = PRELOAD) -> None:
+    def __init__(self, options: RayOptions, idle: int = 0) -> None:
         if idle < 0:
             raise ValueError(f"idle hosts must be >= 0, got {idle}")
         if options.sessions_per_host < 1:
             raise ValueError(f"sessions per host must be >= 1, got {options.sessions_per_host}")
-        self.options, self.idle, self.preload = options, idle, list(preload)
+        self.options, self.idle, self.preload = options, idle, list(options.actors.preload)
         self.slots = options.sessions_per_host
         self._hosts: list[Any] = []
         """Hosts with a free slot, in the order they are handed out."""
@@ -444,9 +377,7 @@ class RaySession(StopsOnExit):
         from duplexer.runtime.ray_host import DRIVER, SlotSpec
 
         specs = list(specs)
-        unknown = self.options.placement.actors() - {spec.name for spec in specs} - OPTIONAL_ACTORS
-        if unknown:
-            raise PlacementError(f"placement names actors this session does not run: {', '.join(sorted(unknown))}")
+        self.options.actors.check(self.options.placement, running=(spec.name for spec in specs))
         local: dict[str, Actor] = {}
         remote: dict[str, list[ActorSpec]] = {}
         for spec in specs:

@@ -76,13 +76,16 @@ def sender_to(handle: Any, key: SlotKey, sender: str) -> Send:
 
 
 class NoSinkHere:
-    """The audio sink of a Ray host: playout runs in the driver, where the speaker or track is."""
+    """The audio sink of a Ray host: the call's audio is in the driver, where the speaker or track is."""
 
     def write(self, pcm: bytes, sample_rate_hz: int, reply_id: str, ts_ms: float) -> None:
-        raise RuntimeError("playout must run in the driver process, next to its audio sink")
+        raise RuntimeError(NO_SINK_HERE)
 
     def flush(self) -> None:
-        raise RuntimeError("playout must run in the driver process, next to its audio sink")
+        raise RuntimeError(NO_SINK_HERE)
+
+
+NO_SINK_HERE = "an actor that plays audio must run in the driver process, next to the call's audio sink"
 
 
 @dataclass(frozen=True)

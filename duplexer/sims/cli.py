@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from duplexer.actors.pipeline import PIPELINE_ACTORS
 from duplexer.cli_support import add_policy_argument, chosen_policy, fail
 from duplexer.runtime.console import say
 from duplexer.runtime.executors import add_executor_arguments, session_maker
@@ -80,7 +81,7 @@ def _runner(args: argparse.Namespace, progress: bool) -> Any:
 
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {args.concurrency}")
-    make_session = session_maker(args)
+    make_session = session_maker(args, PIPELINE_ACTORS)
 
     def run_jobs(jobs: Any) -> Any:
         return run_real_time(jobs, args.seed, make_session, args.concurrency, progress)
@@ -129,7 +130,7 @@ def register(commands: Any) -> None:
         metavar="N",
         help=f"in real time, how many scenarios play at once (default: {DEFAULT_CONCURRENCY})",
     )
-    add_executor_arguments(sim, SIM_RAY_PLACEMENT)
+    add_executor_arguments(sim, SIM_RAY_PLACEMENT, PIPELINE_ACTORS)
     sim.add_argument("--no-plots", action="store_true", help="skip the timeline PNGs")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")

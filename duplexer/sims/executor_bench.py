@@ -916,6 +916,7 @@ def main(argv: Sequence[str]) -> int:
     if args.cap < 1 or args.samples < 10 or args.warmup < 0 or args.interval_ms <= 0 or args.num_cpus < 1:
         return fail("--cap and --num-cpus must be >= 1, --samples >= 10, --warmup >= 0, --interval-ms > 0")
 
+    from duplexer.actors.pipeline import PIPELINE_ACTORS
     from duplexer.runtime.logging import configure_logging
     from duplexer.runtime.ray_executor import RayOptions, RayUnavailable, ensure_ray
     from duplexer.sims.scenario import ScenarioError
@@ -934,7 +935,7 @@ def main(argv: Sequence[str]) -> int:
         f"{sim_ref.response_p50_ms:.0f} ms; voice {voice_ms / 1000:.1f} s, "
         f"response p50 {voice_ref.response_p50_ms:.0f} ms"
     )
-    options = RayOptions(num_cpus=args.num_cpus)
+    options = RayOptions(num_cpus=args.num_cpus, actors=PIPELINE_ACTORS)
     started = time.monotonic()
     try:
         ensure_ray(options)
