@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from duplexer.protocols.mqtt import BridgeConfig, EngineFactory, MqttBridge, scripted_engines
+from duplexer.protocols.mqtt_bridge import BridgeConfig, EngineFactory, MqttBridge, scripted_engines
 from duplexer.protocols.mqtt_broker import LoopbackBroker, find_mosquitto
 from duplexer.protocols.mqtt_connection import BrokerSettings, broker_settings
 from duplexer.protocols.mqtt_device import DeviceClient

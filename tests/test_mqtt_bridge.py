@@ -23,7 +23,7 @@ import aiomqtt
 import pytest
 
 from duplexer.actors.context import ContextActor
-from duplexer.protocols.mqtt import BrokerLoginRefused, DeviceLink, MqttBridge
+from duplexer.protocols.mqtt_bridge import BrokerLoginRefused, DeviceLink, MqttBridge
 from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.protocols.mqtt_connection import broker_settings, make_client
 from duplexer.protocols.mqtt_device import DeviceClient

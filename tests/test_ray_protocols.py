@@ -26,7 +26,7 @@ from duplexer.actors.scripted import echo_reply
 from duplexer.cli import build_parser
 from duplexer.policies.controller import PolicyParams
 from duplexer.protocols.executor_cli import TransportExecutor, transport_executor
-from duplexer.protocols.mqtt import scripted_engines as mqtt_scripted_engines
+from duplexer.protocols.mqtt_bridge import scripted_engines as mqtt_scripted_engines
 from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.protocols.webrtc_call import CallSettings
 from duplexer.protocols.webrtc_client import WebRtcCaller

@@ -70,7 +70,7 @@ class _DiscardSink:
 
 async def _serve(bridge: Any, preflight: Any) -> str | None:
     """Run the bridge until SIGINT/SIGTERM; a one-line error for the user, or None."""
-    from duplexer.protocols.mqtt import BrokerLoginRefused
+    from duplexer.protocols.mqtt_bridge import BrokerLoginRefused
     from duplexer.runtime.clock import LoopClock
 
     if preflight is not None:
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from duplexer.actors.pipeline import PipelineConfig
     from duplexer.policies.controller import PolicyParams
     from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
-    from duplexer.protocols.mqtt import BridgeConfig, MqttBridge, policy_with, scripted_engines
+    from duplexer.protocols.mqtt_bridge import BridgeConfig, MqttBridge, policy_with, scripted_engines
     from duplexer.protocols.mqtt_connection import broker_settings
     from duplexer.protocols.mqtt_topics import Topics, WireError, valid_device_id
     from duplexer.runtime.logging import configure_logging
