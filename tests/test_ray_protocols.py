@@ -25,12 +25,12 @@ from duplexer.actors.controller import ControllerActor
 from duplexer.actors.scripted import echo_reply
 from duplexer.cli import build_parser
 from duplexer.policies.controller import PolicyParams
+from duplexer.protocols.engine_factory import scripted_engines
 from duplexer.protocols.executor_cli import TransportExecutor, transport_executor
 from duplexer.protocols.mqtt_bridge import scripted_engines as mqtt_scripted_engines
 from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.protocols.webrtc_call import CallSettings
 from duplexer.protocols.webrtc_client import WebRtcCaller
-from duplexer.protocols.webrtc_engines import scripted_engines
 from duplexer.protocols.webrtc_messages import order_problems
 from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer
 from duplexer.runtime.actor import ActorSpec

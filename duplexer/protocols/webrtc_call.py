@@ -39,8 +39,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.policies.controller import LIVE_CALL_POLICY
+from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.webrtc_audio import BotAudioTrack, InboundAudio
-from duplexer.protocols.webrtc_engines import EngineFactory
 from duplexer.protocols.webrtc_messages import (
     FORWARDED_EVENTS,
     PROTOCOL_VERSION,
