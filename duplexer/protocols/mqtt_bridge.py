@@ -43,9 +43,9 @@ from duplexer.actors.engines import AudioSink, Engines
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.actors.scripted import CannedAsr, ScriptedLlm, ScriptedTts, echo_reply
 from duplexer.policies.controller import PolicyParams
-from duplexer.protocols.mqtt_audio import (
-    DEFAULT_MAX_CONCEAL_MS,
+from duplexer.protocols.inbound_audio import (
     DEFAULT_REORDER_WINDOW_FRAMES,
+    MAX_CONCEAL_MS,
     InboundAudio,
     InboundCounts,
 )
@@ -143,7 +143,7 @@ class BridgeConfig:
     stats_interval_s: float = 10.0
     housekeeping_ms: float = 40.0
     reorder_window_frames: int = DEFAULT_REORDER_WINDOW_FRAMES
-    max_conceal_ms: float = DEFAULT_MAX_CONCEAL_MS
+    max_conceal_ms: float = MAX_CONCEAL_MS
     max_queued: int = 5000
     """Outbox capacity; past it audio is dropped first, then the oldest events (both counted)."""
     max_inflight: int = 64
@@ -516,7 +516,7 @@ class DeviceLink:
             return
         now_ms = session.clock.now_ms()
         if self.inbound is None:
-            self.inbound = self._new_inbound(self.fmt, round(now_ms / FRAME_MS))
+            self.inbound = self._new_inbound(self.fmt, None)  # its first audio ends at now
         try:
             frames = self.inbound.push(header, pcm, now_ms)
         except WireError as exc:
@@ -664,7 +664,7 @@ class DeviceLink:
         self.log.info("mqtt_session_stopped", session_id=session.session_id, reason=reason)
         self.publish_event("session", state="stopped", session_id=session.session_id, reason=reason)
 
-    def _new_inbound(self, fmt: AudioFormat, start_frame: int) -> InboundAudio:
+    def _new_inbound(self, fmt: AudioFormat, start_frame: int | None) -> InboundAudio:
         return InboundAudio(
             fmt,
             start_frame=start_frame,
