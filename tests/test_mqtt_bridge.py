@@ -23,10 +23,11 @@ import aiomqtt
 import pytest
 
 from duplexer.actors.context import ContextActor
-from duplexer.protocols.mqtt_bridge import BrokerLoginRefused, DeviceLink, MqttBridge
+from duplexer.protocols.mqtt_bridge import BrokerLoginRefused, MqttBridge
 from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.protocols.mqtt_connection import broker_settings, make_client
 from duplexer.protocols.mqtt_device import DeviceClient
+from duplexer.protocols.mqtt_link import DeviceLink
 from duplexer.protocols.mqtt_topics import (
     FLAG_REPLY_START,
     MAX_AUDIO_PAYLOAD_BYTES,
@@ -436,10 +437,10 @@ def test_tls_is_passed_to_the_broker(tmp_path: Path) -> None:
 
 def test_real_models_hold_a_two_turn_conversation_over_the_broker(broker: LoopbackBroker) -> None:
     """The acceptance check: Silero, Whisper, SmolLM2 and Piper from their packages, behind MQTT."""
-    from duplexer.protocols.mqtt_cli import EnginesUnavailable, real_engine_factory
+    from duplexer.protocols.engine_factory import EnginesUnavailable, real_engines
 
     try:
-        build = real_engine_factory()
+        build = real_engines()
     except EnginesUnavailable as exc:
         pytest.skip(str(exc))
     questions = [
