@@ -6,6 +6,7 @@ import math
 from math import gcd
 
 import numpy as np
+from numba import njit
 
 
 def pcm16_to_float(pcm: bytes | np.ndarray) -> np.ndarray:
@@ -31,8 +32,6 @@ RESAMPLER_HALF_TAPS = 16
 """Half the windowed-sinc kernel, in samples of the lower of the two rates."""
 RESAMPLER_CUTOFF = 0.92
 """Pass band as a share of the lower Nyquist frequency; the rest is the transition band."""
-FILTER_BLOCK_SAMPLES = 8192
-"""Output samples computed per step, so a whole file is filtered in bounded memory."""
 
 
 class StreamingResampler:
@@ -114,13 +113,36 @@ class StreamingResampler:
 
     def _filter(self, k_start: int, k_end: int) -> np.ndarray:
         """Output samples k_start..k_end-1: one dot product of a phase's taps and an input window each."""
-        parts = []
-        for block_start in range(k_start, k_end, FILTER_BLOCK_SAMPLES):
-            ks = np.arange(block_start, min(k_end, block_start + FILTER_BLOCK_SAMPLES), dtype=np.int64)
-            n0 = ks * self.down // self.up
-            index = (n0 - self.buffer_start)[:, None] + self.offsets[None, :]
-            parts.append(np.einsum("ij,ij->i", self.buffer[index], self.table[ks * self.down % self.up]))
-        return np.concatenate(parts)
+        out: np.ndarray = _polyphase(
+            self.buffer, self.table, self.up, self.down, self.buffer_start - self.offsets[0], k_start, k_end
+        )
+        return out
+
+
+@njit(
+    "float64[::1](float64[::1], float64[:, ::1], int64, int64, int64, int64, int64)",
+    cache=True,
+    nogil=True,
+)  # type: ignore[untyped-decorator,misc]
+def _polyphase(
+    buffer: np.ndarray, table: np.ndarray, up: int, down: int, first_index: int, k_start: int, k_end: int
+) -> np.ndarray:
+    """The filter's inner loop: output k is phase (k * down) % up's taps dotted with the input from
+    absolute index k * down // up - half + 1, which is ``buffer[k * down // up - first_index]``.
+
+    Compiled when this module is imported (and cached on disk), so a live stream never waits for it.
+    """
+    taps = table.shape[1]
+    out = np.empty(k_end - k_start)
+    for i in range(k_end - k_start):
+        k = k_start + i
+        phase = (k * down) % up
+        base = (k * down) // up - first_index
+        acc = 0.0
+        for j in range(taps):
+            acc += table[phase, j] * buffer[base + j]
+        out[i] = acc
+    return out
 
 
 def resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
