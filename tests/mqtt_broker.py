@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from duplexer.protocols.mqtt import BridgeConfig, EngineFactory, MqttBridge, scripted_engines
+from duplexer.protocols.engine_factory import EngineFactory, scripted_engines
+from duplexer.protocols.mqtt_bridge import BridgeConfig, MqttBridge
 from duplexer.protocols.mqtt_broker import LoopbackBroker, find_mosquitto
 from duplexer.protocols.mqtt_connection import BrokerSettings, broker_settings
 from duplexer.protocols.mqtt_device import DeviceClient
@@ -68,7 +69,7 @@ def speech(name: str) -> tuple[bytes, int]:
 
 def engines_replying(reply: str = SHORT_REPLY, transcripts: tuple[str, ...] = ()) -> EngineFactory:
     """Scripted engines whose bot always says ``reply``."""
-    return scripted_engines(transcripts=transcripts, reply_for=lambda _: reply)
+    return scripted_engines(transcripts=transcripts, reply_for=lambda _: reply, hum=False)
 
 
 @contextlib.asynccontextmanager

@@ -23,10 +23,11 @@ import aiomqtt
 import pytest
 
 from duplexer.actors.context import ContextActor
-from duplexer.protocols.mqtt import BrokerLoginRefused, DeviceLink, MqttBridge
+from duplexer.protocols.mqtt_bridge import BrokerLoginRefused, MqttBridge
 from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.protocols.mqtt_connection import broker_settings, make_client
 from duplexer.protocols.mqtt_device import DeviceClient
+from duplexer.protocols.mqtt_link import DeviceLink
 from duplexer.protocols.mqtt_topics import (
     FLAG_REPLY_START,
     MAX_AUDIO_PAYLOAD_BYTES,
@@ -439,9 +440,9 @@ def test_real_models_hold_a_two_turn_conversation_over_the_broker(broker: Loopba
 
     The models ship as installed packages, so one that cannot load fails this test: it never skips.
     """
-    from duplexer.protocols.mqtt_cli import real_engine_factory
+    from duplexer.protocols.engine_factory import real_engines
 
-    build = real_engine_factory()
+    build = real_engines()
     questions = [
         ("basketball_short_female_en-US-Wavenet-E.wav", "basketball"),
         ("bike_short_male_en-US-Wavenet-A.wav", "bike"),

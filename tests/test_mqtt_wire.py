@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from duplexer.protocols.mqtt_audio import (
+from duplexer.kernels.audio import StreamingResampler
+from duplexer.protocols.inbound_audio import (
     MAX_LATE_FRAMES,
     RESYNC_LAG_MS,
     InboundAudio,
-    StreamingResampler,
 )
 from duplexer.protocols.mqtt_connection import Backoff, broker_settings
 from duplexer.protocols.mqtt_topics import (

@@ -13,7 +13,7 @@ import pytest
 
 from duplexer.actors.pipeline import PIPELINE_ACTORS, PipelineConfig, pipeline_specs, start_pipeline
 from duplexer.policies.controller import PolicyParams
-from duplexer.protocols.webrtc_engines import scripted_engines
+from duplexer.protocols.engine_factory import scripted_engines
 from duplexer.runtime.events import (
     FRAME_MS,
     INPUT_SAMPLE_RATE_HZ,

@@ -25,12 +25,11 @@ from duplexer.actors.controller import ControllerActor
 from duplexer.actors.scripted import echo_reply
 from duplexer.cli import build_parser
 from duplexer.policies.controller import PolicyParams
+from duplexer.protocols.engine_factory import scripted_engines
 from duplexer.protocols.executor_cli import TransportExecutor, transport_executor
-from duplexer.protocols.mqtt import scripted_engines as mqtt_scripted_engines
 from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.protocols.webrtc_call import CallSettings
 from duplexer.protocols.webrtc_client import WebRtcCaller
-from duplexer.protocols.webrtc_engines import scripted_engines
 from duplexer.protocols.webrtc_messages import order_problems
 from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer
 from duplexer.runtime.actor import ActorSpec
@@ -230,7 +229,7 @@ def test_an_mqtt_device_on_ray_gets_a_reply_and_live_policy_updates_reach_the_re
     pcm, _ = speech()
     executor = executor_for(
         ["mqtt", "--broker", broker.url, "--all-devices", "--engines", "scripted", "--executor", "ray"],
-        mqtt_scripted_engines(transcripts=(QUESTION,)),
+        scripted_engines(transcripts=(QUESTION,), hum=False),
     )
     assert isinstance(executor.make_session, RaySessionMaker)
     end_of_turn_ms = 1400.0  # twice the default: a turn must not be answered sooner

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from duplexer.kernels.audio import resample
+from duplexer.protocols.inbound_audio import InboundAudio
 from duplexer.protocols.webrtc_audio import (
     OPUS_FRAME_SAMPLES,
     OPUS_RATE_HZ,
     BotAudioTrack,
-    InboundAudio,
 )
 from duplexer.runtime.clock import LoopClock, run_virtual
 from duplexer.runtime.events import FRAME_MS, FRAME_SAMPLES, INPUT_SAMPLE_RATE_HZ
@@ -46,7 +46,7 @@ def test_chromium_stereo_48k_becomes_16k_pipeline_frames_with_no_seam_at_frame_e
     frames = []
     for i in range(50):
         chunk = source[i * OPUS_FRAME_SAMPLES : (i + 1) * OPUS_FRAME_SAMPLES]
-        frames += inbound.push(chromium_frame(chunk, i * OPUS_FRAME_SAMPLES), now_ms=1000.0 + (i + 1) * FRAME_MS)
+        frames += inbound.push_frame(chromium_frame(chunk, i * OPUS_FRAME_SAMPLES), now_ms=1000.0 + (i + 1) * FRAME_MS)
     assert len(frames) == 50  # one pipeline frame per network frame: no carry-over latency
     assert all(len(pcm) == 2 * FRAME_SAMPLES for _, pcm in frames)
     out = np.frombuffer(b"".join(pcm for _, pcm in frames), dtype="<i2").astype(np.float64)
@@ -64,16 +64,16 @@ def test_chromium_stereo_48k_becomes_16k_pipeline_frames_with_no_seam_at_frame_e
 def test_inbound_audio_time_keeps_step_with_the_clock_fills_lost_packets_and_resyncs() -> None:
     inbound = InboundAudio()
     silence = np.zeros(OPUS_FRAME_SAMPLES)
-    first = inbound.push(chromium_frame(silence, 0), now_ms=5000.0)
+    first = inbound.push_frame(chromium_frame(silence, 0), now_ms=5000.0)
     assert [seq for seq, _ in first] == [249]  # its 20 ms end at the clock's now
-    second = inbound.push(chromium_frame(silence, OPUS_FRAME_SAMPLES), now_ms=5020.0)
+    second = inbound.push_frame(chromium_frame(silence, OPUS_FRAME_SAMPLES), now_ms=5020.0)
     assert [seq for seq, _ in second] == [250]
     # two packets lost: 40 ms of silence stand in for them, audio time stays in step
-    third = inbound.push(chromium_frame(silence, 4 * OPUS_FRAME_SAMPLES), now_ms=5080.0)
+    third = inbound.push_frame(chromium_frame(silence, 4 * OPUS_FRAME_SAMPLES), now_ms=5080.0)
     assert [seq for seq, _ in third] == [251, 252, 253]
     assert inbound.counts.concealed_ms == pytest.approx(40.0)
     # the microphone paused for 3 s (no packets, pts jumps on): audio time jumps to the clock
-    later = inbound.push(chromium_frame(silence, 200 * OPUS_FRAME_SAMPLES), now_ms=8100.0)
+    later = inbound.push_frame(chromium_frame(silence, 200 * OPUS_FRAME_SAMPLES), now_ms=8100.0)
     assert [seq for seq, _ in later] == [404]
     assert inbound.counts.resyncs == 1
 

@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from duplexer.protocols.engine_factory import scripted_engines
 from duplexer.protocols.webrtc_call import CallSettings
-from duplexer.protocols.webrtc_engines import scripted_engines
 from duplexer.protocols.webrtc_messages import order_problems
 from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer
 from tests.conftest import SHARED

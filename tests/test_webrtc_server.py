@@ -25,10 +25,10 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from duplexer.cli import main as cli_main
+from duplexer.protocols.engine_factory import EngineFactory, real_engines, scripted_engines
 from duplexer.protocols.webrtc_bench import bench, synthetic_speech
 from duplexer.protocols.webrtc_call import CallSettings
 from duplexer.protocols.webrtc_client import SignallingError, WebRtcCaller
-from duplexer.protocols.webrtc_engines import EngineFactory, real_engines, scripted_engines
 from duplexer.protocols.webrtc_messages import order_problems
 from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer
 from duplexer.runtime.events import FRAME_MS

@@ -13,11 +13,6 @@ from duplexer.cli_support import add_policy_argument, chosen_policy, fail
 from duplexer.protocols.executor_cli import add_transport_executor_arguments
 
 PASSWORD_ENV = "DUPLEXER_MQTT_PASSWORD"
-REAL_ENGINES_MODULE = "duplexer.actors.real"
-
-
-class EnginesUnavailable(RuntimeError):
-    """The requested engines cannot be built on this machine."""
 
 
 def parse_policy_sets(items: list[str]) -> dict[str, float | int | bool]:
@@ -39,25 +34,6 @@ def parse_policy_sets(items: list[str]) -> dict[str, float | int | bool]:
     return overrides
 
 
-def real_engine_factory() -> Any:
-    """``duplexer.actors.real.build_engines``, imported only when real engines are asked for."""
-    import importlib
-
-    try:
-        module = importlib.import_module(REAL_ENGINES_MODULE)
-    except ImportError as exc:
-        raise EnginesUnavailable(
-            f"--engines real needs {REAL_ENGINES_MODULE}.build_engines, which cannot be imported ({exc}); "
-            "install the real-model packages, or use --engines scripted for a model-free trial"
-        ) from None
-    build = getattr(module, "build_engines", None)
-    if not callable(build):
-        raise EnginesUnavailable(
-            f"--engines real needs {REAL_ENGINES_MODULE}.build_engines(clock, sink), which it does not define"
-        )
-    return build
-
-
 class _DiscardSink:
     """A sink for the real engines' start-up check; nothing is played into it."""
 
@@ -70,7 +46,7 @@ class _DiscardSink:
 
 async def _serve(bridge: Any, preflight: Any) -> str | None:
     """Run the bridge until SIGINT/SIGTERM; a one-line error for the user, or None."""
-    from duplexer.protocols.mqtt import BrokerLoginRefused
+    from duplexer.protocols.mqtt_bridge import BrokerLoginRefused
     from duplexer.runtime.clock import LoopClock
 
     if preflight is not None:
@@ -93,9 +69,11 @@ async def _serve(bridge: Any, preflight: Any) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from duplexer.actors.pipeline import PipelineConfig
+    from duplexer.protocols.engine_factory import EnginesUnavailable, real_engines, scripted_engines
     from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
-    from duplexer.protocols.mqtt import BridgeConfig, MqttBridge, policy_with, scripted_engines
+    from duplexer.protocols.mqtt_bridge import BridgeConfig, MqttBridge
     from duplexer.protocols.mqtt_connection import broker_settings
+    from duplexer.protocols.mqtt_link import policy_with
     from duplexer.protocols.mqtt_topics import Topics, WireError, valid_device_id
     from duplexer.runtime.logging import configure_logging
 
@@ -123,11 +101,11 @@ def run(args: argparse.Namespace) -> int:
     preflight = None
     if args.engines == "real":
         try:
-            engines = preflight = real_engine_factory()
+            engines = preflight = real_engines()
         except EnginesUnavailable as exc:
             return fail(str(exc))
     else:
-        engines = scripted_engines()
+        engines = scripted_engines(hum=False)
     try:  # with --executor ray: reach the cluster (or start Ray here) and deploy the shared engines
         executor = transport_executor(args, engines)
     except (ValueError, RuntimeError) as exc:  # a bad option, no Ray, no cluster, a failed deployment

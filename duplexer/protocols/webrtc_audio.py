@@ -1,9 +1,8 @@
-"""Call audio between aiortc and the pipeline: inbound resampling and framing, the outbound paced track.
+"""Call audio between aiortc and the pipeline: the outbound paced track, and the Opus constants.
 
 Inbound, Opus decodes to 48 kHz (Chromium sends stereo s16 frames of 960
-samples). :class:`InboundAudio` turns those into the pipeline's 16 kHz, 20 ms
-mono frames with a streaming resampler, and numbers them in audio time kept in
-step with the session clock (the controller compares the two).
+samples); :class:`~duplexer.protocols.inbound_audio.InboundAudio`, which the MQTT
+bridge uses too, turns those into the pipeline's frames.
 
 Outbound, :class:`BotAudioTrack` is both the session's
 :class:`~duplexer.actors.engines.AudioSink` and the MediaStreamTrack aiortc
@@ -24,8 +23,9 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from duplexer.kernels.audio import StreamingResampler
 from duplexer.runtime.clock import Clock
-from duplexer.runtime.events import FRAME_MS, FRAME_SAMPLES, INPUT_SAMPLE_RATE_HZ
+from duplexer.runtime.events import FRAME_MS
 
 OPUS_RATE_HZ = 48_000
 """WebRTC audio runs at 48 kHz (Opus)."""
@@ -39,132 +39,9 @@ WRITER_WAIT_MS = float(FRAME_MS)
 sending silence; waiting follows the playout actor's phase instead of adding a frame of buffer."""
 WRITER_ACTIVE_MS = 2.0 * FRAME_MS
 """A write this recent means a reply is flowing."""
-MAX_CONCEAL_MS = 1000.0
-"""Inbound gaps (lost packets) up to this long are filled with silence, keeping audio time in step."""
-RESYNC_LAG_MS = 500.0
-"""Inbound audio time lagging the session clock by more than this jumps forward to it."""
 REPLIES_KEPT = 32
 TAIL_SAMPLES = OPUS_RATE_HZ // 400
 """A reply's leftover shorter than this (2.5 ms) is the resampler's tail, not audio worth a frame: dropped."""
-
-
-class PcmResampler:
-    """Streaming resampler to mono PCM16 at ``out_rate_hz``; filter state carries across chunks.
-
-    libswresample's polyphase filter (through PyAV, which aiortc already uses), so
-    chunk edges do not click. The filter's start-up delay is made up with leading
-    silence, so 20 ms in gives 20 ms out from the first chunk on and framing adds no
-    carry-over latency. A change of input rate or layout starts a fresh filter.
-    """
-
-    def __init__(self, out_rate_hz: int) -> None:
-        self.out_rate_hz = out_rate_hz
-        self._resampler: av.AudioResampler | None = None
-        self._input: tuple[str, str, int] | None = None
-        self._priming = True
-        self._expected_out = 0.0
-        self._produced_out = 0
-
-    def reset(self) -> None:
-        """Forget filter state, e.g. after dropping a reply's audio."""
-        self._resampler, self._input = None, None
-        self._priming, self._expected_out, self._produced_out = True, 0.0, 0
-
-    def frame(self, frame: av.AudioFrame) -> bytes:
-        """Resample one decoded frame (any format, layout and rate)."""
-        key = (frame.format.name, frame.layout.name, frame.sample_rate)
-        if key != self._input or self._resampler is None:
-            self.reset()
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self.out_rate_hz)
-            self._input = key
-        frame.pts = None  # gaps are handled by the caller, not by timestamp compensation
-        out = b"".join(o.to_ndarray().astype("<i2", copy=False).tobytes() for o in self._resampler.resample(frame))
-        if self._priming:
-            self._expected_out += frame.samples * self.out_rate_hz / frame.sample_rate
-            self._produced_out += len(out) // 2
-            if out:
-                self._priming = False
-                out = bytes(2 * max(0, round(self._expected_out) - self._produced_out)) + out
-        return out
-
-    def pcm(self, pcm: bytes, sample_rate_hz: int) -> bytes:
-        """Resample mono PCM16 bytes."""
-        samples = np.frombuffer(pcm, dtype="<i2")
-        if samples.size == 0:
-            return b""
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = sample_rate_hz
-        return self.frame(frame)
-
-
-@dataclass
-class InboundCounts:
-    """What happened to a call's microphone audio."""
-
-    frames_in: int = 0
-    frames_out: int = 0
-    concealed_ms: float = 0.0
-    resyncs: int = 0
-    format_changes: int = 0
-
-
-class InboundAudio:
-    """Decoded call audio to the pipeline's 16 kHz, 20 ms mono frames, numbered in audio time.
-
-    The first frame is numbered so that its audio ends at the session clock's now;
-    later frames follow on. Lost packets (a pts gap) are filled with silence, and
-    audio time that falls far behind the clock (the microphone paused) jumps to it.
-    """
-
-    frame_bytes = 2 * FRAME_SAMPLES
-
-    def __init__(self, max_conceal_ms: float = MAX_CONCEAL_MS, resync_lag_ms: float = RESYNC_LAG_MS) -> None:
-        self.max_conceal_ms, self.resync_lag_ms = max_conceal_ms, resync_lag_ms
-        self.resampler = PcmResampler(INPUT_SAMPLE_RATE_HZ)
-        self.pending = bytearray()
-        self.next_seq: int | None = None
-        self.expected_pts: int | None = None
-        self.input_key: tuple[str, int] | None = None
-        self.counts = InboundCounts()
-
-    def push(self, frame: av.AudioFrame, now_ms: float) -> list[tuple[int, bytes]]:
-        """The pipeline frames (seq, pcm) that ``frame`` completes."""
-        self.counts.frames_in += 1
-        key = (frame.layout.name, frame.sample_rate)
-        if self.input_key is not None and key != self.input_key:
-            self.counts.format_changes += 1
-        self.input_key = key
-        self._conceal_gap(frame)
-        self.pending += self.resampler.frame(frame)
-        n = len(self.pending) // self.frame_bytes
-        if n == 0:
-            return []
-        newest_seq = max(0, round(now_ms / FRAME_MS) - 1)
-        if self.next_seq is None:
-            self.next_seq = max(0, newest_seq - n + 1)
-        elif (self.next_seq + n) * FRAME_MS < now_ms - self.resync_lag_ms:
-            self.counts.resyncs += 1
-            self.next_seq = max(self.next_seq, newest_seq - n + 1)
-        out: list[tuple[int, bytes]] = []
-        for i in range(n):
-            out.append((self.next_seq, bytes(self.pending[i * self.frame_bytes : (i + 1) * self.frame_bytes])))
-            self.next_seq += 1
-        del self.pending[: n * self.frame_bytes]
-        self.counts.frames_out += n
-        return out
-
-    def _conceal_gap(self, frame: av.AudioFrame) -> None:
-        pts, rate = frame.pts, frame.sample_rate
-        if pts is None or frame.time_base is None or rate <= 0:
-            self.expected_pts = None
-            return
-        pts_samples = int(pts * frame.time_base * rate)
-        if self.expected_pts is not None:
-            gap_ms = 1000.0 * (pts_samples - self.expected_pts) / rate
-            if FRAME_MS / 2 < gap_ms <= self.max_conceal_ms:
-                self.pending += bytes(2 * round(gap_ms * INPUT_SAMPLE_RATE_HZ / 1000))
-                self.counts.concealed_ms += gap_ms
-        self.expected_pts = pts_samples + frame.samples
 
 
 @dataclass
@@ -210,7 +87,8 @@ class BotAudioTrack(MediaStreamTrack):
         self.clock = clock
         self.max_queue_frames = max(1, int(max_queue_ms // FRAME_MS))
         self.writer_wait_s = writer_wait_ms / 1000.0
-        self.resampler = PcmResampler(OPUS_RATE_HZ)
+        self.resampler: StreamingResampler | None = None
+        """Bot PCM to 48 kHz, for the rate being written; a new rate or a flush starts a fresh one."""
         self.queue: deque[tuple[bytes, str, float]] = deque()
         """Frames to send: PCM, reply id, and how much of the frame is audio (ms)."""
         self.partial = bytearray()
@@ -228,7 +106,9 @@ class BotAudioTrack(MediaStreamTrack):
     def write(self, pcm: bytes, sample_rate_hz: int, reply_id: str, ts_ms: float) -> None:
         if self.partial and reply_id != self.partial_reply:
             self._queue_partial()
-        self.partial += self.resampler.pcm(pcm, sample_rate_hz)
+        if self.resampler is None or self.resampler.in_rate_hz != sample_rate_hz:
+            self.resampler = StreamingResampler(sample_rate_hz, OPUS_RATE_HZ, lead_in=True)
+        self.partial += self.resampler.process(pcm)
         self.partial_reply = reply_id
         frame_bytes = 2 * OPUS_FRAME_SAMPLES
         while len(self.partial) >= frame_bytes:
@@ -247,7 +127,7 @@ class BotAudioTrack(MediaStreamTrack):
         self.queue.clear()
         self.partial.clear()
         self.partial_reply = None
-        self.resampler.reset()
+        self.resampler = None
         self._last_write_s = None
 
     # ------------------------------------------------------------ the track

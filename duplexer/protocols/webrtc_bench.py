@@ -40,9 +40,9 @@ import av
 import numpy as np
 
 from duplexer.actors.pipeline import start_pipeline
+from duplexer.protocols.engine_factory import EngineFactory, scripted_engines
 from duplexer.protocols.webrtc_call import Call, CallSettings
 from duplexer.protocols.webrtc_client import SILENCE_DBFS, ReceivedAudio, WebRtcCaller
-from duplexer.protocols.webrtc_engines import EngineFactory, scripted_engines
 from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer
 from duplexer.runtime.benchlog import DEFAULT_BENCH_LOG, append_benchmark
 from duplexer.runtime.bus import Subscription

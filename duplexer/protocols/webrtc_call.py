@@ -39,8 +39,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.policies.controller import LIVE_CALL_POLICY
-from duplexer.protocols.webrtc_audio import BotAudioTrack, InboundAudio
-from duplexer.protocols.webrtc_engines import EngineFactory
+from duplexer.protocols.engine_factory import EngineFactory
+from duplexer.protocols.inbound_audio import InboundAudio
+from duplexer.protocols.webrtc_audio import BotAudioTrack
 from duplexer.protocols.webrtc_messages import (
     FORWARDED_EVENTS,
     PROTOCOL_VERSION,
@@ -342,7 +343,7 @@ class Call:
             if not isinstance(frame, av.AudioFrame):
                 continue
             self.last_media_s = self._loop.time()
-            for seq, pcm in self.inbound.push(frame, self.session.clock.now_ms()):
+            for seq, pcm in self.inbound.push_frame(frame, self.session.clock.now_ms()):
                 ctx.emit(AudioFrame, pcm=pcm, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
 
     async def _watch(self) -> None:
@@ -429,8 +430,8 @@ class Call:
             "close_detail": self.close_detail,
             "messages_sent": self.messages_sent,
             "inbound": {
-                "frames_in": counts.frames_in,
-                "pipeline_frames": counts.frames_out,
+                "frames_in": counts.frames,
+                "pipeline_frames": counts.pipeline_frames,
                 "concealed_ms": round(counts.concealed_ms, 1),
                 "resyncs": counts.resyncs,
             },

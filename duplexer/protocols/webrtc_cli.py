@@ -58,14 +58,14 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from duplexer.actors.pipeline import PipelineConfig
-    from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
-    from duplexer.protocols.webrtc_call import CallSettings
-    from duplexer.protocols.webrtc_engines import (
+    from duplexer.protocols.engine_factory import (
         EnginesUnavailable,
         preload_real_models,
         real_engines,
         scripted_engines,
     )
+    from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
+    from duplexer.protocols.webrtc_call import CallSettings
     from duplexer.protocols.webrtc_server import IceServer, ServerConfig, WebRtcServer
     from duplexer.runtime.logging import configure_logging, get_logger
 

@@ -27,8 +27,8 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
+from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.webrtc_call import Call, CallSettings, OfferRejected
-from duplexer.protocols.webrtc_engines import EngineFactory
 from duplexer.runtime.logging import get_logger
 
 WEB_DIR = Path(__file__).resolve().parent / "web"

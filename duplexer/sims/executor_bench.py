@@ -555,7 +555,7 @@ class SimWorkload:
 
 def voice_engine_factory() -> Callable[..., Any]:
     """The scripted call engines (picklable, so a Ray host can build its own): energy VAD, canned ASR."""
-    from duplexer.protocols.webrtc_engines import scripted_engines
+    from duplexer.protocols.engine_factory import scripted_engines
 
     return scripted_engines(VOICE_TRANSCRIPTS, reply_for=lambda _text: VOICE_REPLY)
 
@@ -1000,7 +1000,7 @@ def _report(
         f"sim workload: {sim.describe()}, replayed by the simulator in real time; Ray placement {SIM_RAY_PLACEMENT} "
         "(the scripted VAD, ASR and LLM read the simulated user's script, so they stay in the driver)",
         f"voice workload: {voice.describe()}; energy VAD, canned ASR, scripted LLM and humming TTS "
-        f"(duplexer.protocols.webrtc_engines.scripted_engines); Ray placements: session (controller, context, "
+        f"(duplexer.protocols.engine_factory.scripted_engines); Ray placements: session (controller, context, "
         f"llm, tts in the host; audio in the driver) and {AUDIO_REMOTE_PLACEMENT} (audio-remote without its "
         "tokenizer: every 20 ms frame crosses to the host)",
         f"N sessions at once in one driver process (asyncio.gather), starts spread over {START_SPREAD_S:.0f} s; "

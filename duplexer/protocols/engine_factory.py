@@ -1,7 +1,10 @@
-"""Engines for calls: the real models (loaded once per process) or model-free scripted ones.
+"""Engines for every transport (WebRTC calls, MQTT devices): the real models, or model-free scripted ones.
 
-The scripted bot hums instead of speaking silence, so a listener hears when it
-talks and when it stops, and a test can detect its audio on the far side of Opus.
+A transport builds one session's engines with an :data:`EngineFactory`, on the
+session's clock and playing into the transport's sink. The real models are
+imported only when asked for, so the scripted engines need none of their packages.
+By default the scripted bot hums instead of speaking silence, so a listener hears
+when it talks and when it stops, and a test can detect its audio on the far side of Opus.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from duplexer.actors.scripted import CannedAsr, ScriptedLlm, ScriptedTts, echo_r
 from duplexer.runtime.clock import Clock
 
 EngineFactory = Callable[[Clock, AudioSink], Engines]
-"""Builds one call's engines on the session's clock, playing into the given sink."""
+"""Builds one session's engines on the session's clock, playing into the given sink."""
 
 REAL_ENGINES_MODULE = "duplexer.actors.real"
 SCRIPTED_TTS_RATE_HZ = 22_050
-"""Piper's rate, so scripted calls exercise the same output resampling as real ones."""
+"""Piper's rate, so scripted sessions exercise the same output resampling (and devices the same
+non-16 kHz output) as real ones."""
 HUM_HZ = 220.0
 HUM_AMPLITUDE = 0.15
 
@@ -56,16 +60,22 @@ def scripted_engines(
     reply_for: Callable[[str], str] = echo_reply,
     seed: int = 0,
     llm_ttft_ms: float = 250.0,
+    tts_rate_hz: int = SCRIPTED_TTS_RATE_HZ,
+    hum: bool = True,
 ) -> EngineFactory:
-    """Model-free engines: EnergyVad on the call's real audio, canned transcripts, scripted LLM, humming TTS."""
+    """Model-free engines: EnergyVad on the session's real audio, canned transcripts, scripted LLM and TTS.
+
+    ``hum`` gives the scripted TTS a soft tone (:class:`HummingTts`) instead of silence.
+    """
 
     def build(clock: Clock, sink: AudioSink) -> Engines:
         rng = random.Random(seed)
+        tts = ScriptedTts(clock, rng, sample_rate_hz=tts_rate_hz)
         return Engines(
             vad=EnergyVad(),
             asr=CannedAsr(clock, transcripts),
             llm=ScriptedLlm(clock, rng, ttft_ms=llm_ttft_ms, reply_for=reply_for),
-            tts=HummingTts(ScriptedTts(clock, rng, sample_rate_hz=SCRIPTED_TTS_RATE_HZ)),
+            tts=HummingTts(tts) if hum else tts,
             sink=sink,
         )
 
@@ -81,8 +91,13 @@ def real_engines() -> EngineFactory:
             f"--engines real needs {REAL_ENGINES_MODULE}, which cannot be imported ({exc}); "
             "install the real-model packages, or use --engines scripted"
         ) from None
-    build: EngineFactory = module.build_engines
-    return build
+    build = getattr(module, "build_engines", None)
+    if not callable(build):
+        raise EnginesUnavailable(
+            f"--engines real needs {REAL_ENGINES_MODULE}.build_engines(clock, sink), which it does not define"
+        )
+    factory: EngineFactory = build
+    return factory
 
 
 def preload_real_models() -> None:
