@@ -13,7 +13,7 @@ from duplexer.cli_support import fail
 from duplexer.protocols.executor_cli import add_transport_executor_arguments
 
 PASSWORD_ENV = "DUPLEXER_MQTT_PASSWORD"
-REAL_ENGINES_MODULE = "duplexer.actors.real"
+REAL_ENGINES_MODULE = "duplexer.actors.models.loading"
 
 
 class EnginesUnavailable(RuntimeError):
@@ -40,7 +40,7 @@ def parse_policy_sets(items: list[str]) -> dict[str, float | int | bool]:
 
 
 def real_engine_factory() -> Any:
-    """``duplexer.actors.real.build_engines``, imported only when real engines are asked for."""
+    """``duplexer.actors.models.loading.build_engines``, imported only when real engines are asked for."""
     import importlib
 
     try:
@@ -172,7 +172,7 @@ def register(commands: Any) -> None:
         "--engines",
         choices=("real", "scripted"),
         default="real",
-        help="real (default): the models of duplexer.actors.real; scripted: model-free engines "
+        help="real (default): the models of duplexer.actors.models; scripted: model-free engines "
         "(energy VAD, canned transcript, scripted LLM and TTS that speaks silence), for tests "
         "and benchmarks only",
     )
