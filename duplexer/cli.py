@@ -2,7 +2,7 @@
 
 Each command lives in its own module with a ``register(subparsers)`` function;
 add a feature's command by adding its module to ``COMMAND_MODULES`` and a
-benchmark by adding a line to ``BENCHMARKS``.
+benchmark (a module of :mod:`duplexer.bench`) by adding a line to ``BENCHMARKS``.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 # name -> (module, function, help). Each function takes the remaining argv and returns an exit code.
 BENCHMARKS: dict[str, tuple[str, str, str]] = {
-    "bus": ("duplexer.runtime.bench", "main", "in-process bus publish->deliver latency and rate"),
-    "kernels": ("duplexer.kernels.bench", "main", "token interleave kernels: NumPy vs numba"),
-    "demo": ("duplexer.sims.demo_cli", "bench_main", "the demo with real models, speculation on vs off"),
-    "mqtt": ("duplexer.protocols.mqtt_bench", "main", "MQTT bridge: concurrent real-time devices, broker hop"),
-    "llm-serving": ("duplexer.actors.llm_bench", "main", "LLM server: speculation's discarded work, prefix reuse"),
-    "llm": ("duplexer.actors.llm_bench_backends", "main", "LLM in process vs its HTTP server: TTFT, decode, cancel"),
-    "webrtc": ("duplexer.protocols.webrtc_bench", "main", "barge-in stop latency over WebRTC vs in process"),
-    "asr": ("duplexer.actors.asr_bench", "main", "Whisper short window vs 30 s window: word accuracy, time per call"),
-    "executors": ("duplexer.sims.executor_bench", "main", "local vs Ray executor: event hop latency, sessions"),
+    "bus": ("duplexer.bench.bus", "main", "in-process bus publish->deliver latency and rate"),
+    "kernels": ("duplexer.bench.kernels", "main", "token interleave kernels: NumPy vs numba"),
+    "demo": ("duplexer.bench.demo", "main", "the demo with real models, speculation on vs off"),
+    "mqtt": ("duplexer.bench.mqtt", "main", "MQTT bridge: concurrent real-time devices, broker hop"),
+    "llm-serving": ("duplexer.bench.llm_serving", "main", "LLM server: speculation's discarded work, prefix reuse"),
+    "llm": ("duplexer.bench.llm", "main", "LLM in process vs its HTTP server: TTFT, decode, cancel"),
+    "webrtc": ("duplexer.bench.webrtc", "main", "barge-in stop latency over WebRTC vs in process"),
+    "asr": ("duplexer.bench.asr", "main", "Whisper short window vs 30 s window: word accuracy, time per call"),
+    "executors": ("duplexer.bench.executors", "main", "local vs Ray executor: event hop latency, sessions"),
 }
 
 
@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="run a benchmark; prints figures and appends them to docs/benchmarks.md",
-        description="Run a benchmark. Figures are printed and appended, with the command, "
-        "to docs/benchmarks.md. Available: " + "; ".join(f"{name}: {spec[2]}" for name, spec in BENCHMARKS.items()),
+        help="run a benchmark; prints figures and appends them to the benchmark log",
+        description="Run a benchmark. Figures are printed and appended, with the command, to --log PATH; "
+        "by default to docs/benchmarks.md inside a checkout of duplexer, and nowhere otherwise "
+        "(--no-log: nowhere). Available: " + "; ".join(f"{name}: {spec[2]}" for name, spec in BENCHMARKS.items()),
     )
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options for that benchmark")

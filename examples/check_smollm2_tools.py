@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tools import build_registry
 
 from duplexer.actors.context import DEFAULT_SYSTEM_PROMPT
-from duplexer.actors.real import load_models
+from duplexer.actors.models.loading import load_models
 
 QUESTIONS = (
     "What is the weather like in Paris today?",

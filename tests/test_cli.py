@@ -162,11 +162,11 @@ def test_policy_show_and_help_explain() -> None:
 
 
 def test_bench_bus_prints_figures_and_appends_to_the_log(tmp_path: Path) -> None:
-    result = run_cli("bench", "bus", "--events", "5000", "--repeats", "1", cwd=tmp_path)
+    log = tmp_path / "figures.md"
+    result = run_cli("bench", "bus", "--events", "5000", "--repeats", "1", "--log", str(log), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "publish->deliver p99" in result.stdout and "events/s" in result.stdout
-    log = (tmp_path / "docs" / "benchmarks.md").read_text()
-    assert "duplexer bench bus --events 5000 --repeats 1" in log
+    assert f"duplexer bench bus --events 5000 --repeats 1 --log {log}" in log.read_text()
 
 
 # ------------------------------------------------------------------ executor options of serve, mqtt and sim

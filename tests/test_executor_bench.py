@@ -6,19 +6,18 @@ import math
 
 import pytest
 
-from duplexer.runtime.events import Priority
-from duplexer.sims.executor_bench import (
-    HopProbe,
-    HopProbeControl,
+from duplexer.bench.executor_hops import HopProbe, HopProbeControl
+from duplexer.bench.executor_levels import (
     Reference,
     judge_level,
     largest_sustained,
-    main,
     percentile,
     ramp_levels,
     ratio_verdict,
     split_pace,
 )
+from duplexer.bench.executors import main
+from duplexer.runtime.events import Priority
 
 REFERENCE = Reference({"answered": 3, "errors": 0}, 700.0)
 

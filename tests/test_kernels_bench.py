@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from duplexer.kernels.bench import main
+from duplexer.bench.kernels import main
 
 
 def test_help_explains_the_options_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from duplexer.actors.llm_bench_backends import build_parser, main
+from duplexer.bench.llm import build_parser, main
 from duplexer.cli import BENCHMARKS
 
 
 def test_registered_as_bench_llm() -> None:
-    assert BENCHMARKS["llm"][:2] == ("duplexer.actors.llm_bench_backends", "main")
+    assert BENCHMARKS["llm"][:2] == ("duplexer.bench.llm", "main")
 
 
 def test_defaults_are_sane() -> None:

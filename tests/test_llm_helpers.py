@@ -24,8 +24,8 @@ import httpx
 from duplexer.actors.context import ContextManager
 from duplexer.actors.engines import Engines
 from duplexer.actors.llm import LlmParams
+from duplexer.actors.models.packages import smollm2_model_path
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
-from duplexer.actors.real import smollm2_model_path
 from duplexer.actors.scripted import ScriptedAsr, ScriptedTts, ScriptedVad, SpeechSpan, SpeechTimeline
 from duplexer.policies.controller import PolicyParams
 from duplexer.runtime.clock import LoopClock

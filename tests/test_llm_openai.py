@@ -19,8 +19,7 @@ import pytest
 
 from duplexer.actors.engines import Message
 from duplexer.actors.llm import LlmParams
-from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
-from duplexer.actors.llm_server import (
+from duplexer.actors.llm_http_client import (
     LlmServerTimeout,
     LlmServerUnavailable,
     LlmStreamBroken,
@@ -28,7 +27,8 @@ from duplexer.actors.llm_server import (
     RetryPolicy,
     Timeouts,
 )
-from duplexer.actors.real import smollm2_model_path
+from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
+from duplexer.actors.models.packages import smollm2_model_path
 from duplexer.actors.scripted import SpeechTimeline
 from duplexer.runtime.events import ErrorEvent, LlmCancelled, LlmDone
 from tests.test_llm_helpers import LlamaServer, drive_session, words_at

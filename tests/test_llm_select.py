@@ -14,7 +14,7 @@ from duplexer.actors.llm_select import (
     llm_config_from_args,
     llm_config_from_mapping,
 )
-from duplexer.actors.llm_sglang_server import SglangServerLlm
+from duplexer.actors.llm_sglang_client import SglangServerLlm
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -16,9 +16,7 @@ import pytest
 
 from duplexer.actors.engines import Message
 from duplexer.actors.llm import LlmParams
-from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
-from duplexer.actors.llm_prompt import history_prefix
-from duplexer.actors.llm_server import (
+from duplexer.actors.llm_http_client import (
     LlmRequestRejected,
     LlmServerError,
     LlmServerTimeout,
@@ -28,7 +26,9 @@ from duplexer.actors.llm_server import (
     RetryPolicy,
     Timeouts,
 )
-from duplexer.actors.llm_sglang_server import SglangServerConfig, SglangServerLlm
+from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
+from duplexer.actors.llm_prompt import history_prefix
+from duplexer.actors.llm_sglang_client import SglangServerConfig, SglangServerLlm
 from duplexer.runtime.events import ErrorEvent, LlmCancelled, PromptReady
 from tests.sglang_conformance_server import ConformanceServer
 from tests.test_llm_helpers import drive_session, free_port, words_at

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from duplexer.actors.llm_server import LlmServerError, LlmServerTimeout, LlmStreamBroken, RequestOutcome, Timeouts
+from duplexer.actors.llm_http_client import LlmServerError, LlmServerTimeout, LlmStreamBroken, RequestOutcome, Timeouts
 from duplexer.actors.llm_sglang import SglangEngineConfig, SglangInProcessLlm
-from duplexer.actors.real import ModelPackageMissing
+from duplexer.actors.models.packages import ModelPackageMissing
 
 REPLY_WORDS = ["Paris", " is", " the", " capital", " of", " France."]
 MESSAGES = [("system", "Be brief."), ("user", "capital of france?")]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from duplexer.bench import mqtt as mqtt_bench
 from duplexer.cli import main
-from duplexer.protocols import mqtt_bench
 from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.runtime.logging import configure_logging
 from tests.conftest import REPO
@@ -71,10 +71,10 @@ def test_a_device_id_or_all_devices_is_required() -> None:
 def test_real_engines_that_cannot_be_imported_exit_2_naming_the_module(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "duplexer.actors.real", None)  # as if the module were missing
+    monkeypatch.setitem(sys.modules, "duplexer.actors.models.loading", None)  # as if the module were missing
     assert main(["mqtt", "--broker", "mqtt://127.0.0.1:1", "--all-devices", "--engines", "real"]) == 2
     err = one_line_error(capsys)
-    assert "duplexer.actors.real" in err and "--engines scripted" in err
+    assert "duplexer.actors.models.loading" in err and "--engines scripted" in err
 
 
 def test_a_refused_login_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

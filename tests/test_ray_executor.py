@@ -277,7 +277,7 @@ def test_a_dead_session_host_ends_only_its_own_session() -> None:
 
 
 def test_a_killed_shared_engine_replica_gives_an_error_serve_replaces_it_and_the_next_turn_works() -> None:
-    from duplexer.actors.serve_engines import ShareOptions, deploy_shared_engines, shutdown_shared_engines
+    from duplexer.actors.ray_serve_engines import ShareOptions, deploy_shared_engines, shutdown_shared_engines
 
     slow_llm = scripted_engines(("hello there",), llm_ttft_ms=1500.0)
     shared = deploy_shared_engines(slow_llm, ShareOptions(kinds=("llm",)))

@@ -177,7 +177,7 @@ def test_a_webrtc_call_whose_session_host_dies_ends_with_session_failed() -> Non
 
 
 def test_a_webrtc_call_with_the_llm_and_tts_shared_on_ray_serve_gets_a_spoken_reply() -> None:
-    from duplexer.actors.serve_engines import SERVE_APP_PREFIX, SharedEngines
+    from duplexer.actors.ray_serve_engines import SERVE_APP_PREFIX, SharedEngines
 
     pcm, rate = speech()
     executor = executor_for(

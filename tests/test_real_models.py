@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from duplexer.actors.real import ModelPackageMissing, SileroVad, load_models, package_dir
+from duplexer.actors.models.loading import load_models
+from duplexer.actors.models.packages import ModelPackageMissing, package_dir
+from duplexer.actors.models.silero_vad import SileroVad
 from duplexer.protocols.wav import read_wav
 from duplexer.runtime.events import FRAME_SAMPLES, INPUT_SAMPLE_RATE_HZ
 from tests.conftest import SHARED
@@ -64,7 +66,7 @@ SHORT_WINDOW_PHRASES = (
 @needs_phrases
 @pytest.mark.parametrize("name", SHORT_WINDOW_PHRASES)
 def test_whisper_short_window_hears_every_reference_word_once(models, name: str) -> None:  # type: ignore[no-untyped-def]
-    from duplexer.actors.asr_bench import normalize_words
+    from duplexer.sims.word_accuracy import normalize_words
 
     assert models.asr.window == "short"
     pcm = read_wav(PHRASES / f"{name}.wav", INPUT_SAMPLE_RATE_HZ)
@@ -75,8 +77,8 @@ def test_whisper_short_window_hears_every_reference_word_once(models, name: str)
 
 @needs_phrases
 def test_whisper_short_and_full_windows_agree(models) -> None:  # type: ignore[no-untyped-def]
-    from duplexer.actors.asr_bench import normalize_words
     from duplexer.kernels.audio import pcm16_to_float
+    from duplexer.sims.word_accuracy import normalize_words
 
     audio = pcm16_to_float(read_wav(PHRASES / "work_long_male_en-US-Wavenet-B.wav", INPUT_SAMPLE_RATE_HZ))
     short = models.asr.transcribe_audio(audio, "short")

@@ -34,7 +34,7 @@ def test_at_least_twenty_shipped_scenarios_cover_the_required_situations() -> No
 
 @pytest.mark.skipif(not (SHARED / "data" / "vap_phrases").exists(), reason="shared data not beside the repo")
 def test_vap_scenarios_are_what_the_recordings_give(tmp_path: Path) -> None:
-    from duplexer.sims.vap import main
+    from duplexer.bench.vap_scenarios import main
 
     assert main([str(SHARED / "data" / "vap_phrases"), str(tmp_path)]) == 0
     for generated in tmp_path.glob("vap_*.yaml"):

@@ -33,6 +33,7 @@ from duplexer.kernels.tokens import (
     SEMANTIC_ID_OFFSET,
     SEMANTIC_PER_GROUP,
 )
+from duplexer.protocols.wav import read_wav
 from duplexer.runtime.clock import LoopClock, run_virtual
 from duplexer.runtime.events import (
     FRAME_SAMPLES,
@@ -56,17 +57,14 @@ SAMPLES_PER_MS = INPUT_SAMPLE_RATE_HZ // 1000
 @functools.cache
 def speech(seconds: float) -> npt.NDArray[np.float32]:
     """``seconds`` of real speech at 16 kHz: VAP phrases of several voices, back to back, PCM16-exact."""
-    from duplexer.actors.tokenizer_fit import read_wav_16k, vap_recordings
-
     wanted = int(seconds * INPUT_SAMPLE_RATE_HZ)
     parts, total = [], 0
-    for path in vap_recordings(VAP)[::7]:
-        parts.append(read_wav_16k(path))
+    for path in sorted((VAP / "audio").glob("*.wav"))[::7]:
+        parts.append(pcm16_to_float(read_wav(path, INPUT_SAMPLE_RATE_HZ)))
         total += len(parts[-1])
         if total >= wanted:
             break
-    audio = np.concatenate(parts)[:wanted]
-    return pcm16_to_float(float_to_pcm16(audio))
+    return np.concatenate(parts)[:wanted]
 
 
 @functools.cache

@@ -97,7 +97,7 @@ def test_unreadable_codebooks_name_the_file_and_the_fix(tmp_path: Path) -> None:
 
 @needs_vap
 def test_refitting_on_the_vap_phrases_reproduces_the_shipped_codebooks() -> None:
-    from duplexer.actors.tokenizer_fit import fit_codebooks
+    from duplexer.bench.tokenizer_fit import fit_codebooks
 
     shipped, refit = LogMelCodebooks.load(), fit_codebooks(VAP)
     assert refit.meta == shipped.meta

@@ -234,7 +234,7 @@ PHRASES = SHARED / "data" / "vap_phrases" / "audio"
 @pytest.mark.skipif(not PHRASES.exists(), reason="VAP phrases not beside the repo")
 def test_the_real_detector_rates_complete_questions_above_their_truncated_prefixes() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from duplexer.actors.real import LlamaTurnDetector
+    from duplexer.actors.models.llama_turn_detector import LlamaTurnDetector
 
     detector = LlamaTurnDetector()
     complete = sorted({p.read_text().strip() for p in PHRASES.glob("*.txt")})
@@ -266,7 +266,7 @@ def test_the_compute_gate_runs_one_step_at_a_time_most_urgent_first() -> None:
     import threading
     import time
 
-    from duplexer.actors.real import ComputeGate, Urgency
+    from duplexer.actors.models.compute_gate import ComputeGate, Urgency
 
     gate = ComputeGate()
     order: list[str] = []
@@ -308,7 +308,7 @@ def test_a_turn_detector_step_lets_llm_tokens_go_first_but_only_for_so_long() ->
     import threading
     import time
 
-    from duplexer.actors.real import ComputeGate, Urgency
+    from duplexer.actors.models.compute_gate import ComputeGate, Urgency
 
     def run(promote_after_s: float, release_after_s: float) -> list[str]:
         gate = ComputeGate({Urgency.TURN_DETECTOR: (promote_after_s, Urgency.LLM)})

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from duplexer.actors.real import MIN_REPEAT_WORDS, trim_repeated_tail
+from duplexer.actors.models.whisper_asr import MIN_REPEAT_WORDS, trim_repeated_tail
 
 WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
 TEXT = st.lists(st.sampled_from(["a", "b", "c", "you", "You,", "A.", "student?"]), max_size=30).map(" ".join)

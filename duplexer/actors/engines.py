@@ -79,4 +79,4 @@ class Engines:
 
 
 SHAREABLE = ("asr", "llm", "tts")
-"""Engine kinds that may run as shared Ray Serve deployments (:mod:`duplexer.actors.serve_engines`)."""
+"""Engine kinds that may run as shared Ray Serve deployments (:mod:`duplexer.actors.ray_serve_engines`)."""

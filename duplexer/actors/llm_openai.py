@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from duplexer.actors.engines import Message
-from duplexer.actors.llm_prompt import STOP_STRINGS, render_prompt
-from duplexer.actors.llm_server import (
+from duplexer.actors.llm_http_client import (
     ChunkParser,
     HttpRequestSpec,
     LlmServerUnavailable,
@@ -38,6 +37,7 @@ from duplexer.actors.llm_server import (
     json_body,
     resolve_api_key,
 )
+from duplexer.actors.llm_prompt import STOP_STRINGS, render_prompt
 
 OpenAiPromptFormat = Literal["chat", "step-audio"]
 

@@ -26,8 +26,8 @@ from typing import Any, Literal, get_args, get_type_hints
 from duplexer.actors.engines import LlmEngine
 from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
 from duplexer.actors.llm_sglang import SglangEngineConfig, SglangInProcessLlm
-from duplexer.actors.llm_sglang_server import SglangServerConfig, SglangServerLlm
-from duplexer.actors.real import LlamaLlm, LlamaParams
+from duplexer.actors.llm_sglang_client import SglangServerConfig, SglangServerLlm
+from duplexer.actors.models.llama_llm import LlamaLlm, LlamaParams
 
 LlmBackend = Literal["local", "openai", "sglang-server", "sglang"]
 LLM_BACKENDS: tuple[str, ...] = get_args(LlmBackend)

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from duplexer.actors.engines import Message
-from duplexer.actors.llm_prompt import PROMPT_FORMATS, render_prompt
-from duplexer.actors.llm_server import (
+from duplexer.actors.llm_http_client import (
     LlmServerError,
     LlmServerStats,
     LlmServerTimeout,
@@ -41,8 +40,9 @@ from duplexer.actors.llm_server import (
     absorb_usage,
     new_request_id,
 )
-from duplexer.actors.llm_sglang_server import TEXT_MODES, SglangChunks, TextMode, sampling_params
-from duplexer.actors.real import ModelPackageMissing
+from duplexer.actors.llm_prompt import PROMPT_FORMATS, render_prompt
+from duplexer.actors.llm_sglang_client import TEXT_MODES, SglangChunks, TextMode, sampling_params
+from duplexer.actors.models.packages import ModelPackageMissing
 from duplexer.runtime.logging import get_logger
 
 EnginePromptFormat = Literal["model", "chatml", "step-audio"]

@@ -287,7 +287,7 @@ class LogMelCodebooks:
             where = path or f"duplexer/actors/{TEST_CODEBOOKS_RESOURCE}"
             raise TokenizerLoadError(
                 f"test tokenizer codebooks {where} cannot be read ({exc}); "
-                "regenerate them with python -m duplexer.actors.tokenizer_fit"
+                "regenerate them with python -m duplexer.bench.tokenizer_fit"
             ) from exc
 
         def book(name: str) -> ProductCodebook:
@@ -323,7 +323,7 @@ class LogMelKMeansTestTokenizer:
 
     Linguistic: 40-band log-mel averaged over each 60 ms, 1024 codes (32 x 32). Semantic:
     80-band log-mel averaged over each 40 ms, 4096 codes (64 x 64). The codebooks were fitted on
-    the VAP phrase recordings (``python -m duplexer.actors.tokenizer_fit``). Codes depend only on
+    the VAP phrase recordings (``python -m duplexer.bench.tokenizer_fit``). Codes depend only on
     the audio, never on how it is segmented, and computing them costs well under 1 % of real time.
     """
 

@@ -24,7 +24,7 @@ from duplexer.runtime.clock import Clock
 EngineFactory = Callable[[Clock, AudioSink], Engines]
 """Builds one session's engines on the session's clock, playing into the given sink."""
 
-REAL_ENGINES_MODULE = "duplexer.actors.real"
+REAL_ENGINES_MODULE = "duplexer.actors.models.loading"
 SCRIPTED_TTS_RATE_HZ = 22_050
 """Piper's rate, so scripted sessions exercise the same output resampling (and devices the same
 non-16 kHz output) as real ones."""
@@ -83,7 +83,7 @@ def scripted_engines(
 
 
 def real_engines() -> EngineFactory:
-    """``duplexer.actors.real.build_engines``, imported only when real engines are asked for."""
+    """``duplexer.actors.models.loading.build_engines``, imported only when real engines are asked for."""
     try:
         module = importlib.import_module(REAL_ENGINES_MODULE)
     except ImportError as exc:

@@ -2,7 +2,7 @@
 
 ``--executor``, ``--ray-address``, ``--placement`` and ``--batch-ms`` are the simulator's
 (:mod:`duplexer.runtime.executors`). ``--share`` and ``--llm-gpus`` put engines that every
-session shares into Ray Serve deployments (:mod:`duplexer.actors.serve_engines`), so a cluster
+session shares into Ray Serve deployments (:mod:`duplexer.actors.ray_serve_engines`), so a cluster
 can hold one LLM on a GPU node for many sessions instead of one per session.
 """
 
@@ -77,7 +77,7 @@ class TransportExecutor:
         if close is not None:
             close()
         if self.shared:
-            from duplexer.actors.serve_engines import shutdown_shared_engines
+            from duplexer.actors.ray_serve_engines import shutdown_shared_engines
 
             shutdown_shared_engines(self.shared)
             self.shared = ()
@@ -95,7 +95,7 @@ def transport_executor(args: argparse.Namespace, engines: Callable[..., Any]) ->
         return TransportExecutor(make_session, engines)
     import ray
 
-    from duplexer.actors.serve_engines import ShareOptions, deploy_shared_engines
+    from duplexer.actors.ray_serve_engines import ShareOptions, deploy_shared_engines
 
     if gpus:
         have = ray.cluster_resources().get("GPU", 0.0)

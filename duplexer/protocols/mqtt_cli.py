@@ -150,7 +150,7 @@ def register(commands: Any) -> None:
         "--engines",
         choices=("real", "scripted"),
         default="real",
-        help="real (default): the models of duplexer.actors.real; scripted: model-free engines "
+        help="real (default): the models of duplexer.actors.models; scripted: model-free engines "
         "(energy VAD, canned transcript, scripted LLM and TTS that speaks silence), for tests "
         "and benchmarks only",
     )

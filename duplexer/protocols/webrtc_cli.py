@@ -151,7 +151,7 @@ def register(commands: Any) -> None:
         "--engines",
         choices=("real", "scripted"),
         default="real",
-        help="real (default): the models of duplexer.actors.real, loaded once; scripted: model-free engines "
+        help="real (default): the models of duplexer.actors.models, loaded once; scripted: model-free engines "
         "(energy VAD, canned transcript, scripted LLM, a humming voice), for trials and tests",
     )
     serve.add_argument(

@@ -17,7 +17,7 @@ fatal :class:`~duplexer.runtime.events.ErrorEvent` and ends, and no other sessio
 notices. Inside a host, the ordinary supervisor restarts a crashed actor as it
 does locally. Engines shared by many sessions (an LLM on a GPU node) run as Ray
 Serve deployments, which replace a dead replica on their own
-(:mod:`duplexer.actors.serve_engines`).
+(:mod:`duplexer.actors.ray_serve_engines`).
 """
 
 from __future__ import annotations

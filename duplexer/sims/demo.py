@@ -42,7 +42,7 @@ from duplexer.sims.metrics import percentiles, turn_facts
 from duplexer.sims.persona import Persona
 from duplexer.sims.scenario import Backchannel, Noise, Say, Scenario, Segment, Silence, Start
 from duplexer.sims.simulator import RECORDED_EVENTS, BotInterval, SimRun, StepRecord
-from duplexer.sims.vap import speech_segments_pcm
+from duplexer.sims.speech_segments import speech_segments_pcm
 
 WHISPER_ASR = AsrParams(partial_interval_ms=float("inf"))
 """No partials with Whisper: each call transcribes the whole segment again (~0.1-0.15 s with its short

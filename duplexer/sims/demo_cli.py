@@ -1,14 +1,13 @@
-"""`duplexer demo`, `duplexer talk` and `duplexer bench demo`: real models, real time."""
+"""`duplexer demo` and `duplexer talk`: real models, real time."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from duplexer.cli_support import add_policy_argument, chosen_policy, fail, positive_int
+from duplexer.cli_support import add_policy_argument, chosen_policy, fail
 from duplexer.runtime.console import progress, say
 
 
@@ -18,12 +17,12 @@ def _persona(path: Path | None) -> Any:
     return load_persona(path) if path else None
 
 
-def _engines(args: argparse.Namespace | None = None) -> tuple[Any, Any]:
+def demo_engines(args: argparse.Namespace | None = None) -> tuple[Any, Any]:
     """Load the real models once; returns (engine factory, user-voice synthesizer).
 
     With ``--llm`` naming a server backend, replies come from that server instead of SmolLM2.
     """
-    from duplexer.actors.real import build_engines, load_models
+    from duplexer.actors.models.loading import build_engines, load_models
 
     models = load_models()
     server_llm = None
@@ -53,12 +52,12 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """
     persona = _persona(args.persona)
     progress("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...")
-    make_engines, synthesize = _engines(args)
+    make_engines, synthesize = demo_engines(args)
     return persona, make_engines, synthesize
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from duplexer.actors.real import ModelPackageMissing
+    from duplexer.actors.models.packages import ModelPackageMissing
     from duplexer.runtime.logging import configure_logging
     from duplexer.sims.demo import run_demo, table, write_outputs
     from duplexer.sims.persona import PersonaError
@@ -80,7 +79,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _talk(args: argparse.Namespace) -> int:
-    from duplexer.actors.real import ModelPackageMissing
+    from duplexer.actors.models.packages import ModelPackageMissing
     from duplexer.protocols.wav import WavError, read_wav
     from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
     from duplexer.runtime.logging import configure_logging
@@ -115,7 +114,7 @@ def _talk(args: argparse.Namespace) -> int:
 
 def _talk_mic(args: argparse.Namespace) -> int:
     """Live talk through PyAudio until Ctrl-C; writes OUT/mic.wav, .json and _timeline.png like talk."""
-    from duplexer.actors.real import ModelPackageMissing
+    from duplexer.actors.models.packages import ModelPackageMissing
     from duplexer.protocols.microphone import MicrophoneUnavailable, open_devices
     from duplexer.sims.demo import demo_config, summarize_demo, table, talk_live, turn_records, write_outputs
     from duplexer.sims.persona import PersonaError
@@ -147,81 +146,6 @@ def _talk_mic(args: argparse.Namespace) -> int:
     write_outputs(args.out, "mic", run, records, summary)
     say(table(records, summary))
     say(f"wrote {args.out / 'mic.wav'}, .json and _timeline.png")
-    return 0
-
-
-BENCH_REPEATS = 3
-"""`bench demo` plays the conversation this many times with speculation on and off: nine turns give a
-median, where one run's p50 is just its middle turn."""
-
-
-def bench_main(argv: Sequence[str]) -> int:
-    """`duplexer bench demo`: the demo conversation with speculation on and off, in one run."""
-    from duplexer.actors.real import ModelPackageMissing
-    from duplexer.runtime.benchlog import append_benchmark
-    from duplexer.sims.demo import pooled_figures, run_demo, table
-
-    parser = argparse.ArgumentParser(
-        prog="duplexer bench demo",
-        description="Run the demo conversation with real models in real time, with speculation on and "
-        "off in the same run, --repeat times (alternating which goes first); print and append response "
-        "latency, latency saved, barge-in stop latency and output underruns, pooled over every turn, to "
-        "docs/benchmarks.md. Also reports how long the first audio takes after the turn is committed: "
-        "with speculation off that is the generation time speculation can save at most.",
-    )
-    parser.add_argument(
-        "--repeat",
-        type=positive_int,
-        default=BENCH_REPEATS,
-        help=f"times to play the conversation each way, ~45 s per time (default {BENCH_REPEATS})",
-    )
-    args = parser.parse_args(list(argv))
-    try:
-        make_engines, synthesize = _engines()
-    except ModelPackageMissing as exc:
-        return fail(str(exc))
-
-    async def repetitions() -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
-        results = []
-        for k in range(args.repeat):
-            first = "on" if k % 2 == 0 else "off"
-            progress(f"bench demo: run {k + 1}/{args.repeat}, speculation {first} first")
-            _, _, records, summary = await run_demo(make_engines, synthesize, speculation_first=k % 2 == 0)
-            say(table(records, summary))
-            results.append((records, summary))
-        return results
-
-    results = asyncio.run(repetitions())
-    figures = pooled_figures(results)
-    lat, saved, stop = figures["response_latency_ms"], figures["latency_saved_ms"], figures["barge_in_stop_ms"]
-    rows = [
-        ("response latency p50, speculation on", lat["p50"], "<= 800 ms"),
-        ("latency saved by speculation p50", saved["p50"], ">= 300 ms"),
-        ("barge-in stop latency p50", stop["p50"], "<= 150 ms"),
-        ("output underruns (all runs)", figures["output_underruns"], "0"),
-        (
-            "first audio after commit p50, speculation off (most it can save)",
-            figures["audio_after_commit_off_ms"]["p50"],
-            "",
-        ),
-        ("first audio after commit p50, speculation on", figures["audio_after_commit_on_ms"]["p50"], ""),
-    ]
-    say("")
-    say(f"pooled over {figures['turns']} turns of {args.repeat} runs:")
-    for name, value, target in rows:
-        say(f"  {name}: {value}{f'  (target {target})' if target else ''}")
-    per_turn = [[r["latency_saved_ms"] for r in records] for records, _ in results]
-    append_benchmark(
-        "demo: real models in real time (Silero, Whisper tiny.en, SmolLM2-135M, Piper)",
-        ("measure (pooled over every turn)", "value (ms or count)", "target"),
-        rows,
-        notes=(
-            f"{args.repeat} runs each way of {len(results[0][0])} user turns, alternating which goes first",
-            f"latency saved per run and turn: {per_turn} ms; per-run p50: {figures['latency_saved_p50_per_run']}",
-            f"response latency per run and turn: {[[r['response_latency_ms'] for r in rs] for rs, _ in results]} ms",
-        ),
-        argv=["bench", "demo", *argv],
-    )
     return 0
 
 

@@ -20,25 +20,10 @@ import numpy as np
 
 from duplexer.kernels.audio import pcm16_to_float
 from duplexer.runtime.console import say
+from duplexer.sims.word_accuracy import normalize_words, word_edits
 
 DEFAULT_PHRASES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vap_phrases" / "audio"
 WINDOWS: tuple[Literal["full"], Literal["short"]] = ("full", "short")
-
-
-def normalize_words(text: str) -> list[str]:
-    """Lower case, hyphens as spaces, everything but letters, digits and apostrophes dropped."""
-    cleaned = "".join(c if c.isalnum() or c == "'" else " " for c in text.lower().replace("-", " "))
-    return cleaned.split()
-
-
-def word_edits(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
-    """Levenshtein distance in words (substitutions, insertions, deletions)."""
-    row = list(range(len(hypothesis) + 1))
-    for i, ref_word in enumerate(reference, 1):
-        diagonal, row[0] = row[0], i
-        for j, hyp_word in enumerate(hypothesis, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (ref_word != hyp_word))
-    return row[-1]
 
 
 @dataclass
@@ -64,7 +49,7 @@ class WindowScore:
 
 
 def score_windows(asr: object, phrases: Sequence[Path], windows: Sequence[str] = WINDOWS) -> dict[str, WindowScore]:
-    """Transcribe each phrase with each window; ``asr`` is a :class:`~duplexer.actors.real.WhisperAsr`."""
+    """Transcribe each phrase with each window; ``asr`` is a :class:`~duplexer.actors.models.whisper_asr.WhisperAsr`."""
     from duplexer.protocols.wav import read_wav
     from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
 
@@ -87,17 +72,19 @@ def _load_average() -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    from duplexer.actors.real import SHORT_WINDOW_PAD_S, ModelPackageMissing, WhisperAsr
+    from duplexer.actors.models.packages import ModelPackageMissing
+    from duplexer.actors.models.whisper_asr import SHORT_WINDOW_PAD_S, WhisperAsr
+    from duplexer.bench.log import add_log_arguments, append_benchmark, format_table, log_path_from_args
     from duplexer.cli_support import fail
-    from duplexer.runtime.benchlog import append_benchmark, format_table
 
     parser = argparse.ArgumentParser(
         prog="duplexer bench asr",
         description="Whisper tiny.en on every VAP phrase with the short window (clip + "
         f"{SHORT_WINDOW_PAD_S:g} s) and the 30 s window: exact-match rate, word error rate and time per "
-        "call; prints them and appends them to docs/benchmarks.md.",
+        "call; prints them and appends them to the benchmark log (--log).",
     )
     parser.add_argument("--phrases", type=Path, default=DEFAULT_PHRASES, help="folder of VAP phrase wavs + .txt")
+    add_log_arguments(parser)
     args = parser.parse_args(list(argv))
     phrases = sorted(args.phrases.glob("*.wav"))
     if not phrases:
@@ -148,6 +135,7 @@ def main(argv: Sequence[str]) -> int:
         header,
         rows,
         notes=notes,
+        log_path=log_path_from_args(args),
         argv=["bench", "asr", *argv],
     )
     return 0

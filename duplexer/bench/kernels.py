@@ -12,11 +12,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from duplexer.bench.log import add_log_arguments
 from duplexer.kernels import fast, reference
 from duplexer.kernels.tokens import (
     AQAA_AUDIO_PER_CYCLE,
@@ -93,13 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch intra-op threads on cpu (torch's default)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the workload (0)")
-    parser.add_argument(
-        "--log",
-        type=Path,
-        default=Path("docs/benchmarks.md"),
-        help="benchmark log to append to (docs/benchmarks.md)",
-    )
-    parser.add_argument("--no-log", action="store_true", help="print only; do not append")
+    add_log_arguments(parser)
     return parser
 
 
@@ -366,19 +360,20 @@ def main(argv: Sequence[str]) -> int:
         f"1-min load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f} on "
         f"{os.cpu_count()} CPUs (other work on the machine slows prange and torch threads most)",
     ]
-    from duplexer.runtime.benchlog import append_benchmark, format_table
+    from duplexer.bench.log import append_benchmark, format_table, log_path_from_args
 
     say(format_table(header, rows))
     for note in notes:
         say(f"- {note}")
-    if not args.no_log:
+    log_path = log_path_from_args(args)
+    if log_path is not None:
         append_benchmark(
             "Token kernels: NumPy reference vs numba vs numba batched",
             header,
             rows,
             notes=notes,
-            log_path=args.log,
+            log_path=log_path,
             argv=["bench", "kernels", *argv],
         )
-        say(f"appended to {args.log}")
+        say(f"appended to {log_path}")
     return 0

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from duplexer.runtime.benchlog import append_benchmark
+from duplexer.bench.log import add_log_arguments, append_benchmark, log_path_from_args
 from duplexer.runtime.bus import Bus
 from duplexer.runtime.clock import LoopClock
 from duplexer.runtime.console import say
@@ -81,11 +81,12 @@ def main(argv: Sequence[str]) -> int:
         prog="duplexer bench bus",
         description="Measure the in-process bus on one core: publish->deliver latency (p50/p99, "
         "one event in flight) and events per second (batched publishing, one subscriber). "
-        "Prints the figures and appends them to docs/benchmarks.md.",
+        "Prints the figures and appends them to the benchmark log (--log).",
     )
     parser.add_argument("--events", type=int, default=200_000, help="events per measurement (default 200000)")
     parser.add_argument("--batch", type=int, default=256, help="events published per loop turn (default 256)")
     parser.add_argument("--repeats", type=int, default=3, help="repeat each measurement, keep the best (default 3)")
+    add_log_arguments(parser)
     args = parser.parse_args(list(argv))
     if args.events < 1000 or args.batch < 1 or args.repeats < 1:
         parser.error("--events must be >= 1000, --batch and --repeats >= 1")
@@ -108,6 +109,7 @@ def main(argv: Sequence[str]) -> int:
         ("measure", "value", "target"),
         rows,
         notes=(f"{args.events} events per measurement, best of {args.repeats}, one core (one asyncio loop)",),
+        log_path=log_path_from_args(args),
         argv=["bench", "bus", *argv],
     )
     return 0

@@ -30,10 +30,10 @@ import httpx
 
 from duplexer.actors.context import DEFAULT_SYSTEM_PROMPT
 from duplexer.actors.engines import Message
+from duplexer.actors.llm_http_client import StreamingHttpLlm, Timeouts
 from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
-from duplexer.actors.llm_server import StreamingHttpLlm, Timeouts
-from duplexer.actors.llm_sglang_server import SglangServerConfig, SglangServerLlm
-from duplexer.runtime.benchlog import DEFAULT_BENCH_LOG, append_benchmark
+from duplexer.actors.llm_sglang_client import SglangServerConfig, SglangServerLlm
+from duplexer.bench.log import add_log_arguments, append_benchmark, log_path_from_args
 from duplexer.runtime.console import say
 
 UTTERANCES = (
@@ -112,7 +112,7 @@ def local_llama_server(log_path: Path, threads: int, start_timeout_s: float = SE
     It serves one request at a time (``--interrupt_requests False``), logs unbuffered (its disconnect
     notices are prints, read as they come), and is always stopped on exit.
     """
-    from duplexer.actors.real import smollm2_model_path
+    from duplexer.actors.models.packages import smollm2_model_path
 
     port = _free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_model_path())]
@@ -177,7 +177,7 @@ def main(argv: Sequence[str]) -> int:
         prog="duplexer bench llm-serving",
         description="Speculation on an LLM server: discarded tokens and server time, prefix-cache effect on "
         "time to first piece, and how soon a cancelled request frees the server. Prints the figures and "
-        "appends them to docs/benchmarks.md (or --log).",
+        "appends them to the benchmark log (--log).",
     )
     parser.add_argument("--backend", choices=("openai", "sglang-server"), default="openai")
     parser.add_argument("--base-url", help="a running server (default: start llama-cpp-python's with SmolLM2)")
@@ -187,7 +187,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--discard-after", type=int, default=3, help="pieces a discarded call streams (default 3)")
     parser.add_argument("--max-tokens", type=int, default=24, help="length of a committed reply (default 24)")
     parser.add_argument("--threads", type=int, default=2, help="threads of the local llama server (default 2)")
-    parser.add_argument("--log", type=Path, default=DEFAULT_BENCH_LOG, help="where figures are appended")
+    add_log_arguments(parser)
     args = parser.parse_args(list(argv))
     if args.turns < 1 or args.speculative < 1 or args.discard_after < 1 or args.max_tokens < 1:
         parser.error("--turns, --speculative, --discard-after and --max-tokens must be >= 1")
@@ -198,8 +198,8 @@ def main(argv: Sequence[str]) -> int:
         if args.base_url:
             base_url, where = args.base_url, args.base_url
         else:
-            log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "duplexer-bench-llm-server.log"
-            base_url = stack.enter_context(local_llama_server(log_path, args.threads))
+            server_log = Path(os.environ.get("TMPDIR", "/tmp")) / "duplexer-bench-llm-server.log"
+            base_url = stack.enter_context(local_llama_server(server_log, args.threads))
             where = f"llama-cpp-python server, SmolLM2-135M Q4_1, {args.threads} threads, loopback"
         engine, figures = asyncio.run(_measure(args, base_url))
 
@@ -232,7 +232,7 @@ def main(argv: Sequence[str]) -> int:
             "measured on the client; tokens = pieces received before the cancel (a lower bound)",
             "changed prefix = the committed prompt with a different first line, so no cached prefix applies",
         ),
-        log_path=args.log,
+        log_path=log_path_from_args(args),
         argv=["bench", "llm-serving", *argv],
     )
     return 0

@@ -199,15 +199,15 @@ def _ramp(max_devices: int) -> list[int]:
 
 
 def main(argv: Sequence[str]) -> int:
+    from duplexer.bench.log import add_log_arguments, append_benchmark, log_path_from_args
     from duplexer.cli_support import fail
-    from duplexer.runtime.benchlog import DEFAULT_BENCH_LOG, append_benchmark
 
     parser = argparse.ArgumentParser(
         prog="duplexer bench mqtt",
         description="Concurrent devices one MQTT bridge (scripted engines, one process) serves in real "
         "time, doubling the count up to --devices, and the broker hop latency (publish -> receive) "
         "of audio-sized messages. Starts a loopback mosquitto unless --broker is given. Prints the "
-        "figures and appends them to docs/benchmarks.md.",
+        "figures and appends them to the benchmark log (--log).",
     )
     parser.add_argument("--devices", type=positive_int, default=64, help="most devices to try (64)")
     parser.add_argument("--seconds", type=float, default=15.0, help="longest round per device, in s (15)")
@@ -218,8 +218,7 @@ def main(argv: Sequence[str]) -> int:
         help="response latency p90 may exceed the one-device round's by this much (300)",
     )
     parser.add_argument("--broker", metavar="URL", help="use this broker instead of a loopback mosquitto")
-    parser.add_argument("--log", type=Path, default=DEFAULT_BENCH_LOG, help="benchmark log to append to")
-    parser.add_argument("--no-log", action="store_true", help="print only; do not append")
+    add_log_arguments(parser)
     args = parser.parse_args(list(argv))
     if args.seconds < 8:
         parser.error("--seconds must be >= 8: a turn takes about 7 s")
@@ -305,13 +304,14 @@ def main(argv: Sequence[str]) -> int:
         "simulator itself is short of CPU and the round is 'limited by shared cores', not by the bridge",
         "rounds double the device count, then narrow the gap between the last pass and the first fail",
     ]
-    if not args.no_log:
+    log_path = log_path_from_args(args)
+    if log_path is not None:
         append_benchmark(
             "mqtt: devices one bridge serves in real time, and the broker hop",
             header,
             rows,
             notes=notes,
-            log_path=args.log,
+            log_path=log_path,
             argv=["bench", "mqtt", *argv],
         )
     return 0

@@ -1,6 +1,6 @@
 """Fit the test tokenizer's codebooks on the VAP phrase recordings, reproducibly.
 
-Run ``python -m duplexer.actors.tokenizer_fit ../shared/data/vap_phrases
+Run ``python -m duplexer.bench.tokenizer_fit ../shared/data/vap_phrases
 duplexer/actors/data/test_tokenizer_codebooks.npz`` to regenerate the shipped file.
 
 Procedure, for each codebook (linguistic: 40 bands, 60 ms tokens, 32 x 32 codes; semantic:
@@ -168,7 +168,7 @@ def fit_codebooks(root: Path) -> LogMelCodebooks:
         "seed": FIT_SEED,
         "max_iterations": MAX_ITERATIONS,
         "hop_ms": MEL_HOP_MS,
-        "fit": "python -m duplexer.actors.tokenizer_fit VAP_PHRASES_DIR OUT.npz",
+        "fit": "python -m duplexer.bench.tokenizer_fit VAP_PHRASES_DIR OUT.npz",
     }
     for book_index, spec in enumerate((LINGUISTIC_TEST_SPEC, SEMANTIC_TEST_SPEC)):
         books[spec.name], meta[spec.name] = fit_product_codebook(training_vectors(recordings, spec), spec, book_index)
@@ -177,7 +177,7 @@ def fit_codebooks(root: Path) -> LogMelCodebooks:
 
 def main(argv: Sequence[str]) -> int:
     if len(argv) != 2:
-        sys.stderr.write("usage: python -m duplexer.actors.tokenizer_fit VAP_PHRASES_DIR OUT.npz\n")
+        sys.stderr.write("usage: python -m duplexer.bench.tokenizer_fit VAP_PHRASES_DIR OUT.npz\n")
         return 2
     root, out = Path(argv[0]), Path(argv[1])
     try:

@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from duplexer.actors.engines import Message
-from duplexer.actors.llm_prompt import STOP_STRINGS, PromptFormat, check_format, render_prompt
-from duplexer.actors.llm_server import (
+from duplexer.actors.llm_http_client import (
     ChunkParser,
     HttpRequestSpec,
     LlmServerError,
@@ -42,6 +41,7 @@ from duplexer.actors.llm_server import (
     json_body,
     resolve_api_key,
 )
+from duplexer.actors.llm_prompt import STOP_STRINGS, PromptFormat, check_format, render_prompt
 from duplexer.runtime.logging import get_logger
 
 TextMode = Literal["auto", "cumulative", "incremental"]

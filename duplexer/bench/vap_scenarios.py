@@ -1,8 +1,7 @@
 """Build simulator scenarios from the VAP phrase recordings: real word timings, real pauses.
 
-Speech segments come from the recording's frame energy (frames within
-``SPEECH_DB`` of the loudest frame, gaps shorter than ``MERGE_GAP_MS`` closed);
-word onsets come from the annotation. Run ``python -m duplexer.sims.vap
+Speech segments come from the recording's frame energy (:mod:`duplexer.sims.speech_segments`);
+word onsets come from the annotation. Run ``python -m duplexer.bench.vap_scenarios
 ../shared/data/vap_phrases scenarios/`` to regenerate the shipped ``vap_*.yaml``.
 """
 
@@ -10,16 +9,12 @@ from __future__ import annotations
 
 import json
 import sys
-import wave
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-SPEECH_DB = -35.0
-MERGE_GAP_MS = 100.0
-ENERGY_FRAME_MS = 20.0
+from duplexer.sims.speech_segments import ENERGY_FRAME_MS, speech_segments
 
 PAIRS: tuple[tuple[str, str, str], ...] = (
     # (phrase, voice of the short question, voice of the long follow-up)
@@ -30,37 +25,6 @@ PAIRS: tuple[tuple[str, str, str], ...] = (
     ("student", "female_en-US-Wavenet-E", "female_en-US-Wavenet-F"),
     ("work", "male_en-US-Wavenet-B", "male_en-US-Wavenet-A"),
 )
-
-
-def speech_segments(wav_path: Path) -> list[tuple[float, float]]:
-    """(start_ms, end_ms) of speech in a PCM16 wav, by frame energy."""
-    with wave.open(str(wav_path), "rb") as wav:
-        rate, channels = wav.getframerate(), wav.getnchannels()
-        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).astype(np.float64)
-    if channels > 1:
-        samples = samples.reshape(-1, channels).mean(axis=1)
-    return speech_segments_pcm(samples, rate)
-
-
-def speech_segments_pcm(samples: np.ndarray, rate: int) -> list[tuple[float, float]]:
-    """(start_ms, end_ms) of speech in mono samples, by frame energy relative to the loudest frame."""
-    samples = samples.astype(np.float64)
-    frame = int(rate * ENERGY_FRAME_MS / 1000)
-    if len(samples) < frame:
-        return []
-    n = len(samples) // frame
-    rms = np.sqrt((samples[: n * frame].reshape(n, frame) ** 2).mean(axis=1)) + 1e-9
-    loud = 20 * np.log10(rms / rms.max()) > SPEECH_DB
-    segments: list[tuple[float, float]] = []
-    for i, is_loud in enumerate(loud):
-        if not is_loud:
-            continue
-        start, end = i * ENERGY_FRAME_MS, (i + 1) * ENERGY_FRAME_MS
-        if segments and start - segments[-1][1] < MERGE_GAP_MS:
-            segments[-1] = (segments[-1][0], end)
-        else:
-            segments.append((start, end))
-    return segments
 
 
 def say_step(root: Path, name: str) -> dict[str, Any]:
@@ -104,7 +68,7 @@ def build(root: Path) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        sys.stderr.write("usage: python -m duplexer.sims.vap VAP_PHRASES_DIR OUT_DIR\n")
+        sys.stderr.write("usage: python -m duplexer.bench.vap_scenarios VAP_PHRASES_DIR OUT_DIR\n")
         return 2
     root, out = Path(argv[0]), Path(argv[1])
     for name, scenario in build(root).items():

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from duplexer.actors.engines import Message
-from duplexer.actors.llm_bench import local_llama_server
+from duplexer.actors.llm_http_client import Timeouts
 from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
-from duplexer.actors.llm_server import Timeouts
+from duplexer.bench.llm_serving import local_llama_server
+from duplexer.bench.log import add_log_arguments, append_benchmark, format_table, log_path_from_args
 from duplexer.cli_support import positive_int
-from duplexer.runtime.benchlog import DEFAULT_BENCH_LOG, append_benchmark, format_table
 from duplexer.runtime.console import say
 
 SYSTEM = "You are a helpful voice assistant. Answer in two or three sentences."
@@ -110,7 +110,7 @@ async def measure_replies(stream: StreamFn, n_requests: int, warmup: int, side: 
 
 
 async def measure_in_process(args: argparse.Namespace) -> Side:
-    from duplexer.actors.real import LlamaLlm, LlamaParams
+    from duplexer.actors.models.llama_llm import LlamaLlm, LlamaParams
 
     side = Side()
     params = LlamaParams(max_tokens=args.max_tokens, temperature=0.0, repeat_penalty=REPEAT_PENALTY)
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OpenAI-compatible HTTP server on 127.0.0.1 (OpenAiLlm): time to first token and decode rate over the "
         "same prompts after a warm-up, their HTTP/in-process ratios, and cancel latency (in process: until the "
         "model lock is free; HTTP: until the server logs the disconnect, and until a follow-up request is served). "
-        "The backends run one after the other. Prints the figures and appends them to docs/benchmarks.md (or --log).",
+        "The backends run one after the other. Prints the figures and appends them to the benchmark log (--log).",
     )
     parser.add_argument("--requests", type=positive_int, default=8, help="measured replies per backend (default 8)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured replies first, per backend (default 1)")
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--server-start-timeout", type=float, default=SERVER_START_TIMEOUT_S, help="seconds (default 60)"
     )
-    parser.add_argument("--log", type=Path, default=DEFAULT_BENCH_LOG, help="where figures are appended")
+    add_log_arguments(parser)
     return parser
 
 
@@ -275,9 +275,9 @@ def main(argv: Sequence[str]) -> int:
 
     started = time.monotonic()
     local = asyncio.run(measure_in_process(args))
-    log_path = Path(tempfile.gettempdir()) / "duplexer-bench-llm-server.log"  # kept for a look after a failure
-    with local_llama_server(log_path, args.threads, args.server_start_timeout) as base_url:
-        http, idle_tiny = asyncio.run(measure_http(args, base_url, log_path))
+    server_log = Path(tempfile.gettempdir()) / "duplexer-bench-llm-server.log"  # kept for a look after a failure
+    with local_llama_server(server_log, args.threads, args.server_start_timeout) as base_url:
+        http, idle_tiny = asyncio.run(measure_http(args, base_url, server_log))
     elapsed = time.monotonic() - started
 
     rows = [
@@ -323,7 +323,7 @@ def main(argv: Sequence[str]) -> int:
             "at a time, so this is how long the cancelled request still held the server (noise: +-tens of ms)",
             f"whole run {elapsed:.0f} s including model load and server start",
         ),
-        log_path=args.log,
+        log_path=log_path_from_args(args),
         argv=["bench", "llm", *argv],
     )
     return 0
