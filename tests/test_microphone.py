@@ -188,14 +188,14 @@ def test_live_talk_through_a_fake_microphone_transcribes_and_plays_the_reply(tmp
     from duplexer.protocols.wav import read_wav
     from duplexer.runtime.events import CommitReply, PlayoutDone, PlayoutStarted
     from duplexer.sims.demo import demo_config, run_microphone, summarize_demo, turn_records, write_outputs
-    from duplexer.sims.demo_cli import _engines
+    from duplexer.sims.demo_cli import demo_engines
 
     speech = read_wav(PHRASES / "student_long_male_en-US-Wavenet-A.wav", INPUT_SAMPLE_RATE_HZ)
     second = 2 * INPUT_SAMPLE_RATE_HZ
     mic_pcm = bytes(second) + speech + bytes(20 * second)  # then silence while the bot answers
     module, made = fake_pyaudio_module(mic_pcm=mic_pcm)
     devices = open_devices(module)
-    make_engines, _ = _engines()
+    make_engines, _ = demo_engines()
 
     async def talk() -> Any:
         stop = asyncio.Event()
