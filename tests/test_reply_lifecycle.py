@@ -112,3 +112,12 @@ def test_a_cancel_before_its_start_is_remembered_and_the_memory_is_bounded() -> 
         ledger.observe(CancelReply(session_id=S, ts_ms=0.0, reply_id=f"c{n}", reason="x"))
     assert "early" not in ledger and "r" in ledger  # ended replies are forgotten oldest first; live ones kept
     assert [ledger.cancelled(f"c{n}") for n in range(5)] == [False, False, True, True, True]
+
+
+def test_replies_that_never_end_here_are_forgotten_oldest_first() -> None:
+    """An actor that never sees a reply's end (the TTS sees no playout events) keeps a bounded ledger."""
+    ledger = ReplyLedger(max_ended=2, max_replies=4)
+    for n in range(10):
+        ledger.observe(StartReply(session_id=S, ts_ms=0.0, reply_id=f"r{n}", user_text="x", speculative=False))
+        ledger.observe(CommitReply(session_id=S, ts_ms=0.0, reply_id=f"r{n}", user_text="x"))
+    assert [f"r{n}" in ledger for n in range(10)] == [False] * 6 + [True] * 4

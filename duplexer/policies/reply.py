@@ -60,6 +60,11 @@ MAX_ENDED_REPLIES = 256
 """Ended replies remembered per session, so a late start or prompt of one is recognised; older ones
 are forgotten (a session never has more than a few replies in flight)."""
 
+MAX_REPLIES = 1024
+"""Replies remembered per session in all, ended or not: an actor that never sees a reply's end (the
+TTS sees no playout events) would otherwise keep one entry per turn for the whole session; past
+this, the oldest replies seen are forgotten first."""
+
 
 @dataclass(frozen=True)
 class ReplyLife:
@@ -86,8 +91,9 @@ class ReplyTransition:
 class ReplyLedger:
     """The lives of one session's replies, advanced by the bus events that name them."""
 
-    def __init__(self, max_ended: int = MAX_ENDED_REPLIES) -> None:
+    def __init__(self, max_ended: int = MAX_ENDED_REPLIES, max_replies: int = MAX_REPLIES) -> None:
         self.max_ended = max_ended
+        self.max_replies = max(max_replies, max_ended)
         self._lives: dict[str, ReplyLife] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
 
@@ -148,6 +154,10 @@ class ReplyLedger:
             return ()
         if life is None:
             life = ReplyLife(reply_id, new)
+            while len(self._lives) >= self.max_replies:  # dicts keep insertion order: oldest seen first
+                forgotten = next(iter(self._lives))
+                self._lives.pop(forgotten)
+                self._ended.pop(forgotten, None)
         self._lives[reply_id] = replace(life, stage=new, **facts)  # type: ignore[arg-type]
         if new in ENDED:
             self._remember_ended(reply_id)
