@@ -725,7 +725,8 @@ def safe_reset(
         awaiting_final=frozenset(),
         transcript=(),
         eot_probability=None,
-        stopping_reply_id=state.stopping_reply_id if reply is None else reply.reply_id,  # its stop truncates history
+        # A playing reply's stop truncates history; otherwise a barge-in stop still in flight keeps its cut.
+        stopping_reply_id=reply.reply_id if reply is not None and reply.playing else state.stopping_reply_id,
         overlap_segment=None,
         overlap_speech_ms=0.0,
     )
