@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from duplexer.policies.controller import (
@@ -11,6 +13,7 @@ from duplexer.policies.controller import (
     TIMERS,
     TRANSITIONS,
     Controller,
+    ControllerError,
     Phase,
     PolicyParams,
     Rule,
@@ -218,6 +221,25 @@ def test_the_simulator_raises_a_rule_violation(monkeypatch: pytest.MonkeyPatch) 
     scenario = load_scenario(SCENARIOS / "plain_single_turn.yaml")
     with pytest.raises(UndeclaredTarget, match="VadSpeechStop in state UserSpeaking moved to BotReplying"):
         simulate(scenario, PolicyParams())
+
+
+def test_the_simulator_raises_a_violation_it_only_hears_of_on_the_bus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As under Ray, where the controller runs on a host and the driver holds no controller actor."""
+    from duplexer.sims import simulator
+    from duplexer.sims.scenario import load_scenario
+    from tests.conftest import SCENARIOS
+
+    real_start = simulator.start_pipeline
+
+    def start_remote_controller(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {name: actor for name, actor in real_start(*args, **kwargs).items() if name != "controller"}
+
+    _rogue_speech_stop(monkeypatch)
+    monkeypatch.setattr(simulator, "start_pipeline", start_remote_controller)
+    scenario = load_scenario(SCENARIOS / "plain_single_turn.yaml")
+    moved = r"rule violation: .*VadSpeechStop in state UserSpeaking moved to BotReplying"
+    with pytest.raises(ControllerError, match=moved):
+        simulator.simulate(scenario, PolicyParams())
 
 
 def test_a_live_controller_actor_reports_a_violation_and_resets_without_crashing(

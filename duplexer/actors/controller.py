@@ -8,12 +8,17 @@ from duplexer.policies.controller import CONTROLLER_INPUTS, Controller, Controll
 from duplexer.runtime.actor import Actor, SessionContext
 from duplexer.runtime.events import ErrorEvent, Event, MetricEvent, PolicyUpdate, StateChanged, Tick
 
+RULE_VIOLATION = "controller rule violation"
+"""How a strict controller's error event begins, so a driver that does not hold the actor (the
+controller on a Ray host) still learns of the violation from the bus."""
+
 
 class ControllerActor(Actor):
     """Runs the state machine on its inputs; :class:`PolicyUpdate` changes its parameters live.
 
     ``strict`` (the simulator): a rule that breaks the table's promises raises, crashing this actor,
-    and is kept in ``violation`` for the caller to raise. Off (a live session), the state machine turns
+    and is kept in ``violation`` for the caller to raise (and published as a fatal error event that
+    begins with :data:`RULE_VIOLATION`, for a caller on another host). Off (a live session), the state machine turns
     it into an error event and a safe reset, and the call goes on.
     """
 
@@ -64,7 +69,9 @@ class ControllerActor(Actor):
         try:
             self._handle(event)
         except ControllerError as exc:
-            self.violation = self.violation or exc
+            if self.violation is None:
+                self.violation = exc
+                self.emit(ErrorEvent, source=self.name, message=f"{RULE_VIOLATION}: {exc}", fatal=True)
             raise
         finally:
             self._changed.set()

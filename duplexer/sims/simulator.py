@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from duplexer.actors.asr import AsrParams
+from duplexer.actors.controller import RULE_VIOLATION
 from duplexer.actors.engines import AudioSink, Engines, LlmEngine
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.actors.scripted import (
@@ -33,7 +34,7 @@ from duplexer.actors.scripted import (
 )
 from duplexer.actors.tool_registry import ToolRegistry
 from duplexer.actors.vad import VadParams
-from duplexer.policies.controller import PolicyParams
+from duplexer.policies.controller import ControllerError, PolicyParams
 from duplexer.runtime.clock import Clock, LoopClock, run_virtual
 from duplexer.runtime.events import (
     FRAME_MS,
@@ -476,9 +477,14 @@ async def _simulate(
     while (event := recorder.get_nowait()) is not None:
         events.append(event)
     await session.stop()
+    # The table broke its own promise: a bug, never a figure. On Ray the controller runs on a host,
+    # so the violation arrives as its error event.
     controller: Any = actors.get("controller")
     if controller is not None and controller.violation is not None:
-        raise controller.violation  # the table broke its own promise: a bug, never a figure
+        raise controller.violation
+    for event in events:
+        if isinstance(event, ErrorEvent) and event.source == "controller" and event.message.startswith(RULE_VIOLATION):
+            raise ControllerError(event.message)
     playout: Any = actors["playout"]
     return SimRun(
         scenario=scenario.name,
