@@ -309,3 +309,12 @@ def test_sim_runs_the_chosen_preset_under_its_overrides(tmp_path: Path) -> None:
     assert main(["sim", scenario, *args]) == 0
     policy = json.loads((tmp_path / "summary.json").read_text())["policy"]
     assert policy["resume_after_ms"] == LIVE_CALL_POLICY.resume_after_ms and policy["min_barge_in_ms"] == 450
+
+
+def test_a_sweep_over_a_switch_runs_it_off_and_on() -> None:
+    from duplexer.sims.report import UsageError, parse_sweep
+
+    assert parse_sweep(["speculation=0,1"]) == {"speculation": [False, True]}
+    assert parse_sweep(["backchannel_pause_playout=false,true"]) == {"backchannel_pause_playout": [False, True]}
+    with pytest.raises(UsageError, match="speculation takes true/false"):
+        parse_sweep(["speculation=0,2"])

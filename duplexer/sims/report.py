@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,10 @@ def parse_overrides(items: Sequence[str], option: str = "--set") -> dict[str, fl
     return out
 
 
+BOOL_PARAMETERS = frozenset(f.name for f in fields(PolicyParams) if str(f.type) == "bool")
+"""Policy switches (speculation, ...): a sweep over one runs it off and on."""
+
+
 def parse_sweep(items: Sequence[str]) -> dict[str, list[float]]:
     """``key=start:stop:step`` (stop included) or ``key=v1,v2,...``."""
     grid: dict[str, list[float]] = {}
@@ -69,11 +73,15 @@ def parse_sweep(items: Sequence[str]) -> dict[str, list[float]]:
                 n = round((stop - start) / step) + 1
                 values = [round(start + i * step, 6) for i in range(n) if start + i * step <= stop + 1e-9]
             else:
-                values = [float(x) for x in spec.split(",")]
+                values = [parse_value(x) for x in spec.split(",")]
         except ValueError:
             raise UsageError(
                 f"--sweep {item}: expected key=start:stop:step (step > 0, stop >= start) or key=v1,v2"
             ) from None
+        if key.strip() in BOOL_PARAMETERS:  # an axis of the sweep's table and plot: 0/1 read as false/true
+            if any(v not in (0, 1) for v in values):
+                raise UsageError(f"--sweep {item}: {key.strip()} takes true/false (or 0/1)")
+            values = [bool(v) for v in values]
         grid[key.strip()] = values
     return grid
 
