@@ -39,7 +39,8 @@ from tests.mqtt_broker import SPEECH_DIR, device, running_bridge, running_broker
 
 ray = pytest.importorskip("ray")
 
-from duplexer.runtime.ray_executor import Placement, RayOptions, RaySession  # noqa: E402
+from duplexer.runtime.placement import Placement  # noqa: E402
+from duplexer.runtime.ray_executor import RayOptions, RaySession  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_instance")]
 

@@ -533,7 +533,8 @@ def _overlap_ends(step: Step, ev: VadSpeechStop) -> None:
     if ev.segment_id != s.overlap_segment or not s.speaking:
         return
     onset = s.speech_start_ms if s.speech_start_ms is not None else ev.speech_end_ms
-    if s.overlap_speech_ms + ev.speech_end_ms - onset + TIME_EPSILON_MS >= step.params.min_barge_in_ms:
+    barge_in_ms = _barge_in_due(s, step.params)  # the barge-in timer's own deadline, met by the speech's end
+    if barge_in_ms is not None and ev.speech_end_ms + TIME_EPSILON_MS >= barge_in_ms:
         step.set(speaking=False, silence_since_ms=ev.speech_end_ms)
         _barge_in(step)  # the speech, up to its end, was long enough
         return

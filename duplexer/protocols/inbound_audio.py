@@ -43,7 +43,7 @@ DEFAULT_REORDER_WINDOW_FRAMES = 3
 MAX_CONCEAL_MS = 1000.0
 """Losses up to this long become silence. Longer gaps in a numbered stream are skipped, moving audio time
 forward; longer gaps in timestamps are left to the resync (a sender's clock can jump without a loss)."""
-RESYNC_LAG_MS = 1000.0
+RESYNC_LAG_MS = MAX_CONCEAL_MS
 """A live chunk whose audio time lags the session clock by more than this follows a pause of the
 microphone: audio time jumps to now, so silence timing is not thrown off by the pause.
 
