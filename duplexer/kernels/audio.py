@@ -166,12 +166,6 @@ def resample_pcm16(pcm: bytes, from_hz: int, to_hz: int) -> bytes:
     return float_to_pcm16(resample(pcm16_to_float(pcm), from_hz, to_hz))
 
 
-def ratio(from_hz: int, to_hz: int) -> tuple[int, int]:
-    """The reduced up/down factors between two rates, e.g. 22050 -> 16000 is (320, 441)."""
-    g = gcd(from_hz, to_hz)
-    return to_hz // g, from_hz // g
-
-
 def frames(pcm: bytes, frame_samples: int) -> list[bytes]:
     """Split mono PCM16 into whole frames, zero-padding the last one."""
     frame_bytes = 2 * frame_samples

@@ -72,11 +72,8 @@ class ReplyLife:
 
     reply_id: str
     stage: ReplyStage
-    speculative: bool = False
     committed: bool = False
     cancelled: bool = False
-    played_ms: float | None = None
-    """Where its playout stopped or ended; None while it has not."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +96,6 @@ class ReplyLedger:
 
     def __contains__(self, reply_id: str) -> bool:
         return reply_id in self._lives
-
-    def get(self, reply_id: str) -> ReplyLife | None:
-        return self._lives.get(reply_id)
 
     def stage(self, reply_id: str) -> ReplyStage | None:
         life = self._lives.get(reply_id)
@@ -127,7 +121,7 @@ class ReplyLedger:
             return ()
         life = self._lives.get(reply_id)
         if isinstance(event, StartReply):
-            return self._move(life, reply_id, ReplyStage.STARTED, speculative=event.speculative)
+            return self._move(life, reply_id, ReplyStage.STARTED)
         if isinstance(event, SpeakText):
             return self._move(life, reply_id, ReplyStage.COMMITTED, committed=True)
         if isinstance(event, ReplyReady):
@@ -139,9 +133,9 @@ class ReplyLedger:
         if isinstance(event, PlayoutStarted):
             return self._move(life, reply_id, ReplyStage.PLAYING)
         if isinstance(event, PlayoutDone):
-            return self._move(life, reply_id, ReplyStage.DONE, played_ms=event.played_ms)
+            return self._move(life, reply_id, ReplyStage.DONE)
         if isinstance(event, PlayoutStopped):
-            return self._move(life, reply_id, ReplyStage.STOPPED, played_ms=event.played_ms)
+            return self._move(life, reply_id, ReplyStage.STOPPED)
         return ()
 
     def _move(
