@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from duplexer.actors.context import ContextManager, _Spoken
+from duplexer.actors.context import ContextActor, ContextManager, _Spoken
+from duplexer.runtime.clock import LoopClock, run_virtual
+from duplexer.runtime.events import CommitReply, Event, HistoryUpdated, StartReply, TruncateHistory, TtsAudio
+from duplexer.runtime.session import Session
 
 
 def test_speculative_prompts_share_a_byte_identical_history_prefix() -> None:
@@ -17,7 +20,7 @@ def test_speculative_prompts_share_a_byte_identical_history_prefix() -> None:
 
 
 def test_played_text_keeps_only_fully_played_words() -> None:
-    spoken = _Spoken()
+    spoken = _Spoken(turn_id=1)
     spoken.add("The capital of France", 1000.0)  # 4 words, 250 ms each
     spoken.add("", 200.0)  # continuation audio of the same clause
     spoken.add("is Paris.", 600.0)
@@ -34,3 +37,36 @@ def test_history_is_bounded() -> None:
     for i in range(10):
         cm.add("user", str(i))
     assert [text for _, text in cm.history] == ["6", "7", "8", "9"]
+
+
+def test_an_interrupted_reply_enters_history_under_the_turn_it_answered() -> None:
+    """The barge-in that cuts a reply starts the next turn, so its TruncateHistory carries that turn's id."""
+
+    async def conversation() -> list[Event]:
+        clock = LoopClock()
+        async with Session("s", clock=clock) as session:
+            heard = session.bus.subscribe("test", (HistoryUpdated,), maxsize=100)
+            session.add(ContextActor(session.ctx))
+            emit = session.ctx.emit
+            emit(StartReply, turn_id=2, reply_id="t2r1", user_text="recommend a book", speculative=False)
+            emit(CommitReply, turn_id=2, reply_id="t2r1", user_text="recommend a book")
+            emit(
+                TtsAudio,
+                turn_id=2,
+                reply_id="t2r1",
+                pcm=b"",
+                sample_rate_hz=16000,
+                text="Read Dune today.",
+                duration_ms=900.0,
+                seq=0,
+            )
+            await clock.sleep_ms(10.0)
+            emit(TruncateHistory, turn_id=3, reply_id="t2r1", played_ms=450.0)
+            await clock.sleep_ms(10.0)
+            events: list[Event] = []
+            while (event := heard.get_nowait()) is not None:
+                events.append(event)
+        return events
+
+    history = run_virtual(conversation())
+    assert [(e.role, e.text, e.turn_id) for e in history] == [("user", "recommend a book", 2), ("assistant", "Read", 2)]

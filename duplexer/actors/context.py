@@ -46,6 +46,9 @@ DEFAULT_SYSTEM_PROMPT = (
 class _Spoken:
     """A reply's clauses with their audio span, to map a play position back to words."""
 
+    turn_id: int | None
+    """The user turn the reply answers: its words enter history under it, even when a barge-in (which
+    starts the next turn) is what ends it."""
     clauses: list[tuple[str, float, float]] = field(default_factory=list)  # text, start_ms, end_ms
     total_ms: float = 0.0
 
@@ -140,7 +143,7 @@ class ContextActor(Actor):
         if isinstance(event, StartReply):
             if not self.lives.may_run(event.reply_id):  # its cancel came first: no prompt for it
                 return
-            self.spoken[event.reply_id] = _Spoken()
+            self.spoken[event.reply_id] = _Spoken(event.turn_id)
             self.emit(
                 PromptReady,
                 turn_id=event.turn_id,
@@ -150,7 +153,7 @@ class ContextActor(Actor):
         elif isinstance(event, CommitReply):
             self._record("user", event.user_text, event.turn_id)
         elif isinstance(event, SpeakText):  # the bot speaks first: history keeps what is played
-            self.spoken[event.reply_id] = _Spoken()
+            self.spoken[event.reply_id] = _Spoken(event.turn_id)
         elif isinstance(event, CancelReply):
             if not self.lives.committed(event.reply_id):
                 self.spoken.pop(event.reply_id, None)
@@ -167,14 +170,15 @@ class ContextActor(Actor):
             if spoken is not None:
                 spoken.add(event.text, event.duration_ms)
         elif isinstance(event, PlayoutDone):
-            self._finish(event.reply_id, None, event.turn_id)
+            self._finish(event.reply_id, None)
         elif isinstance(event, TruncateHistory):
-            self._finish(event.reply_id, event.played_ms, event.turn_id)
+            self._finish(event.reply_id, event.played_ms)
 
-    def _finish(self, reply_id: str, played_ms: float | None, turn_id: int | None) -> None:
+    def _finish(self, reply_id: str, played_ms: float | None) -> None:
         spoken = self.spoken.pop(reply_id, None)
         if spoken is None or not self.lives.committed(reply_id):
             return
+        turn_id = spoken.turn_id
         text = spoken.text() if played_ms is None else spoken.played_text(played_ms)
         calls = self.calls.pop(reply_id, [])
         words, said = text.split(), 0
