@@ -430,3 +430,20 @@ def test_real_models_answer_a_spoken_question_over_webrtc() -> None:
         assert caller.audio.loud_frames() >= 25  # at least half a second of Piper's voice came back
 
     run(scenario(), timeout_s=180)
+
+
+def test_a_call_closed_as_it_connects_still_finishes_closing() -> None:
+    """Python 3.11's wait_for drops a cancel that lands as its wait completes: the watchdog, cancelled
+    by the close in the same loop turn as the connection, must not go on watching and hold the close."""
+    from duplexer.protocols.webrtc_call import Call
+
+    async def scenario() -> bool:
+        call = Call(CallSettings(), short_replies())
+        call._watchdog = asyncio.create_task(call._watch())
+        await asyncio.sleep(0)  # the watchdog waits for the connection
+        call.connected.set()
+        call.request_close("test")
+        await asyncio.wait_for(call.closed.wait(), 5.0)
+        return call._watchdog.done()
+
+    assert asyncio.run(scenario())

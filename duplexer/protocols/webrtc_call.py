@@ -354,6 +354,8 @@ class Call:
         except TimeoutError:
             self.request_close("connect_timeout")
             return
+        if self.closing:  # Python 3.11's wait_for drops a cancel that lands as the wait completes
+            return
         connected_s = self._loop.time()
         period_s = min(1.0, settings.media_timeout_s / 4)
         while True:
