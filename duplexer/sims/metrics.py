@@ -1,12 +1,12 @@
-"""Turn-taking metrics from a simulator run, as defined in ARCHITECTURE.md section 5.
+"""Turn-taking metrics of a simulator run: its exact timelines scored by :mod:`duplexer.sims.turn_metrics`.
 
-- response latency: bot first audio - user turn end (p10/p50/p90 over answered turns);
-- barge-in stop latency: bot audio stop - user speech onset, for speech over the bot
-  that interrupted it (p50/p90);
-- pause takeover rate: share of mid-turn user pauses in which the bot starts speaking;
-- backchannel false-stop rate: share of backchannels over bot speech that stop the bot;
+The timing metrics (response latency, talk-over, pause takeover, barge-in stop, backchannel false
+stop) come from the one scorer, fed the user's speech as the script placed it and the bot's audio
+as it was played. What only events know comes from the events:
+
 - speculation: started, committed, discarded, commit rate, discarded tokens;
-- latency saved: the same turn's latency with speculation off minus on, both in one run.
+- latency saved: the same turn's latency with speculation off minus on, both in one run;
+- engine breakdown: from the end of the user's speech to the first TTS chunk the playout received.
 
 Tool calls (only in runs that have them): the calls and failures; each call's latency and how
 much of it was hidden behind bot speech; dead air, the total gap in the bot audio of a reply
@@ -17,11 +17,9 @@ because their reply was discarded otherwise).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from duplexer.actors.tool_calls import ToolStatus
 from duplexer.runtime.events import (
@@ -30,6 +28,7 @@ from duplexer.runtime.events import (
     ErrorEvent,
     LlmCancelled,
     LlmDone,
+    PlayoutStarted,
     PlayoutStopped,
     StartReply,
     ToolCallRequested,
@@ -37,34 +36,33 @@ from duplexer.runtime.events import (
     ToolResult,
 )
 from duplexer.sims.simulator import BotInterval, SimRun
-
-BACKCHANNEL_STOP_WINDOW_MS = 1000.0
-"""A bot stop within this long after a backchannel ends is blamed on the backchannel."""
+from duplexer.sims.turn_metrics import (
+    Speech,
+    TurnScore,
+    UserTurn,
+    percentiles,
+    rate,
+    score_turns,
+    summarize_turns,
+)
 
 
 def _round(value: float) -> float:
     return round(float(value), 1)
 
 
-def percentiles(values: Sequence[float], qs: Iterable[int]) -> dict[str, float | None]:
-    """``{"p50": ...}``; None where there are no values."""
-    if not values:
-        return {f"p{q}": None for q in qs}
-    arr = np.asarray(values, dtype=float)
-    return {f"p{q}": _round(np.percentile(arr, q)) for q in qs}
-
-
-def _rate(hits: int, total: int) -> float | None:
-    return None if total == 0 else round(hits / total, 4)
-
-
 @dataclass
 class TurnFacts:
     """Raw per-run facts, pooled across scenarios for the aggregate."""
 
+    turns: list[TurnScore] = field(default_factory=list)
+    """Every user turn's scored figures, in order."""
+    step_of_turn: list[int] = field(default_factory=list)
+    """The script step each of ``turns`` came from."""
     latencies_ms: dict[int, float] = field(default_factory=dict)  # say-step index -> latency
     barge_in_stops_ms: dict[int, float] = field(default_factory=dict)  # say-step index -> stop latency
-    pauses: int = 0
+    first_chunk_ms: dict[int, float] = field(default_factory=dict)  # say-step index -> engine time to first chunk
+    paused_turns: int = 0
     pause_takeovers: int = 0
     backchannels: int = 0
     backchannel_stops: int = 0
@@ -85,37 +83,50 @@ class TurnFacts:
     side_effects_prevented_other: int = 0
 
 
+def user_turns(run: SimRun) -> tuple[list[UserTurn], list[int]]:
+    """The simulated user's turns and backchannels as the script placed them, with their step index."""
+    turns: list[UserTurn] = []
+    steps: list[int] = []
+    for step in run.steps:
+        if step.kind in ("say", "backchannel") and step.end_ms > step.start_ms:
+            segments = tuple(step.segments) or ((step.start_ms, step.end_ms),)
+            kind = "turn" if step.kind == "say" else "backchannel"
+            turns.append(UserTurn(segments, kind, step.text))
+            steps.append(step.index)
+    return turns, steps
+
+
+def bot_speech(run: SimRun) -> list[Speech]:
+    """The bot's played audio as speech, each stretch marked with whether its reply was cut off."""
+    stopped = {e.reply_id for e in run.events if isinstance(e, PlayoutStopped)}
+    return [Speech(a.start_ms, a.end_ms, stopped=a.reply_id in stopped) for a in run.bot_audio]
+
+
 def turn_facts(run: SimRun) -> TurnFacts:
     facts = TurnFacts(underruns=run.underruns)
-    audio = run.bot_audio
-    steps = run.steps
-    stopped_at = [e.ts_ms for e in run.events if isinstance(e, PlayoutStopped)]
-
-    for i, step in enumerate(steps):
-        next_start = steps[i + 1].start_ms if i + 1 < len(steps) else float("inf")
-        if step.kind == "say":
-            # response: the first bot audio to start after the turn ends, before the user's next step
-            starts = [a.start_ms for a in audio if step.end_ms <= a.start_ms < next_start]
-            if starts:
-                facts.latencies_ms[i] = starts[0] - step.end_ms
-            else:
-                facts.unanswered_turns += 1
-            for (_, pause_start), (pause_end, _) in zip(step.segments, step.segments[1:], strict=False):
-                facts.pauses += 1
-                if any(pause_start <= a.start_ms < pause_end for a in audio):
-                    facts.pause_takeovers += 1
-        if step.kind == "say" and step.bot_speaking_at_onset:
-            onset = step.start_ms
-            playing = [a.reply_id for a in audio if a.start_ms <= onset < a.end_ms]
-            if playing and any(onset <= t <= step.end_ms for t in stopped_at):
-                # the stopped reply's last audio, however many stretches it was played in
-                ended = max(a.end_ms for a in audio if a.reply_id == playing[0])
-                facts.barge_in_stops_ms[i] = ended - onset
-        if step.kind == "backchannel" and step.bot_speaking_at_onset:
-            facts.backchannels += 1
-            window_end = step.end_ms + BACKCHANNEL_STOP_WINDOW_MS
-            if any(step.start_ms <= t <= window_end for t in stopped_at):
-                facts.backchannel_stops += 1
+    turns, steps = user_turns(run)
+    facts.turns = score_turns(turns, bot_speech(run)).turns
+    facts.step_of_turn = steps
+    chunk_at = {e.reply_id: e.ts_ms for e in reversed(run.events) if isinstance(e, PlayoutStarted)}
+    for index, scored in zip(steps, facts.turns, strict=True):
+        if scored.kind == "backchannel":
+            if scored.backchannel_stopped_bot is not None:
+                facts.backchannels += 1
+                facts.backchannel_stops += scored.backchannel_stopped_bot
+            continue
+        if scored.response_latency_ms is None:
+            facts.unanswered_turns += 1
+        else:
+            facts.latencies_ms[index] = scored.response_latency_ms
+            reply = next(
+                (a.reply_id for a in run.bot_audio if a.start_ms == scored.end_ms + scored.response_latency_ms), None
+            )
+            if reply in chunk_at:
+                facts.first_chunk_ms[index] = chunk_at[reply] - scored.end_ms
+        if scored.barge_in_stop_ms is not None:
+            facts.barge_in_stops_ms[index] = scored.barge_in_stop_ms
+        facts.paused_turns += scored.pauses > 0
+        facts.pause_takeovers += scored.pause_taken_over
 
     speculative: set[str] = set()
     committed: set[str] = set()
@@ -182,32 +193,21 @@ def _tool_facts(run: SimRun, facts: TurnFacts) -> None:
 
 def summarize(facts: Sequence[TurnFacts], saved_ms: Sequence[float]) -> dict[str, Any]:
     """The summary.json block for one scenario or for the aggregate of several."""
-    latencies = [v for f in facts for _, v in sorted(f.latencies_ms.items())]
-    stops = [v for f in facts for v in f.barge_in_stops_ms.values()]
     started = sum(f.spec_started for f in facts)
     committed = sum(f.spec_committed for f in facts)
+    timing = summarize_turns([t for f in facts for t in f.turns])
+    first_chunk = [v for f in facts for _, v in sorted(f.first_chunk_ms.items())]
     return {
-        "response_latency_ms": percentiles(latencies, (10, 50, 90)),
-        "barge_in_stop_ms": percentiles(stops, (50, 90)),
-        "pause_takeover_rate": _rate(sum(f.pause_takeovers for f in facts), sum(f.pauses for f in facts)),
-        "backchannel_false_stop_rate": _rate(
-            sum(f.backchannel_stops for f in facts), sum(f.backchannels for f in facts)
-        ),
+        **timing,
+        "engine_first_chunk_ms": percentiles(first_chunk, (50,)),
         "speculation": {
             "started": started,
             "committed": committed,
             "discarded": sum(f.spec_discarded for f in facts),
-            "commit_rate": _rate(committed, started),
+            "commit_rate": rate(committed, started),
             "discarded_tokens": sum(f.discarded_tokens for f in facts),
         },
         "latency_saved_ms": percentiles(list(saved_ms), (50,)),
-        "turns": {
-            "answered": len(latencies),
-            "unanswered": sum(f.unanswered_turns for f in facts),
-            "mid_turn_pauses": sum(f.pauses for f in facts),
-            "backchannels_over_bot": sum(f.backchannels for f in facts),
-            "barge_ins": len(stops),
-        },
         "errors": sum(f.errors for f in facts),
         "output_underruns": int(sum(f.underruns for f in facts)),
         **_tools_summary(facts),

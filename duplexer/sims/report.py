@@ -149,7 +149,10 @@ def run_scenarios(
         for (scenario, _), main, baseline in zip(prepared, runs[0::2], runs[1::2], strict=True):
             facts, base_facts = turn_facts(main), turn_facts(baseline)
             saved = latency_saved(facts, base_facts)
-            per_scenario[scenario.name] = summarize([facts], saved)
+            per_scenario[scenario.name] = {
+                **summarize([facts], saved),
+                "per_turn": [turn.row() for turn in facts.turns],
+            }
             all_facts.append(facts)
             all_saved += saved
             if plots:
@@ -166,8 +169,8 @@ def run_scenarios(
 
 def summary_table(summary: dict[str, Any]) -> str:
     header = (
-        f"{'scenario':34} {'turns':>5} {'lat p50':>8} {'lat p90':>8} {'stop p50':>8} "
-        f"{'takeover':>8} {'bc stop':>7} {'spec s/c/d':>10} {'commit':>6} {'saved p50':>9}"
+        f"{'scenario':34} {'turns':>5} {'lat p50':>8} {'lat p90':>8} {'stop p50':>8} {'talk-over':>10} "
+        f"{'pause TO':>8} {'bc stop':>7} {'spec s/c/d':>10} {'commit':>6} {'saved p50':>9}"
     )
     lines = [header, "-" * len(header)]
 
@@ -180,6 +183,7 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"{name[:34]:34} {m['turns']['answered']:>5} {fmt(m['response_latency_ms']['p50']):>8} "
             f"{fmt(m['response_latency_ms']['p90']):>8} {fmt(m['barge_in_stop_ms']['p50']):>8} "
+            f"{str(m['talk_over']['count']) + '/' + fmt(m['talk_over']['total_ms']):>10} "
             f"{fmt(m['pause_takeover_rate'], '.2f'):>8} {fmt(m['backchannel_false_stop_rate'], '.2f'):>7} "
             f"{spec['started']:>4}/{spec['committed']}/{spec['discarded']:<3} "
             f"{fmt(spec['commit_rate'], '.2f'):>6} {fmt(m['latency_saved_ms']['p50']):>9}"
