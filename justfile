@@ -22,7 +22,7 @@ sim *ARGS:
 
 # sweep pause and end-of-turn thresholds
 sweep:
-    {{venv}}/duplexer sim scenarios/ --sweep pause_ms=150:400:50 --sweep end_of_turn_ms=400:1000:100 --report out/sweep
+    {{venv}}/duplexer sim scenarios/ --sweep end_of_turn_ms=650:1250:100 --sweep pause_ms=100:300:100 --report out/sweep
 
 # run a benchmark: just bench bus | just bench kernels
 bench NAME *ARGS:

@@ -89,6 +89,30 @@ def _runner(args: argparse.Namespace, progress: bool) -> Any:
     return run_jobs
 
 
+TABLE_COLUMNS_HELP = """\
+the table, one row per scenario and ALL (definitions: docs/metrics.md):
+  turns       user turns answered
+  lat p50/p90 response latency: bot audio onset - end of the user's turn, ms
+  stop p50    barge-in stop: how long the bot keeps talking after the user comes in, ms
+  talk-over   bot stretches begun inside a user's turn (pauses included) / their total ms
+  pause TO    pause takeover rate: share of turns with a pause that the bot talked into
+  bc stop     backchannel false stop rate: share of backchannels over the bot that stopped it
+  spec s/c/d  speculative replies started / committed / discarded
+  commit      speculation commit rate: committed / started
+  saved p50   latency saved by speculation: the same turn with it off minus on, ms
+summary.json also holds every user turn's row (per_turn)."""
+
+
+class _KeepEpilogLines(argparse.HelpFormatter):
+    """Reflows the description as usual but prints the epilog's table as written."""
+
+    def add_text(self, text: str | None) -> None:
+        if text is TABLE_COLUMNS_HELP:
+            self._add_item(lambda t: t + "\n", [text])
+        else:
+            super().add_text(text)
+
+
 def register(commands: Any) -> None:
     sim = commands.add_parser(
         "sim",
@@ -99,6 +123,8 @@ def register(commands: Any) -> None:
         "and a timeline PNG per scenario; with --sweep, writes REPORT/sweep.csv and "
         "REPORT/pareto.png instead. The scenario format is in docs/scenarios.md. With "
         "--executor ray (or --real-time) the scenarios play on the wall clock, several at once.",
+        epilog=TABLE_COLUMNS_HELP,
+        formatter_class=_KeepEpilogLines,
     )
     sim.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="scenario files or folders")
     sim.add_argument("--report", type=Path, default=Path("out"), metavar="DIR", help="output folder (default: out)")

@@ -71,26 +71,57 @@ def plot_timeline(run: SimRun, path: Path) -> None:
 
 
 def plot_pareto(rows: list[dict[str, Any]], path: Path, x_key: str, y_key: str) -> None:
-    """Pause takeover rate against p50 response latency, one point per parameter setting."""
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
+    """One point per parameter setting, pause takeover rate against p50 response latency, with the
+    Pareto front drawn as a step line. Settings that land on the same point share one label, and only
+    the front is labelled, so the labels stay readable on a grid of dozens of settings."""
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     points = [(r[x_key], r[y_key], r) for r in rows if r[x_key] is not None and r[y_key] is not None]
-    front = pareto_front([(x, y) for x, y, _ in points])
-    for x, y, row in points:
-        on_front = (x, y) in front
-        ax.scatter(x, y, color="#c44e52" if on_front else "#4c72b0", zorder=3)
-        label = ", ".join(f"{k}={v:g}" for k, v in row["params"].items())
-        ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    names = list(points[0][2]["params"]) if points else []
+    colour_key = names[0] if names else None
+    if colour_key is not None:
+        values = sorted({row["params"][colour_key] for _, _, row in points})
+        cmap = plt.get_cmap("viridis", max(2, len(values)))
+        for i, value in enumerate(values):
+            xs = [x for x, _, row in points if row["params"][colour_key] == value]
+            ys = [y for _, y, row in points if row["params"][colour_key] == value]
+            ax.scatter(xs, ys, color=cmap(i), s=36, zorder=3, label=f"{colour_key}={value:g}")
+    front = sorted(pareto_front([(x, y) for x, y, _ in points]))
     if front:
-        xs, ys = zip(*sorted(front), strict=True)
-        ax.plot(xs, ys, color="#c44e52", linewidth=1, label="Pareto front")
-        ax.legend()
-    ax.set_xlabel("p50 response latency (ms)")
-    ax.set_ylabel("pause takeover rate")
-    ax.set_title("Turn-taking trade-off (lower-left is better)")
+        xs, ys = zip(*front, strict=True)
+        ax.plot(xs, ys, drawstyle="steps-post", color="#c44e52", linewidth=1.5, zorder=2, label="Pareto front")
+        ax.scatter(xs, ys, s=110, facecolors="none", edgecolors="#c44e52", linewidths=1.5, zorder=4)
+        x_mid = (min(x for x, _, _ in points) + max(x for x, _, _ in points)) / 2
+        for n, (x, y) in enumerate(front):
+            settings = [row["params"] for px, py, row in points if (px, py) == (x, y)]
+            left = x > x_mid
+            ax.annotate(
+                _settings_label(settings),
+                (x, y),
+                fontsize=7,
+                xytext=(-10 if left else 10, 10 if n % 2 == 0 else -16),
+                textcoords="offset points",
+                ha="right" if left else "left",
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "#cccccc", "alpha": 0.9},
+            )
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_xlabel("p50 response latency (ms, audible onset - end of turn)")
+    ax.set_ylabel("pause takeover rate (turns with a pause the bot talked into)")
+    ax.set_title("Turn-taking trade-off: lower-left is better; the front is labelled")
+    ax.margins(x=0.08, y=0.14)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
+
+
+def _settings_label(settings: list[dict[str, Any]]) -> str:
+    """Settings that share a point, as one short label: each parameter with the values it takes."""
+    values: dict[str, list[float]] = {}
+    for params in settings:
+        for key, value in params.items():
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    return "\n".join(f"{key}={'/'.join(f'{v:g}' for v in sorted(vs))}" for key, vs in values.items())
 
 
 def pareto_front(points: list[tuple[float, float]]) -> set[tuple[float, float]]:
