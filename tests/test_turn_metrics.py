@@ -116,3 +116,27 @@ def test_an_end_of_turn_timer_firing_just_after_the_user_resumes_is_reported_as_
     assert turn.talk_over_count >= 1 and turn.talk_over_ms > 0.0
     assert turn.pause_taken_over
     assert facts.pause_takeovers == 1
+
+
+def test_the_demo_reports_latency_from_the_audible_onset_and_the_first_chunk_beside_it() -> None:
+    import numpy as np
+
+    from duplexer.policies.controller import PolicyParams
+    from duplexer.runtime.events import CommitReply, PlayoutStarted
+    from duplexer.sims.demo import turn_records
+    from duplexer.sims.live import LiveRun
+    from duplexer.sims.simulator import BotInterval, SimRun, StepRecord
+
+    rate = 16_000
+    bot = np.zeros(3 * rate, dtype=np.int16)
+    bot[int(1.85 * rate) : int(2.6 * rate)] = 6000  # the chunk starts at 1.6 s with 250 ms of silence
+    step = StepRecord(0, "say", "hello there", 200.0, 1000.0, [(200.0, 1000.0)])
+    events = [
+        CommitReply(session_id="s", turn_id=1, ts_ms=1500.0, reply_id="t1r1", user_text="hello there"),
+        PlayoutStarted(session_id="s", turn_id=1, ts_ms=1600.0, reply_id="t1r1"),
+    ]
+    run = SimRun("s", True, PolicyParams(), [step], [BotInterval("t1r1", 1600.0, 2600.0)], events, 3000.0, 0.0)
+    live = LiveRun(run, np.zeros(3 * rate, dtype=np.int16), bot, [])
+    (record,) = turn_records(live, None)
+    assert record["engine_first_chunk_ms"] == 600.0
+    assert abs(record["response_latency_ms"] - 850.0) <= 1.0

@@ -43,6 +43,7 @@ from duplexer.sims.persona import Persona
 from duplexer.sims.scenario import Backchannel, Noise, Say, Scenario, Segment, Silence, Start
 from duplexer.sims.simulator import RECORDED_EVENTS, BotInterval, SimRun, StepRecord
 from duplexer.sims.speech_segments import speech_segments_pcm
+from duplexer.sims.turn_metrics import bot_speech_spans
 
 WHISPER_ASR = AsrParams(partial_interval_ms=float("inf"))
 """No partials with Whisper: each call transcribes the whole segment again (~0.1-0.15 s with its short
@@ -132,14 +133,29 @@ def audio_after_commit_ms(run: SimRun, index: int) -> float | None:
     return round(min(starts) - commits[0], 1)
 
 
+def heard_run(live: LiveRun) -> SimRun:
+    """The run as the user heard it: the bot's audio stretches are where its played track is audible,
+    each cut to the reply whose chunks it lies in, not where the chunks were written (Piper starts a
+    reply with a few hundred ms of digital silence)."""
+    heard: list[BotInterval] = []
+    for start, end in bot_speech_spans(live.bot_track, INPUT_SAMPLE_RATE_HZ):
+        for played in live.run.bot_audio:
+            if played.start_ms < end and start < played.end_ms:
+                heard.append(BotInterval(played.reply_id, max(start, played.start_ms), min(end, played.end_ms)))
+    return replace(live.run, bot_audio=sorted(heard, key=lambda a: a.start_ms))
+
+
 def _rounded(ms: float | None) -> float | None:
     return None if ms is None else round(ms, 1)
 
 
 def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
-    """Per user turn: what was said and heard, the reply, and its timing."""
-    facts_on = turn_facts(on.run)
-    facts_off = turn_facts(off.run) if off else None
+    """Per user turn: what was said and heard, the reply, and its timing as heard (the engine's own
+    time to the first chunk beside it)."""
+    facts_on = turn_facts(heard_run(on))
+    facts_off = turn_facts(heard_run(off)) if off else None
+    engine_on = turn_facts(on.run)
+    scored = dict(zip(facts_on.step_of_turn, facts_on.turns, strict=True))
     by_reply: dict[str, dict[str, Any]] = {}
     heard_by_turn: dict[int | None, str] = {}
     for history in on.history_events:
@@ -159,7 +175,7 @@ def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
     for i, step in enumerate(on.run.steps):
         if step.kind != "say":
             continue
-        reply_id = _reply_for_step(on.run, i)
+        reply_id = _reply_for_step(heard_run(on), i)
         info = by_reply.get(reply_id or "", {})
         turn_id = int(reply_id[1:].split("r")[0]) if reply_id else None
         spec = [e for e in on.run.events if isinstance(e, StartReply) and e.speculative and e.turn_id == turn_id]
@@ -175,7 +191,10 @@ def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
                 "user_transcript": info.get("user_transcript"),
                 "bot_reply": info.get("bot_reply"),
                 "response_latency_ms": _rounded(latency),
+                "engine_first_chunk_ms": _rounded(engine_on.latencies_ms.get(i)),
                 "barge_in_stop_ms": _rounded(facts_on.barge_in_stops_ms.get(i)),
+                "talk_over_ms": _rounded(scored[i].talk_over_ms),
+                "pause_taken_over": scored[i].pause_taken_over,
                 "speculation": {
                     "started": len(spec_ids),
                     "committed": len(spec_ids & committed),
@@ -195,10 +214,13 @@ def summarize_demo(records: list[dict[str, Any]], on: LiveRun, off: LiveRun | No
     latencies = [r["response_latency_ms"] for r in records if r["response_latency_ms"] is not None]
     stops = [r["barge_in_stop_ms"] for r in records if r["barge_in_stop_ms"] is not None]
     saved = [r["latency_saved_ms"] for r in records if r["latency_saved_ms"] is not None]
-    facts = turn_facts(on.run)
+    facts = turn_facts(heard_run(on))
+    engine = [r["engine_first_chunk_ms"] for r in records if r["engine_first_chunk_ms"] is not None]
     return {
         "response_latency_ms": percentiles(latencies, (10, 50, 90)),
-        "pause_takeovers": f"{facts.pause_takeovers}/{facts.pauses}",
+        "engine_first_chunk_ms": percentiles(engine, (50,)),
+        "talk_over_ms": round(sum(t.talk_over_ms for t in facts.turns), 1),
+        "pause_takeovers": f"{facts.pause_takeovers}/{facts.paused_turns}",
         "barge_in_stop_ms": percentiles(stops, (50, 90)),
         "latency_saved_ms": percentiles(saved, (50,)),
         "output_underruns": int(on.run.underruns + (off.run.underruns if off else 0)),
@@ -217,6 +239,8 @@ def pooled_figures(results: Sequence[tuple[list[dict[str, Any]], dict[str, Any]]
     return {
         "turns": len(records),
         "response_latency_ms": percentiles(values(lambda r: r["response_latency_ms"]), (50, 90)),
+        "engine_first_chunk_ms": percentiles(values(lambda r: r.get("engine_first_chunk_ms")), (50, 90)),
+        "talk_over_ms": round(sum(values(lambda r: r.get("talk_over_ms"))), 1),
         "latency_saved_ms": percentiles(values(lambda r: r["latency_saved_ms"]), (50,)),
         "barge_in_stop_ms": percentiles(values(lambda r: r["barge_in_stop_ms"]), (50,)),
         "output_underruns": sum(int(summary["output_underruns"]) for _, summary in results),
@@ -246,20 +270,27 @@ def table(records: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:.0f}"
 
-    lines = [f"{'turn':>4}  {'latency':>7}  {'saved':>6}  {'stop':>5}  spec s/c/d  user (heard) -> bot", "-" * 100]
+    lines = [
+        f"{'turn':>4}  {'heard':>6}  {'engine':>6}  {'saved':>6}  {'stop':>5}  {'over':>5}  spec s/c/d  "
+        "user (heard) -> bot",
+        "-" * 110,
+    ]
     for r in records:
         spec = r["speculation"]
         lines.append(
-            f"{r['turn']:>4}  {fmt(r['response_latency_ms']):>7}  {fmt(r['latency_saved_ms']):>6}  "
-            f"{fmt(r['barge_in_stop_ms']):>5}  {spec['started']:>4}/{spec['committed']}/{spec['discarded']:<3}  "
+            f"{r['turn']:>4}  {fmt(r['response_latency_ms']):>6}  {fmt(r['engine_first_chunk_ms']):>6}  "
+            f"{fmt(r['latency_saved_ms']):>6}  {fmt(r['barge_in_stop_ms']):>5}  {fmt(r['talk_over_ms']):>5}  "
+            f"{spec['started']:>4}/{spec['committed']}/{spec['discarded']:<3}  "
             f"{r['user_transcript']!r} -> {(r['bot_reply'] or '')[:60]!r}"
         )
     lat, stop, saved = summary["response_latency_ms"], summary["barge_in_stop_ms"], summary["latency_saved_ms"]
     lines += [
         "",
-        f"response latency p50 {fmt(lat['p50'])} ms (p90 {fmt(lat['p90'])}), latency saved p50 {fmt(saved['p50'])} ms, "
-        f"barge-in stop p50 {fmt(stop['p50'])} ms, output underruns {summary['output_underruns']}, "
-        f"mid-turn pauses taken over {summary['pause_takeovers']}",
+        f"response latency as heard p50 {fmt(lat['p50'])} ms (p90 {fmt(lat['p90'])}; engine's first chunk p50 "
+        f"{fmt(summary['engine_first_chunk_ms']['p50'])}), latency saved p50 {fmt(saved['p50'])} ms, "
+        f"barge-in stop p50 {fmt(stop['p50'])} ms, talk-over {fmt(summary['talk_over_ms'])} ms, "
+        f"turns with a pause taken over {summary['pause_takeovers']}, output underruns {summary['output_underruns']}",
+        "heard: bot audible onset - end of the user's turn; engine: to the first TTS chunk (docs/metrics.md)",
     ]
     return "\n".join(lines)
 
