@@ -310,7 +310,10 @@ TURN_GAP_MS = 1500.0
 
 
 def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = TURN_GAP_MS) -> tuple[Scenario, list[bytes]]:
-    """A recorded user as a scenario: speech segments by energy, a new turn after a long gap."""
+    """A recorded user as a scenario: speech segments by energy, a new turn after a long gap.
+
+    No tail: :func:`run_live` given the recording itself lasts to its end and then until the bot is
+    quiet, so neither trailing silence nor the reply in progress is cut off."""
     segments = speech_segments_pcm(np.frombuffer(pcm, dtype="<i2"), INPUT_SAMPLE_RATE_HZ)
     if not segments:
         raise ValueError(f"{name}: no speech found in the recording")
@@ -323,7 +326,7 @@ def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = TURN_GAP_MS) 
         for s, e in group:
             clips.append(pcm[2 * int(s * INPUT_SAMPLE_RATE_HZ / 1000) : 2 * int(e * INPUT_SAMPLE_RATE_HZ / 1000)])
     duration_ms = 1000.0 * (len(pcm) // 2) / INPUT_SAMPLE_RATE_HZ
-    return Scenario(name=name, script=steps, tail_ms=4000.0, max_duration_ms=duration_ms + 60_000.0), clips
+    return Scenario(name=name, script=steps, tail_ms=0.0, max_duration_ms=duration_ms + 60_000.0), clips
 
 
 # ------------------------------------------------------------------ live microphone
