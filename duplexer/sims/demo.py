@@ -23,7 +23,7 @@ from duplexer.actors.engines import AudioSink
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.actors.tts import TtsParams
 from duplexer.actors.vad import VadParams
-from duplexer.policies.controller import LIVE_CALL_POLICY, PolicyParams
+from duplexer.policies.controller import PolicyParams
 from duplexer.runtime.clock import LoopClock
 from duplexer.runtime.events import (
     FRAME_MS,
@@ -103,9 +103,10 @@ def build_user_side(
     return scenario, clips
 
 
-def demo_config(persona: Persona | None, policy: PolicyParams = LIVE_CALL_POLICY) -> PipelineConfig:
+def demo_config(persona: Persona | None, policy: PolicyParams | None = None) -> PipelineConfig:
+    """Real models' settings, with ``policy`` (the default policy when None)."""
     tts = TtsParams(default_instructions=persona.tts_instructions if persona else ())
-    return PipelineConfig(policy=policy, vad=VadParams(), asr=WHISPER_ASR, tts=tts)
+    return PipelineConfig(policy=policy or PolicyParams(), vad=VadParams(), asr=WHISPER_ASR, tts=tts)
 
 
 def _reply_for_step(run: SimRun, index: int) -> str | None:
@@ -271,7 +272,7 @@ async def run_demo(
     compare: bool = True,
     turns: Sequence[DemoTurn] = DEMO_TURNS,
     speculation_first: bool = True,
-    policy: PolicyParams = LIVE_CALL_POLICY,
+    policy: PolicyParams | None = None,
 ) -> tuple[LiveRun, LiveRun | None, list[dict[str, Any]], dict[str, Any]]:
     """The demo conversation with speculation on and, with ``compare``, off; ``speculation_first``
     says which runs first (a benchmark alternates it, so neither run always meets the warmer caches)."""

@@ -168,7 +168,7 @@ def register(commands: Any) -> None:
     demo.add_argument("--persona", type=Path, help="persona YAML (see personas/)")
     demo.add_argument("--no-compare", action="store_true", help="skip the speculation-off run")
     demo.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
-    add_policy_argument(demo, "live")
+    add_policy_argument(demo)
     add_llm_arguments(demo)
     demo.set_defaults(handler=_demo)
 
@@ -200,6 +200,6 @@ def register(commands: Any) -> None:
         "--persona", type=Path, help="persona YAML (see personas/); its greeting is not spoken over a recording"
     )
     talk.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
-    add_policy_argument(talk, "live")
+    add_policy_argument(talk)
     add_llm_arguments(talk)
     talk.set_defaults(handler=_talk)
