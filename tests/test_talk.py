@@ -3,6 +3,7 @@ to its end, and a two-party recording can give the user one channel."""
 
 from __future__ import annotations
 
+import json
 import random
 import wave
 from pathlib import Path
@@ -109,3 +110,34 @@ def test_talk_with_a_user_channel_of_a_mono_file_exits_2_with_one_line(
     assert main(["talk", str(path), "--user-channel", "left", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("duplexer: error:") and "\n" not in err and "mono.wav" in err and "left" in err
+
+
+def test_talk_with_the_microphone_refuses_a_user_channel(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["talk", "--mic", "--user-channel", "right"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("duplexer: error: --user-channel") and "\n" not in err
+
+
+def test_talk_streams_the_chosen_channel_whole_and_writes_it_as_the_user_track(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from duplexer.sims import demo_cli
+
+    def short_replies(clock: Clock, sink: AudioSink) -> Engines:
+        rng = random.Random(0)
+        llm = ScriptedLlm(clock, rng, reply_for=lambda _: "Sure.")
+        return Engines(EnergyVad(), CannedAsr(clock), llm, ScriptedTts(clock, rng), sink)
+
+    monkeypatch.setattr(demo_cli, "demo_engines", lambda args: (short_replies, None))
+    user = np.frombuffer(_recording(0.3, 0.6, 0.9), "<i2")
+    partner = (np.random.default_rng(1).standard_normal(len(user)) * 2000).astype("<i2")
+    path = tmp_path / "call.wav"
+    _stereo(path, partner, user)
+    assert main(["talk", str(path), "--user-channel", "right", "--out", str(tmp_path / "o")]) == 0
+    with wave.open(str(tmp_path / "o" / "call.wav"), "rb") as w:
+        written = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    assert len(written) >= len(user)
+    assert np.array_equal(written[: len(user), 0], user)  # the user's side alone, to its last sample
+    [turn] = json.loads((tmp_path / "o" / "call.json").read_text())["turns"]
+    assert turn["bot_reply"] == "Sure."  # the bot answered, and the session ran past the recording
+    assert len(written) > len(user)

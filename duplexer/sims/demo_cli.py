@@ -124,6 +124,8 @@ def _talk_mic(args: argparse.Namespace) -> int:
 
     if args.file is not None:
         return fail("talk takes a wav file or --mic, not both")
+    if args.user_channel is not None:
+        return fail("--user-channel chooses a channel of a wav file; the microphone has one")
     try:
         devices = open_devices()
     except MicrophoneUnavailable as exc:
