@@ -19,15 +19,17 @@ def fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def add_policy_argument(parser: argparse.ArgumentParser, default: str) -> None:
-    """``--policy NAME``: the policy preset a command runs (``duplexer policy show`` lists them)."""
-    from duplexer.policies.controller import POLICY_PRESETS
+def add_policy_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--policy NAME``: the policy preset a command runs (``duplexer policy show`` lists them);
+    every command runs the one default preset unless it has a reason to name another."""
+    from duplexer.policies.controller import DEFAULT_PRESET, POLICY_PRESETS
 
+    chosen = default or DEFAULT_PRESET
     parser.add_argument(
         "--policy",
-        default=default,
+        default=chosen,
         metavar="NAME",
-        help=f"turn-taking policy preset: {', '.join(POLICY_PRESETS)} (default: {default})",
+        help=f"turn-taking policy preset: {', '.join(POLICY_PRESETS)} (default: {chosen})",
     )
 
 

@@ -1,4 +1,4 @@
-"""`duplexer policy show`: the controller's transition table and a policy preset, as text or a diagram."""
+"""`duplexer policy show`: the controller's transition table and the policy presets, as text or a diagram."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ def show(args: argparse.Namespace) -> int:
     from duplexer.policies.render import render
 
     try:
-        params = None if args.policy is None else chosen_policy(args)
+        if args.policy is not None:
+            chosen_policy(args)
     except ValueError as exc:
         return fail(str(exc))
-    say(render(args.format, params, args.policy))
+    say(render(args.format, args.policy))
     return 0
 
 
 def register(commands: Any) -> None:
-    from duplexer.policies.controller import POLICY_PRESETS
+    from duplexer.policies.controller import DEFAULT_PRESET, POLICY_PRESETS
 
     policy = commands.add_parser("policy", help="inspect the turn-taking policy")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
@@ -30,8 +31,8 @@ def register(commands: Any) -> None:
         help="print the controller's transition table and parameters",
         description="Print the controller's transition table (every state x event pair, declared "
         "as a transition or as ignored), its timers and its parameters, or draw it as a diagram. "
-        f"Without --policy the parameters are the defaults; the presets ({', '.join(POLICY_PRESETS)}) "
-        "are listed after them.",
+        f"Without --policy the parameters of every preset ({', '.join(POLICY_PRESETS)}) are printed side "
+        f"by side, a column each; {DEFAULT_PRESET} is the default of every command.",
     )
     show_parser.add_argument(
         "--format",

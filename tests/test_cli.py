@@ -93,6 +93,8 @@ def test_sweep_writes_csv_and_pareto_plot(tmp_path: Path) -> None:
         "pause_ms=150:250:50",
         "--sweep",
         "end_of_turn_ms=400,800",
+        "--policy",
+        "classic",  # its end_of_turn_min_ms (300) lets end_of_turn_ms go down to 400
         "--report",
         str(tmp_path),
         "--quiet",
@@ -287,28 +289,42 @@ def test_every_policy_command_refuses_an_unknown_preset_with_exit_2_listing_the_
     assert main([*command, "--policy", "brisk"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("duplexer: error: --policy") and "\n" not in err
-    assert "'brisk'" in err and "default, live" in err
+    assert "'brisk'" in err and "live, classic, default" in err
 
 
 def test_policy_show_prints_a_chosen_preset_and_lists_them_all() -> None:
     from duplexer.policies.controller import LIVE_CALL_POLICY
 
-    shown = run_cli("policy", "show", "--policy", "live")
-    assert shown.returncode == 0 and "parameters (preset live):" in shown.stdout
-    assert f"resume_after_ms = {LIVE_CALL_POLICY.resume_after_ms}" in shown.stdout
+    shown = run_cli("policy", "show", "--policy", "classic")
+    assert shown.returncode == 0 and "parameters (preset classic):" in shown.stdout
+    assert ["resume_after_ms", "0.0"] in [line.split() for line in shown.stdout.splitlines()]
     plain = run_cli("policy", "show")
-    assert "parameters (defaults):" in plain.stdout and "resume_after_ms = 0.0" in plain.stdout
-    assert "presets (select with --policy NAME): default, live" in plain.stdout
+    assert "parameters per preset (--policy NAME selects one; live is the default):" in plain.stdout
+    rows = [line.split() for line in plain.stdout.splitlines()]
+    assert ["parameter", "live", "classic"] in rows
+    assert ["resume_after_ms", str(LIVE_CALL_POLICY.resume_after_ms), "0.0"] in rows
+    assert "presets: live, classic (also: default = live)" in plain.stdout
 
 
 def test_sim_runs_the_chosen_preset_under_its_overrides(tmp_path: Path) -> None:
+    from duplexer.policies.controller import CLASSIC_POLICY
+
+    scenario = str(SCENARIOS / "plain_single_turn.yaml")
+    args = ["--report", str(tmp_path), "--quiet", "--no-plots", "--policy", "classic", "--set", "min_barge_in_ms=450"]
+    assert main(["sim", scenario, *args]) == 0
+    policy = json.loads((tmp_path / "summary.json").read_text())["policy"]
+    assert policy["resume_after_ms"] == CLASSIC_POLICY.resume_after_ms and policy["min_barge_in_ms"] == 450
+    assert policy["backchannel_pause_playout"] is False
+
+
+def test_sim_runs_the_live_call_policy_by_default(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
     from duplexer.policies.controller import LIVE_CALL_POLICY
 
     scenario = str(SCENARIOS / "plain_single_turn.yaml")
-    args = ["--report", str(tmp_path), "--quiet", "--no-plots", "--policy", "live", "--set", "min_barge_in_ms=450"]
-    assert main(["sim", scenario, *args]) == 0
-    policy = json.loads((tmp_path / "summary.json").read_text())["policy"]
-    assert policy["resume_after_ms"] == LIVE_CALL_POLICY.resume_after_ms and policy["min_barge_in_ms"] == 450
+    assert main(["sim", scenario, "--report", str(tmp_path), "--quiet", "--no-plots"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["policy"] == asdict(LIVE_CALL_POLICY)
 
 
 def test_a_sweep_over_a_switch_runs_it_off_and_on() -> None:

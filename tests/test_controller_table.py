@@ -8,6 +8,7 @@ import pytest
 
 from duplexer.policies.controller import (
     CONTROLLER_INPUTS,
+    DEFAULT_PRESET,
     LIVE_CALL_POLICY,
     POLICY_PRESETS,
     TIMERS,
@@ -72,8 +73,10 @@ def test_policy_show_prints_every_pair_and_the_parameters() -> None:
     for phase in Phase:
         for kind in CONTROLLER_INPUTS:
             assert any(phase.value in line and kind.__name__ in line for line in table.splitlines())
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines() if line.startswith("  ") and line.split()}
+    assert rows["parameter"] == list(POLICY_PRESETS)  # a column per preset, side by side
     for name in PolicyParams.field_names():
-        assert f"{name} = " in table
+        assert rows[name] == [str(getattr(p, name)) for p in POLICY_PRESETS.values()]
 
 
 def test_diagrams_name_the_barge_in_and_speculation_edges() -> None:
@@ -185,11 +188,14 @@ def test_overrides_apply_and_keep_the_rest() -> None:
     assert params.resume_after_ms == LIVE_CALL_POLICY.resume_after_ms
 
 
-def test_presets_name_todays_policies() -> None:
-    assert POLICY_PRESETS["default"] == PolicyParams()
-    assert POLICY_PRESETS["live"] == LIVE_CALL_POLICY
-    assert preset("live") is LIVE_CALL_POLICY
-    with pytest.raises(ValueError, match="unknown policy preset 'fast' \\(known: default, live\\)"):
+def test_one_default_policy_the_live_one_and_the_first_defaults_kept_by_name() -> None:
+    assert preset(DEFAULT_PRESET) is LIVE_CALL_POLICY == PolicyParams()
+    assert preset("default") is preset(DEFAULT_PRESET) is POLICY_PRESETS["live"]
+    assert LIVE_CALL_POLICY.backchannel_pause_playout and LIVE_CALL_POLICY.resume_after_ms == 400.0
+    classic = preset("classic")
+    assert (classic.pause_ms, classic.end_of_turn_min_ms, classic.backchannel_pause_playout) == (200.0, 300.0, False)
+    assert classic.resume_after_ms == 0.0
+    with pytest.raises(ValueError, match="unknown policy preset 'fast' \\(known: live, classic, default\\)"):
         preset("fast")
 
 

@@ -105,7 +105,7 @@ async def ask(dev: DeviceClient, wav: str, quiet_ms: float = 8000.0) -> asyncio.
 def test_a_spoken_question_gets_a_spoken_answer_through_the_broker(broker: LoopbackBroker) -> None:
     async def scenario() -> tuple[Any, ...]:
         async with running_bridge(broker) as bridge, device(broker, "robot1") as dev:
-            dev.control("start", policy={"end_of_turn_ms": 600})
+            dev.control("start", policy={"end_of_turn_ms": 650})
             started = await dev.wait_type("session", 5, state="started")
             quiet = await ask(dev, QUESTION)
             done = await dev.wait_type("playout_done", 10)
@@ -117,7 +117,7 @@ def test_a_spoken_question_gets_a_spoken_answer_through_the_broker(broker: Loopb
     started, done, stats, events, audio, policy = run(scenario())
     assert started["audio_in"]["sample_rate_hz"] == 24_000
     assert started["audio_out"] == {"encoding": "pcm16le", "sample_rate_hz": 22_050, "channels": 1, "frame_ms": 20}
-    assert started["policy"]["end_of_turn_ms"] == 600 == policy.end_of_turn_ms
+    assert started["policy"]["end_of_turn_ms"] == 650 == policy.end_of_turn_ms
     states = [e["new_state"] for e in events if e["type"] == "state"]
     assert states == ["UserSpeaking", "UserPaused", "BotReplying", "Silence"]
     assert {"speech_start", "speech_stop", "transcript", "bot_text", "playout_started"} <= {e["type"] for e in events}

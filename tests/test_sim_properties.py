@@ -32,6 +32,7 @@ policies = st.fixed_dictionaries(
     {
         "pause_ms": st.sampled_from([150, 200, 300]),
         "end_of_turn_ms": st.sampled_from([500, 700, 900]),
+        "end_of_turn_min_ms": st.just(300),  # below every end_of_turn_ms drawn; no detector runs here
         "min_barge_in_ms": st.sampled_from([200, 350, 500]),
     }
 )

@@ -79,9 +79,12 @@ from duplexer.runtime.events import (
 )
 
 __all__ = [
+    "CLASSIC_POLICY",
     "CONTROLLER_INPUTS",
+    "DEFAULT_PRESET",
     "LIVE_CALL_POLICY",
     "POLICY_PRESETS",
+    "PRESET_ALIASES",
     "TIMERS",
     "TIME_EPSILON_MS",
     "TRANSITIONS",
@@ -108,24 +111,36 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PolicyParams:
-    """Every turn-taking threshold, in one place. The paper gives none, so all are configuration."""
+    """Every turn-taking threshold, in one place. The paper gives none, so all are configuration.
 
-    pause_ms: float = 200.0
-    """Silence after speech that enters UserPaused and starts a speculative reply."""
+    The defaults are the live-call policy, the one every command runs unless a scenario or
+    ``--policy NAME`` chooses another (:data:`POLICY_PRESETS`): the simulator scores what a live
+    call does."""
+
+    pause_ms: float = 150.0
+    """Silence after speech that enters UserPaused and starts a speculative reply. The VAD's stop and
+    the final transcript come ~150-250 ms after the user stops, so a longer pause only delays the
+    speculative reply."""
     end_of_turn_ms: float = 700.0
     """Silence that ends the user's turn and commits a reply, when no detector speaks."""
-    end_of_turn_min_ms: float = 300.0
-    """Shortest end-of-turn silence a confident end-of-turn detector (p=1) may ask for."""
+    end_of_turn_min_ms: float = 625.0
+    """Shortest end-of-turn silence a confident end-of-turn detector (p=1) may ask for. With the
+    embedded CPU models a speculative reply's first audio is ready ~650-800 ms after the user stops,
+    so committing sooner would play nothing sooner and only leave the user less time to go on (and
+    speculation less time to save)."""
     end_of_turn_max_ms: float = 1500.0
     """Longest end-of-turn silence a doubtful end-of-turn detector (p=0) may ask for."""
     min_barge_in_ms: float = 500.0
     """User speech during bot speech needed to interrupt; shorter speech is a backchannel."""
-    backchannel_pause_playout: bool = False
-    """Hold bot audio while overlapping speech is still shorter than min_barge_in_ms."""
-    resume_after_ms: float = 0.0
+    backchannel_pause_playout: bool = True
+    """Hold bot audio while overlapping speech is still shorter than min_barge_in_ms: the bot falls
+    silent the moment user speech is heard (a fast audible stop) and stops for good only after
+    min_barge_in_ms of it."""
+    resume_after_ms: float = 400.0
     """With backchannel_pause_playout: held bot audio resumes only after this much silence once a short
-    overlap ends. Speech within it continues the overlap, and all of its speech counts towards
-    min_barge_in_ms, so an interruption with a pause in it ("Wait, | tell me ...") is not talked into."""
+    overlap ends, longer than the pause at a comma. Speech within it continues the overlap, and all of
+    its speech counts towards min_barge_in_ms, so an interruption with a pause in it ("Wait, | tell me
+    ...") is not talked into."""
     min_speech_probability: float = 0.5
     """VAD speech onsets below this probability are ignored."""
     speculation: bool = True
@@ -152,7 +167,8 @@ class PolicyParams:
         if not self.end_of_turn_min_ms <= self.end_of_turn_ms <= self.end_of_turn_max_ms:
             raise ValueError(
                 "policy parameters need end_of_turn_min_ms <= end_of_turn_ms <= end_of_turn_max_ms, "
-                f"got {self.end_of_turn_min_ms}, {self.end_of_turn_ms}, {self.end_of_turn_max_ms}"
+                f"got {self.end_of_turn_min_ms}, {self.end_of_turn_ms}, {self.end_of_turn_max_ms} "
+                "(a shorter end_of_turn_ms needs end_of_turn_min_ms set no higher)"
             )
         if not 0.0 <= self.min_speech_probability <= 1.0:
             raise ValueError("policy parameter min_speech_probability must be within [0, 1]")
@@ -195,30 +211,34 @@ class PolicyParams:
         return self.end_of_turn_max_ms + p * 2.0 * (self.end_of_turn_ms - self.end_of_turn_max_ms)
 
 
-LIVE_CALL_POLICY = PolicyParams(
-    backchannel_pause_playout=True, resume_after_ms=400.0, pause_ms=150.0, end_of_turn_min_ms=625.0
-)
-"""For live audio: bot audio pauses the moment user speech is heard (a fast audible stop) and
-stops for good only after min_barge_in_ms of speech; shorter speech resumes it after 400 ms of
-silence, longer than the pause at a comma, so the bot does not resume between the words of one
-interruption. Speculation starts after 150 ms of silence: the VAD's stop and the final transcript
-come ~150-250 ms after the user stops, so a longer pause only delays the speculative reply. A
-confident end-of-turn detector shortens the wait to no less than 625 ms of silence: with the
-embedded CPU models a speculative reply's first audio is ready ~650-800 ms after the user stops, so
-committing sooner would play nothing sooner and only leave the user less time to go on (and
-speculation less time to save)."""
+LIVE_CALL_POLICY = PolicyParams()
+"""The live-call policy: the defaults themselves (the name stays for code that asks for it)."""
 
-POLICY_PRESETS: dict[str, PolicyParams] = {"default": PolicyParams(), "live": LIVE_CALL_POLICY}
-"""Named parameter sets: ``default`` for scripted audio (the simulator, the MQTT bridge), ``live`` for
-live calls (demo, talk, serve). Every command that runs a policy selects one with ``--policy NAME``."""
+CLASSIC_POLICY = PolicyParams(
+    pause_ms=200.0, end_of_turn_min_ms=300.0, backchannel_pause_playout=False, resume_after_ms=0.0
+)
+"""The first defaults, before the live-call values became them: bot audio plays on through
+overlapping speech until min_barge_in_ms of it stops the reply, speculation waits 200 ms of silence,
+and a confident end-of-turn detector may commit after 300 ms. For comparing with earlier figures."""
+
+DEFAULT_PRESET = "live"
+"""The preset every command runs unless ``--policy NAME`` chooses another: :class:`PolicyParams`'s
+own defaults."""
+
+POLICY_PRESETS: dict[str, PolicyParams] = {DEFAULT_PRESET: LIVE_CALL_POLICY, "classic": CLASSIC_POLICY}
+"""Named parameter sets, selected with ``--policy NAME`` on every command that runs a policy."""
+
+PRESET_ALIASES: dict[str, str] = {"default": DEFAULT_PRESET}
+"""Other names a preset answers to: ``default`` is whatever the default is."""
 
 
 def preset(name: str) -> PolicyParams:
     """The preset called ``name``; a ValueError listing the names when there is none."""
     try:
-        return POLICY_PRESETS[name]
+        return POLICY_PRESETS[PRESET_ALIASES.get(name, name)]
     except KeyError:
-        raise ValueError(f"unknown policy preset {name!r} (known: {', '.join(POLICY_PRESETS)})") from None
+        known = ", ".join([*POLICY_PRESETS, *PRESET_ALIASES])
+        raise ValueError(f"unknown policy preset {name!r} (known: {known})") from None
 
 
 # ------------------------------------------------------------------ handlers

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
 
-from duplexer.policies.controller import CONTROLLER_INPUTS, POLICY_PRESETS, TIMERS, TRANSITIONS, PolicyParams
+from duplexer.policies.controller import (
+    CONTROLLER_INPUTS,
+    DEFAULT_PRESET,
+    POLICY_PRESETS,
+    PRESET_ALIASES,
+    TIMERS,
+    TRANSITIONS,
+    PolicyParams,
+    preset,
+)
 
 
 def _rows() -> list[tuple[str, str, str, str]]:
@@ -20,8 +30,25 @@ def _rows() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def render_table(params: PolicyParams | None = None, name: str | None = None) -> str:
-    """The table, the timers, and the parameters of ``params`` (the defaults when None)."""
+def parameter_columns(presets: Mapping[str, PolicyParams]) -> list[str]:
+    """Every parameter as a row, with a column of values per preset, so presets compare at a glance."""
+    rows = [
+        ["parameter", *presets],
+        *([f.name, *(str(getattr(p, f.name)) for p in presets.values())] for f in fields(PolicyParams)),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        cells = [f"{row[0]:<{widths[0]}}", *(f"{cell:>{w}}" for cell, w in zip(row[1:], widths[1:], strict=True))]
+        lines.append("  " + "  ".join(cells))
+        if i == 0:
+            lines.append("  " + "-" * (sum(widths) + 2 * (len(widths) - 1)))
+    return lines
+
+
+def render_table(name: str | None = None) -> str:
+    """The table, the timers, and the parameters of every preset side by side (of ``name`` alone when
+    given: a preset's name or alias)."""
     rows = [("state", "event", "next state(s)", "rule"), *_rows()]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = []
@@ -32,11 +59,13 @@ def render_table(params: PolicyParams | None = None, name: str | None = None) ->
     lines += ["", "timers (a tick fires the one that is due):"]
     for phase, timers in TIMERS.items():
         lines += [f"  {phase.value}: {timer.name}: {timer.note}" for timer in timers]
-    shown = params or PolicyParams()
-    lines += ["", "parameters (defaults):" if name is None else f"parameters (preset {name}):"]
-    for f in fields(PolicyParams):
-        lines.append(f"  {f.name} = {getattr(shown, f.name)}")
-    lines += ["", f"presets (select with --policy NAME): {', '.join(POLICY_PRESETS)}"]
+    aliases = ", ".join(f"{alias} = {target}" for alias, target in PRESET_ALIASES.items())
+    if name is None:
+        lines += ["", f"parameters per preset (--policy NAME selects one; {DEFAULT_PRESET} is the default):"]
+        lines += parameter_columns(POLICY_PRESETS)
+    else:
+        lines += ["", f"parameters (preset {name}):", *parameter_columns({name: preset(name)})]
+    lines += ["", f"presets: {', '.join(POLICY_PRESETS)} (also: {aliases})"]
     return "\n".join(lines)
 
 
@@ -63,8 +92,9 @@ def render_dot() -> str:
     return "\n".join(lines)
 
 
-def render(fmt: str, params: PolicyParams | None = None, name: str | None = None) -> str:
-    """``table`` shows ``params`` (the defaults when None); the diagrams are the same for every preset."""
+def render(fmt: str, name: str | None = None) -> str:
+    """``table`` shows every preset's parameters (preset ``name``'s alone when given; a ValueError
+    names the known ones when there is none); the diagrams are the same for every preset."""
     if fmt == "table":
-        return render_table(params, name)
+        return render_table(name)
     return {"mermaid": render_mermaid, "dot": render_dot}[fmt]()

@@ -21,7 +21,7 @@ def parse_policy_sets(items: list[str]) -> dict[str, float | int | bool]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r} is not KEY=VALUE, e.g. --set end_of_turn_ms=600")
+            raise ValueError(f"--set {item!r} is not KEY=VALUE, e.g. --set end_of_turn_ms=900")
         lowered = text.strip().lower()
         if lowered in ("true", "false"):
             overrides[key.strip()] = lowered == "true"
@@ -161,9 +161,9 @@ def register(commands: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="policy parameter for every session, e.g. --set end_of_turn_ms=600 (see `duplexer policy show`)",
+        help="policy parameter for every session, e.g. --set end_of_turn_ms=900 (see `duplexer policy show`)",
     )
     mqtt.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
     add_transport_executor_arguments(mqtt)
-    add_policy_argument(mqtt, "default")
+    add_policy_argument(mqtt)
     mqtt.set_defaults(handler=run)

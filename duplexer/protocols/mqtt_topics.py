@@ -352,7 +352,7 @@ def parse_control(payload: bytes) -> Control:
         raise WireError(
             ErrorCode.BAD_POLICY,
             "'policy' must be an object of parameter names to finite numbers or booleans, "
-            'e.g. {"end_of_turn_ms": 600}',
+            'e.g. {"end_of_turn_ms": 900}',
         )
     return Control(control_type, policy)
 

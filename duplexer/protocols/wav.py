@@ -16,8 +16,16 @@ class WavError(ValueError):
     """A wav file cannot be used; the message names the file and what is wrong."""
 
 
-def read_wav(path: Path, to_hz: int) -> bytes:
-    """Mono PCM16 at ``to_hz`` from any PCM wav (8/16/32-bit, any channels and rate)."""
+CHANNELS = {"left": 0, "right": 1}
+"""The channels of a two-party (stereo) recording that can be taken alone, by name."""
+
+
+def read_wav(path: Path, to_hz: int, channel: str | None = None) -> bytes:
+    """Mono PCM16 at ``to_hz`` from any PCM wav (8/16/32-bit, any channels and rate): the channels
+    mixed, or only ``channel`` (left or right) of a stereo recording, where the other is a partner
+    who must not be heard as the same speaker."""
+    if channel is not None and channel not in CHANNELS:
+        raise WavError(f"{path}: no channel {channel!r} (choose {' or '.join(CHANNELS)})")
     try:
         with wave.open(str(path), "rb") as wav:
             channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
@@ -37,7 +45,12 @@ def read_wav(path: Path, to_hz: int) -> bytes:
         samples = (ints.astype(np.float32) - 128.0) / 128.0
     else:
         samples = ints.astype(np.float32) / float(2 ** (8 * width - 1))
-    mono = downmix(samples, channels)
+    if channel is None:
+        mono = downmix(samples, channels)
+    elif channels != len(CHANNELS):
+        raise WavError(f"{path}: has {channels} channel(s), so it has no {channel} channel to take alone")
+    else:
+        mono = np.ascontiguousarray(samples.reshape(-1, channels)[:, CHANNELS[channel]])
     return float_to_pcm16(resample(mono, rate, to_hz))
 
 

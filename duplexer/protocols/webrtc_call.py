@@ -38,7 +38,6 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
-from duplexer.policies.controller import LIVE_CALL_POLICY
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.inbound_audio import InboundAudio
 from duplexer.protocols.webrtc_audio import BotAudioTrack
@@ -77,7 +76,7 @@ class OfferRejected(ValueError):
 class CallSettings:
     """What every call of a server shares."""
 
-    pipeline: PipelineConfig = field(default_factory=lambda: PipelineConfig(policy=LIVE_CALL_POLICY))
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     rtc_configuration: RTCConfiguration = field(default_factory=lambda: RTCConfiguration(iceServers=[]))
     connect_timeout_s: float = 30.0
     media_timeout_s: float = 10.0

@@ -181,5 +181,5 @@ def register(commands: Any) -> None:
     )
     serve.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
     add_transport_executor_arguments(serve)
-    add_policy_argument(serve, "live")
+    add_policy_argument(serve)
     serve.set_defaults(handler=run)

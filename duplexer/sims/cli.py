@@ -129,7 +129,7 @@ def register(commands: Any) -> None:
     sim.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="scenario files or folders")
     sim.add_argument("--report", type=Path, default=Path("out"), metavar="DIR", help="output folder (default: out)")
     sim.add_argument("--seed", type=int, default=0, help="seed for latency jitter (default: 0)")
-    add_policy_argument(sim, "default")
+    add_policy_argument(sim)
     sim.add_argument(
         "--set",
         action="append",

@@ -23,7 +23,7 @@ from duplexer.actors.engines import AudioSink
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.actors.tts import TtsParams
 from duplexer.actors.vad import VadParams
-from duplexer.policies.controller import LIVE_CALL_POLICY, PolicyParams
+from duplexer.policies.controller import PolicyParams
 from duplexer.runtime.clock import LoopClock
 from duplexer.runtime.events import (
     FRAME_MS,
@@ -104,9 +104,10 @@ def build_user_side(
     return scenario, clips
 
 
-def demo_config(persona: Persona | None, policy: PolicyParams = LIVE_CALL_POLICY) -> PipelineConfig:
+def demo_config(persona: Persona | None, policy: PolicyParams | None = None) -> PipelineConfig:
+    """Real models' settings, with ``policy`` (the default policy when None)."""
     tts = TtsParams(default_instructions=persona.tts_instructions if persona else ())
-    return PipelineConfig(policy=policy, vad=VadParams(), asr=WHISPER_ASR, tts=tts)
+    return PipelineConfig(policy=policy or PolicyParams(), vad=VadParams(), asr=WHISPER_ASR, tts=tts)
 
 
 def _reply_for_step(run: SimRun, index: int) -> str | None:
@@ -302,7 +303,7 @@ async def run_demo(
     compare: bool = True,
     turns: Sequence[DemoTurn] = DEMO_TURNS,
     speculation_first: bool = True,
-    policy: PolicyParams = LIVE_CALL_POLICY,
+    policy: PolicyParams | None = None,
 ) -> tuple[LiveRun, LiveRun | None, list[dict[str, Any]], dict[str, Any]]:
     """The demo conversation with speculation on and, with ``compare``, off; ``speculation_first``
     says which runs first (a benchmark alternates it, so neither run always meets the warmer caches)."""
@@ -341,7 +342,10 @@ TURN_GAP_MS = 1500.0
 
 
 def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = TURN_GAP_MS) -> tuple[Scenario, list[bytes]]:
-    """A recorded user as a scenario: speech segments by energy, a new turn after a long gap."""
+    """A recorded user as a scenario: speech segments by energy, a new turn after a long gap.
+
+    No tail: :func:`run_live` given the recording itself lasts to its end and then until the bot is
+    quiet, so neither trailing silence nor the reply in progress is cut off."""
     segments = speech_segments_pcm(np.frombuffer(pcm, dtype="<i2"), INPUT_SAMPLE_RATE_HZ)
     if not segments:
         raise ValueError(f"{name}: no speech found in the recording")
@@ -354,7 +358,7 @@ def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = TURN_GAP_MS) 
         for s, e in group:
             clips.append(pcm[2 * int(s * INPUT_SAMPLE_RATE_HZ / 1000) : 2 * int(e * INPUT_SAMPLE_RATE_HZ / 1000)])
     duration_ms = 1000.0 * (len(pcm) // 2) / INPUT_SAMPLE_RATE_HZ
-    return Scenario(name=name, script=steps, tail_ms=4000.0, max_duration_ms=duration_ms + 60_000.0), clips
+    return Scenario(name=name, script=steps, tail_ms=0.0, max_duration_ms=duration_ms + 60_000.0), clips
 
 
 # ------------------------------------------------------------------ live microphone

@@ -97,17 +97,20 @@ def _talk(args: argparse.Namespace) -> int:
     if args.file is None:
         return fail("talk needs a wav file, or --mic")
     try:
-        pcm = read_wav(args.file, INPUT_SAMPLE_RATE_HZ)
+        pcm = read_wav(args.file, INPUT_SAMPLE_RATE_HZ, args.user_channel)
         scenario, clips = recording_scenario(pcm, args.file.stem)
         persona, make_engines, _ = _setup(args)
     except (WavError, ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
     config = demo_config(persona, chosen_policy(args))
-    run = asyncio.run(run_live(scenario, clips, make_engines, config, persona.system_prompt if persona else None))
+    prompt = persona.system_prompt if persona else None
+    run = asyncio.run(run_live(scenario, clips, make_engines, config, prompt, recording=pcm))
     records = turn_records(run, None)
     summary = summarize_demo(records, run, None)
     write_outputs(args.out, args.file.stem, run, records, summary)
     say(table(records, summary))
+    for error in summary["errors"]:
+        progress(f"duplexer: warning: {error}")
     say(f"wrote {args.out / (args.file.stem + '.wav')}, .json and _timeline.png")
     return 0
 
@@ -121,6 +124,8 @@ def _talk_mic(args: argparse.Namespace) -> int:
 
     if args.file is not None:
         return fail("talk takes a wav file or --mic, not both")
+    if args.user_channel is not None:
+        return fail("--user-channel chooses a channel of a wav file; the microphone has one")
     try:
         devices = open_devices()
     except MicrophoneUnavailable as exc:
@@ -165,7 +170,7 @@ def register(commands: Any) -> None:
     demo.add_argument("--persona", type=Path, help="persona YAML (see personas/)")
     demo.add_argument("--no-compare", action="store_true", help="skip the speculation-off run")
     demo.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
-    add_policy_argument(demo, "live")
+    add_policy_argument(demo)
     add_llm_arguments(demo)
     demo.set_defaults(handler=_demo)
 
@@ -173,8 +178,10 @@ def register(commands: Any) -> None:
         "talk",
         help="converse with a recorded user (a wav file) or the microphone",
         description="Converse with a recorded user: the wav (any rate or channel count) is streamed "
-        "in real time as the microphone; turns are split at long silences. Writes OUT/NAME.wav, "
-        ".json and _timeline.png like the demo. With --mic, talk live through PyAudio.",
+        "in real time as the microphone, to its end, and the session goes on until the reply in "
+        "progress has been played (a bounded wait; a warning says when it ran out); turns are split "
+        "at long silences. Writes OUT/NAME.wav, .json and _timeline.png like the demo. With --mic, "
+        "talk live through PyAudio.",
     )
     talk.add_argument("file", type=Path, nargs="?", help="the user's recording (wav)")
     talk.add_argument(
@@ -183,11 +190,18 @@ def register(commands: Any) -> None:
         help="talk live through the default microphone and speaker (needs PyAudio: the 'mic' extra); "
         "Ctrl-C ends and writes OUT/mic.wav, .json and _timeline.png",
     )
+    talk.add_argument(
+        "--user-channel",
+        choices=["left", "right"],
+        default=None,
+        help="take the user from this channel of a two-party (stereo) recording, leaving the partner "
+        "on the other out (default: mix all channels)",
+    )
     talk.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
     talk.add_argument(
         "--persona", type=Path, help="persona YAML (see personas/); its greeting is not spoken over a recording"
     )
     talk.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
-    add_policy_argument(talk, "live")
+    add_policy_argument(talk)
     add_llm_arguments(talk)
     talk.set_defaults(handler=_talk)

@@ -20,6 +20,7 @@ from duplexer.actors.context import ContextManager
 from duplexer.actors.engines import AudioSink, Engines
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.actors.scripted import SpeechSpan, SpeechTimeline
+from duplexer.policies.state import Phase
 from duplexer.runtime.clock import Clock, LoopClock
 from duplexer.runtime.events import (
     FRAME_MS,
@@ -31,6 +32,7 @@ from duplexer.runtime.events import (
     HistoryUpdated,
     PlayoutStarted,
     SpeakRequest,
+    StateChanged,
 )
 from duplexer.runtime.session import Session
 from duplexer.sims.scenario import Scenario
@@ -38,12 +40,20 @@ from duplexer.sims.simulator import RECORDED_EVENTS, RecordingSink, SimRun, _Bot
 
 EngineFactory = Callable[[Clock, AudioSink], Engines]
 
+QUIET_WAIT_MS = 60_000.0
+"""Once the input has ended, how long a live run waits for the bot to go quiet (no reply generated or
+played) before it ends anyway with an ErrorEvent: a reply is never cut off, but a run always ends."""
+
+QUIET_SETTLE_MS = 300.0
+"""The bot is quiet only after this long with no turn and no reply in progress: speech at the very end
+of the input reaches the controller one VAD onset lag later, and its reply must not be cut off."""
+
 
 class MicTrack:
     """The user's side as one growing PCM16 track at the pipeline rate."""
 
-    def __init__(self) -> None:
-        self.samples = np.zeros(0, dtype="<i2")
+    def __init__(self, pcm: bytes = b"") -> None:
+        self.samples = np.frombuffer(pcm, dtype="<i2").copy()
 
     def place(self, start_ms: float, pcm: bytes) -> None:
         start = round(start_ms * INPUT_SAMPLE_RATE_HZ / 1000)
@@ -126,6 +136,36 @@ async def _mic(session: Session, track: MicTrack, stop: asyncio.Event) -> None:
         await clock.sleep_ms(seq * FRAME_MS - clock.now_ms())
 
 
+class _ReplyWatch:
+    """Whether a turn or a reply is in progress, from the controller's state and the playout."""
+
+    def __init__(self, bot: _BotWatch) -> None:
+        self.bot, self.phase = bot, Phase.SILENCE.value
+
+    def see(self, event: Event) -> None:
+        if isinstance(event, StateChanged):
+            self.phase = event.new_state
+
+    def quiet(self) -> bool:
+        return self.phase == Phase.SILENCE.value and not self.bot.speaking
+
+
+async def _until_quiet(clock: Clock, watch: _ReplyWatch, limit_ms: float) -> bool:
+    """Wait until the bot has been quiet for QUIET_SETTLE_MS; False when ``limit_ms`` passes first."""
+    deadline = clock.now_ms() + limit_ms
+    quiet_since: float | None = None
+    while clock.now_ms() < deadline:
+        now = clock.now_ms()
+        if not watch.quiet():
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        if quiet_since is not None and now - quiet_since >= QUIET_SETTLE_MS:
+            return True
+        await clock.sleep_ms(FRAME_MS)
+    return False
+
+
 async def run_live(
     scenario: Scenario,
     utterances: list[bytes],
@@ -135,11 +175,17 @@ async def run_live(
     output_rate_hz: int = INPUT_SAMPLE_RATE_HZ,
     on_event: Callable[[Event], None] | None = None,
     greeting: str = "",
+    recording: bytes | None = None,
+    quiet_wait_ms: float = QUIET_WAIT_MS,
 ) -> LiveRun:
-    """Play ``scenario`` in real time, speaking ``utterances`` (one per speech span, in order)."""
+    """Play ``scenario`` in real time, speaking ``utterances`` (one per speech span, in order), or,
+    given a ``recording``, streaming it verbatim from time 0 as the microphone (the scenario then only
+    records the user's turns). The run lasts past the scenario and the whole recording until the bot
+    is quiet, so the reply in progress is heard to its end; at most ``quiet_wait_ms`` longer."""
     clock = LoopClock()
-    track = MicTrack()
-    timeline = SpokenTimeline(track, utterances, clock)
+    track = MicTrack(recording or b"")
+    input_ms = 1000.0 * len(track.samples) / INPUT_SAMPLE_RATE_HZ
+    timeline = SpokenTimeline(track, [] if recording is not None else utterances, clock)
     sink = KeepingSink(clock, output_rate_hz)
     engines = make_engines(clock, sink)
     context = ContextManager(system_prompt) if system_prompt else ContextManager()
@@ -147,6 +193,7 @@ async def run_live(
     recorder = session.bus.subscribe("live-recorder", (*RECORDED_EVENTS, HistoryUpdated), maxsize=1_000_000)
     actors = start_pipeline(session, engines, config, context)
     watch = _BotWatch()
+    replies = _ReplyWatch(watch)
     events: list[Event] = []
     history_events: list[HistoryUpdated] = []
     stop_mic = asyncio.Event()
@@ -158,6 +205,7 @@ async def run_live(
             else:
                 events.append(event)
             watch.see(event)
+            replies.see(event)
             if on_event is not None:
                 on_event(event)
 
@@ -171,6 +219,10 @@ async def run_live(
         await asyncio.wait_for(user.run(), timeout=scenario.max_duration_ms / 1000.0)
     except TimeoutError:
         session.ctx.emit(ErrorEvent, source="live", message=f"{scenario.name} hit max_duration_ms")
+    await clock.sleep_ms(input_ms - clock.now_ms())
+    if not await _until_quiet(clock, replies, quiet_wait_ms):
+        message = f"{scenario.name}: the bot was still replying {quiet_wait_ms / 1000:.0f} s after the input ended"
+        session.ctx.emit(ErrorEvent, source="live", message=message)
     stop_mic.set()
     await asyncio.sleep(0)
     duration_ms = clock.now_ms()
