@@ -176,7 +176,7 @@ def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
     for i, step in enumerate(on.run.steps):
         if step.kind != "say":
             continue
-        reply_id = _reply_for_step(heard_run(on), i)
+        reply_id = _reply_for_step(on.run, i)
         info = by_reply.get(reply_id or "", {})
         turn_id = int(reply_id[1:].split("r")[0]) if reply_id else None
         spec = [e for e in on.run.events if isinstance(e, StartReply) and e.speculative and e.turn_id == turn_id]
