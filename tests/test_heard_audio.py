@@ -1,11 +1,17 @@
-"""Received audio scored as heard: a sample's time is its frame's arrival plus its offset in the frame."""
+"""Received audio scored as heard (a sample's time is its frame's arrival plus its offset), and the scripted
+voice's leading silence that makes it differ from the first frame."""
 
 from __future__ import annotations
+
+import random
 
 import numpy as np
 import pytest
 
+from duplexer.actors.scripted import ScriptedTts
+from duplexer.protocols.engine_factory import PIPER_LEAD_SILENCE_MS, HummingTts
 from duplexer.protocols.heard_audio import HeardAudio
+from duplexer.runtime.clock import LoopClock, run_virtual
 
 RATE_HZ = 48_000
 FRAME = RATE_HZ // 50  # 20 ms
@@ -54,3 +60,19 @@ def test_a_short_gap_is_not_a_stop_and_nothing_heard_gives_no_time() -> None:
     assert end == pytest.approx(10.0 + 0.86, abs=0.0005)
     quiet = received(silence(500.0))
     assert quiet.onset_s() is None and quiet.end_s(after_s=10.0) is None
+
+
+def test_the_scripted_voice_opens_each_reply_but_not_its_later_clauses_with_digital_silence() -> None:
+    async def render() -> list[bytes]:
+        tts = HummingTts(ScriptedTts(LoopClock(), random.Random(0)), lead_silence_ms=PIPER_LEAD_SILENCE_MS)
+        clauses = [("Hello there,", "t1r1"), ("how are you?", "t1r1"), ("Fine.", "t2r1")]
+        return [b"".join([c async for c in tts.synthesize(text, reply)]) for text, reply in clauses]
+
+    first, second, other = run_virtual(render())  # type: ignore[misc]
+    onsets = [HeardAudio(16_000) for _ in range(3)]
+    for heard, pcm in zip(onsets, (first, second, other), strict=True):
+        heard.add(0.0, np.frombuffer(pcm, dtype="<i2"))
+    starts = [heard.onset_s() for heard in onsets]
+    assert starts[0] == pytest.approx(PIPER_LEAD_SILENCE_MS / 1000, abs=0.001)
+    assert starts[1] == pytest.approx(0.0, abs=0.001)
+    assert starts[2] == pytest.approx(PIPER_LEAD_SILENCE_MS / 1000, abs=0.001)

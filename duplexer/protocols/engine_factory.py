@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import math
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
@@ -42,7 +43,8 @@ class EnginesUnavailable(RuntimeError):
 class HummingTts:
     """Scripted TTS timing (:class:`ScriptedTts`) with a soft, continuous tone instead of silence.
 
-    ``lead_silence_ms`` of digital silence open each reply's first chunk, as a real TTS's do.
+    ``lead_silence_ms`` of digital silence open each reply's first chunk, as a real TTS's do; the
+    reply's later clauses start at once, so a barge-in never lands in a pause of the scripted voice.
     """
 
     def __init__(
@@ -57,11 +59,16 @@ class HummingTts:
         self.renderable_instructions = inner.renderable_instructions
         self.hum_hz, self.amplitude = hum_hz, amplitude
         self.lead_silence_ms = lead_silence_ms
+        self._opened: deque[str] = deque(maxlen=64)
+        """Replies whose first clause has been rendered (with the lead silence)."""
 
     async def synthesize(self, text: str, reply_id: str, instructions: Sequence[str] = ()) -> AsyncIterator[bytes]:
         step = 2.0 * math.pi * self.hum_hz / self.sample_rate_hz
         phase = 0.0
-        lead = bytes(2 * round(self.sample_rate_hz * self.lead_silence_ms / 1000.0))
+        lead = b""
+        if reply_id not in self._opened:
+            self._opened.append(reply_id)
+            lead = bytes(2 * round(self.sample_rate_hz * self.lead_silence_ms / 1000.0))
         async for silence in self.inner.synthesize(text, reply_id, instructions):
             n = len(silence) // 2
             tone = self.amplitude * np.sin(phase + step * np.arange(n))
