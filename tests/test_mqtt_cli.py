@@ -53,6 +53,8 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
         (["--broker", "mqtt://h", "--all-devices", "--set", "pause_ms", *SCRIPTED], "KEY=VALUE"),
         (["--broker", "mqtt://h", "--all-devices", "--password", "p", *SCRIPTED], "--username"),
         (["--broker", "mqtt://h", "--all-devices", "--ca-file", "/no/such.pem", *SCRIPTED], "/no/such.pem"),
+        (["--broker", "mqtt://h", "--all-devices", "--scripted-lead-silence-ms", "250"], "--engines scripted"),
+        (["--broker", "mqtt://h", "--all-devices", "--scripted-lead-silence-ms", "-5", *SCRIPTED], "0-5000"),
     ],
 )
 def test_bad_options_exit_2_with_one_line_naming_the_fix(

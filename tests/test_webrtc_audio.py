@@ -1,4 +1,4 @@
-"""Call audio: inbound resampling and framing, and the outbound track's pacing, phase and flush.
+"""Call audio: inbound resampling and framing, the outbound track's pacing, phase and flush, and the turn meter.
 
 Track timing runs on the virtual-time loop, so every send time is exact.
 """
@@ -19,8 +19,21 @@ from duplexer.protocols.webrtc_audio import (
     OPUS_RATE_HZ,
     BotAudioTrack,
 )
+from duplexer.protocols.webrtc_call import TurnMeter
 from duplexer.runtime.clock import LoopClock, run_virtual
-from duplexer.runtime.events import FRAME_MS, FRAME_SAMPLES, INPUT_SAMPLE_RATE_HZ
+from duplexer.runtime.events import (
+    FRAME_MS,
+    FRAME_SAMPLES,
+    INPUT_SAMPLE_RATE_HZ,
+    CommitReply,
+    Event,
+    PlayoutDone,
+    PlayoutStarted,
+    PlayoutStopped,
+    StartReply,
+    VadSpeechStart,
+    VadSpeechStop,
+)
 
 TONE_HZ = 440.0
 AMPLITUDE = 10_000
@@ -214,3 +227,97 @@ def test_the_outbound_queue_is_bounded_so_latency_cannot_pile_up() -> None:
     assert isinstance(track, BotAudioTrack)
     assert len(track.queue) == 5
     assert track.counts.overflow_frames == 45
+
+
+# ------------------------------------------------------------------ the turn meter: what the caller hears
+
+LEAD_SILENCE_MS = 250.0
+
+
+def _send_reply(
+    reply_id: str, lead_silence_ms: float, audible_ms: float, flush_after_ms: float | None = None
+) -> BotAudioTrack:
+    """Play one reply through a track as the playout actor does (20 ms writes from t = 100 ms), sending it all.
+
+    Its first chunk opens with ``lead_silence_ms`` of digital silence, as Piper's do.
+    """
+    rate_hz = 22_050
+    frame_samples = rate_hz * FRAME_MS // 1000
+    pcm = np.concatenate(
+        [np.zeros(int(rate_hz * lead_silence_ms / 1000)), tone(int(rate_hz * audible_ms / 1000), rate_hz)]
+    ).astype("<i2")
+
+    async def scenario() -> BotAudioTrack:
+        track = BotAudioTrack(LoopClock())
+        loop = asyncio.get_running_loop()
+
+        async def write() -> None:
+            for k in range(0, len(pcm), frame_samples):
+                await asyncio.sleep(max(0.0, 0.1 + k / rate_hz - loop.time()))
+                if flush_after_ms is not None and 1000.0 * k / rate_hz >= flush_after_ms:
+                    track.flush()
+                    return
+                track.write(pcm[k : k + frame_samples].tobytes(), rate_hz, reply_id, 0.0)
+
+        writes = asyncio.create_task(write())
+        await _collect(track, round((0.2 + len(pcm) / rate_hz) * 1000 / FRAME_MS))
+        await writes
+        return track
+
+    track = run_virtual(scenario())
+    assert isinstance(track, BotAudioTrack)
+    return track
+
+
+def _meter_reply(
+    track: BotAudioTrack, reply_id: str, speech_end_ms: float, barge_in_onset_ms: float | None = None
+) -> dict[str, object]:
+    """Feed the meter a reply's events: committed after the user's turn, played, then done or stopped."""
+    meter = TurnMeter(track)
+    common = {"session_id": "s", "turn_id": 1}
+    events: list[Event] = [
+        VadSpeechStop(ts_ms=speech_end_ms, segment_id=1, probability=0.9, speech_end_ms=speech_end_ms, **common),
+        StartReply(ts_ms=speech_end_ms, reply_id=reply_id, user_text="hi", speculative=False, **common),
+        CommitReply(ts_ms=speech_end_ms, reply_id=reply_id, user_text="hi", **common),
+        PlayoutStarted(ts_ms=100.0, reply_id=reply_id, **common),
+    ]
+    if barge_in_onset_ms is None:
+        events.append(PlayoutDone(ts_ms=5000.0, reply_id=reply_id, played_ms=0.0, **common))
+    else:
+        onset = barge_in_onset_ms
+        events.append(VadSpeechStart(ts_ms=onset, segment_id=2, probability=0.9, speech_start_ms=onset, **common))
+        events.append(PlayoutStopped(ts_ms=5000.0, reply_id=reply_id, played_ms=0.0, **common))
+    out = [meter.see(event) for event in events]
+    assert out[:-1] == [None] * (len(events) - 1) and out[-1] is not None
+    return out[-1]
+
+
+def test_response_latency_starts_at_the_first_audible_sample_sent_not_the_first_frame() -> None:
+    track = _send_reply("t1r1", LEAD_SILENCE_MS, 600.0)
+    reply = track.replies["t1r1"]
+    assert reply.first_audible_ms is not None
+    assert abs(reply.first_audible_ms - reply.first_sent_ms - LEAD_SILENCE_MS) <= 2.0  # sample-exact, bar the filter
+    metrics = _meter_reply(track, "t1r1", speech_end_ms=0.0)
+    heard, engine = metrics["response_latency_ms"], metrics["engine_first_chunk_ms"]
+    assert isinstance(heard, float) and isinstance(engine, float)
+    assert abs(heard - engine - LEAD_SILENCE_MS) <= FRAME_MS
+    assert abs(engine - 100.0) <= FRAME_MS  # the first frame left as it was written
+    assert metrics["barge_in_stop_ms"] is None and metrics["engine_barge_in_stop_ms"] is None
+
+
+def test_barge_in_stop_ends_at_the_last_audible_sample_sent_and_a_silent_reply_has_no_figures() -> None:
+    # audible from 100 + 250 ms; the user comes in at 500 ms; the reply is flushed 600 ms into it
+    track = _send_reply("t1r1", LEAD_SILENCE_MS, 2000.0, flush_after_ms=600.0)
+    reply = track.replies["t1r1"]
+    assert reply.last_audible_end_ms is not None
+    metrics = _meter_reply(track, "t1r1", speech_end_ms=0.0, barge_in_onset_ms=500.0)
+    assert metrics["barge_in_stop_ms"] == pytest.approx(reply.last_audible_end_ms - 500.0, abs=0.1)
+    assert metrics["engine_barge_in_stop_ms"] == pytest.approx(reply.last_sent_end_ms - 500.0, abs=0.1)
+    assert abs(metrics["barge_in_stop_ms"] - 200.0) <= FRAME_MS  # type: ignore[operator]
+
+    # stopped while still in its leading silence: nothing was heard, so no figure rather than a flattering one
+    silent = _send_reply("t2r1", LEAD_SILENCE_MS, 2000.0, flush_after_ms=200.0)
+    assert silent.replies["t2r1"].first_audible_ms is None
+    metrics = _meter_reply(silent, "t2r1", speech_end_ms=0.0, barge_in_onset_ms=150.0)
+    assert metrics["response_latency_ms"] is None and metrics["barge_in_stop_ms"] is None
+    assert metrics["engine_first_chunk_ms"] is not None and metrics["engine_barge_in_stop_ms"] is not None

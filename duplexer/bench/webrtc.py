@@ -3,15 +3,23 @@
 The same scripted engines and policy answer the same user twice: once with the
 user's frames fed straight onto the session bus, once over a WebRTC call on
 this machine (aiortc server and caller in one process, Opus both ways). Each
-trial interrupts the bot 1 s into a long reply. Stop latency is bot audio stop
-minus user speech onset (Full-Duplex-Bench v1.5):
+trial interrupts the bot 1 s into a long reply; each reply opens with Piper's
+digital silence (:data:`~duplexer.protocols.engine_factory.PIPER_LEAD_SILENCE_MS`).
+Stop latency is the end of the bot's last audible sample (at or above
+:data:`~duplexer.kernels.loudness.AUDIBLE_DBFS`) minus the user's speech onset
+(Full-Duplex-Bench v1.5):
 
-- in process: the end of the last frame written to the sink, minus the VAD's onset;
-- WebRTC at the server: the end of the last frame the track handed to the sender,
+- in process: the last audible sample written to the sink (cut at a flush), minus
+  the VAD's onset;
+- WebRTC at the server: the last audible sample the track handed to the sender,
   minus the VAD's onset, both on the session clock;
-- WebRTC at the caller: when the bot falls silent in the received audio, minus when
-  the caller sent the first frame of the interruption. It adds Opus, the network
-  and both receivers' jitter buffers (aiortc holds 4 packets before decoding).
+- WebRTC at the caller: the last audible sample received (its frame's arrival plus
+  its offset in the frame) before 100 ms with none, minus when the caller sent the
+  first frame of the interruption. It adds Opus, the network and both receivers'
+  jitter buffers (aiortc holds 4 packets before decoding).
+
+The engine's figure, the end of the last frame written or sent whatever it holds, is
+kept beside the first two as a breakdown.
 
 With ``--sessions N`` it instead measures concurrency: how many calls one server
 process sustains in real time (see :func:`duplexer.bench.webrtc_sessions.run_sessions` for the definition), and
@@ -33,7 +41,8 @@ import numpy as np
 
 from duplexer.actors.pipeline import start_pipeline
 from duplexer.bench.log import add_log_arguments, append_benchmark, log_path_from_args
-from duplexer.protocols.engine_factory import EngineFactory, scripted_engines
+from duplexer.kernels.loudness import audible_spans
+from duplexer.protocols.engine_factory import PIPER_LEAD_SILENCE_MS, EngineFactory, scripted_engines
 from duplexer.protocols.webrtc_call import CallSettings
 from duplexer.protocols.webrtc_client import WebRtcCaller
 from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer
@@ -78,11 +87,18 @@ class Trial:
     reply_id: str
     onset_ms: float
     stop_ms: float
+    """The end of the last audible sample."""
+    engine_stop_ms: float | None = None
+    """The end of the last frame, whatever it holds."""
     caller_onset_s: float | None = None
 
     @property
     def stop_latency_ms(self) -> float:
         return self.stop_ms - self.onset_ms
+
+    @property
+    def engine_stop_latency_ms(self) -> float | None:
+        return None if self.engine_stop_ms is None else self.engine_stop_ms - self.onset_ms
 
 
 @dataclass
@@ -92,20 +108,31 @@ class Run:
 
 
 class TimedSink:
-    """The in-process speaker: when each reply's audio ends, cut short by a flush."""
+    """The in-process speaker: when each reply's audio, and its audible part, ends, cut short by a flush."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.end_ms: dict[str, float] = {}
+        self.audible_end_ms: dict[str, float] = {}
         self._last: str | None = None
 
     def write(self, pcm: bytes, sample_rate_hz: int, reply_id: str, ts_ms: float) -> None:
         self.end_ms[reply_id] = ts_ms + 1000.0 * (len(pcm) // 2) / sample_rate_hz
+        spans = audible_spans(np.frombuffer(pcm, dtype="<i2"), sample_rate_hz)
+        if spans:
+            self.audible_end_ms[reply_id] = ts_ms + spans[-1][1]
         self._last = reply_id
 
     def flush(self) -> None:
-        if self._last is not None:
-            self.end_ms[self._last] = min(self.end_ms[self._last], self.clock.now_ms())
+        last = self._last
+        if last is not None:
+            now_ms = self.clock.now_ms()
+            self.end_ms[last] = min(self.end_ms[last], now_ms)
+            if last in self.audible_end_ms:
+                self.audible_end_ms[last] = min(self.audible_end_ms[last], now_ms)
+
+    def stop_of(self, reply_id: str) -> tuple[float | None, float]:
+        return self.audible_end_ms.get(reply_id), self.end_ms[reply_id]
 
 
 async def _next(sub: Subscription, kinds: tuple[type[Event], ...], reply_id: str | None = None) -> Event:
@@ -118,10 +145,12 @@ async def _next(sub: Subscription, kinds: tuple[type[Event], ...], reply_id: str
 
 Say = Callable[[bytes], Awaitable[float | None]]
 """Speak a clip as the user; returns when its first frame went out (caller's loop time, s), if known."""
+StopOf = Callable[[str], tuple[float | None, float]]
+"""A reply's end: of its last audible sample (None if none was), and of its last frame."""
 
 
 async def _trials(
-    sub: Subscription, say: Say, question: bytes, interruption: bytes, n: int, stop_of: Callable[[str], float]
+    sub: Subscription, say: Say, question: bytes, interruption: bytes, n: int, stop_of: StopOf
 ) -> list[Trial]:
     """Ask, then n times: wait for a reply to play, interrupt it after 1 s, record its stop."""
     trials: list[Trial] = []
@@ -136,9 +165,10 @@ async def _trials(
         ended = await _next(sub, (PlayoutStopped, PlayoutDone), started.reply_id)
         if isinstance(ended, PlayoutDone):
             raise RuntimeError(f"reply {started.reply_id} played to its end: the interruption was not heard")
-        trial = Trial(started.reply_id, onset.speech_start_ms, stop_of(started.reply_id))
-        trial.caller_onset_s = caller_onset_s
-        trials.append(trial)
+        audible_end_ms, end_ms = stop_of(started.reply_id)
+        if audible_end_ms is None:
+            raise RuntimeError(f"reply {started.reply_id} was stopped before anything of it was audible")
+        trials.append(Trial(started.reply_id, onset.speech_start_ms, audible_end_ms, end_ms, caller_onset_s))
     return trials
 
 
@@ -167,7 +197,7 @@ async def run_in_process(engines: EngineFactory, question: bytes, interruption: 
 
     session.supervisor.spawn(mic, "bench-mic")
     try:
-        trials = await _trials(sub, say, question, interruption, n, lambda reply_id: sink.end_ms[reply_id])
+        trials = await _trials(sub, say, question, interruption, n, sink.stop_of)
     finally:
         await session.stop()
     return Run("in process", trials)
@@ -187,8 +217,9 @@ async def run_webrtc(engines: EngineFactory, question: bytes, interruption: byte
         async def say(pcm: bytes) -> float:
             return await caller.mic.say(pcm, INPUT_SAMPLE_RATE_HZ)
 
-        def stop_of(reply_id: str) -> float:
-            return call.track.replies[reply_id].last_sent_end_ms
+        def stop_of(reply_id: str) -> tuple[float | None, float]:
+            sent = call.track.replies[reply_id]
+            return sent.last_audible_end_ms, sent.last_sent_end_ms
 
         trials = await _trials(sub, say, question, interruption, n, stop_of)
         await asyncio.sleep(0.5)  # let the last reply's audio arrive
@@ -196,9 +227,9 @@ async def run_webrtc(engines: EngineFactory, question: bytes, interruption: byte
         for trial in trials:
             onset_s = trial.caller_onset_s
             assert onset_s is not None
-            silent_s = caller.audio.silence_from_s(onset_s)
-            if silent_s is not None:
-                at_caller.trials.append(Trial(trial.reply_id, 0.0, 1000.0 * (silent_s - onset_s)))
+            heard_end_s = caller.audio.heard.end_s(onset_s)
+            if heard_end_s is not None:
+                at_caller.trials.append(Trial(trial.reply_id, 0.0, 1000.0 * (heard_end_s - onset_s)))
         return Run("WebRTC, at the server", trials), at_caller
     finally:
         with contextlib.suppress(Exception):
@@ -217,17 +248,19 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def _row(run: Run) -> list[object]:
     stops = [t.stop_latency_ms for t in run.trials]
+    engine = [e for t in run.trials if (e := t.engine_stop_latency_ms) is not None]
     return [
         run.mode,
         len(stops),
         f"{percentile(stops, 50):.0f}",
         f"{percentile(stops, 90):.0f}",
         f"{statistics.fmean(stops):.0f}" if stops else "-",
+        f"{percentile(engine, 50):.0f}" if engine else "-",
     ]
 
 
 async def bench(trials: int, question: bytes, interruption: bytes) -> tuple[Run, Run, Run]:
-    engines = scripted_engines(transcripts=(), reply_for=lambda _: LONG_REPLY)
+    engines = scripted_engines(transcripts=(), reply_for=lambda _: LONG_REPLY, lead_silence_ms=PIPER_LEAD_SILENCE_MS)
     in_process = await run_in_process(engines, question, interruption, trials)
     at_server, at_caller = await run_webrtc(engines, question, interruption, trials)
     return in_process, at_server, at_caller
@@ -289,14 +322,16 @@ def main(argv: Sequence[str]) -> int:
     difference = p50_server - p50_in
     rows = [_row(in_process), _row(at_server), _row(at_caller)]
     notes = [
-        "barge-in stop latency = bot audio stop - user speech onset (ms); scripted engines, EnergyVad, "
+        "barge-in stop latency as heard = end of the last audible bot sample (>= -40 dBFS) - user speech "
+        "onset (ms); engine = end of the last bot frame written or sent, whatever it holds; scripted engines "
+        f"(a hum opening with {PIPER_LEAD_SILENCE_MS:.0f} ms of digital silence, as Piper's replies do), EnergyVad, "
         "policy: bot audio pauses at speech onset, stops after min_barge_in_ms",
         f"user: {source}; the bot is interrupted {INTERRUPT_AFTER_S:.0f} s into a long reply",
         f"WebRTC at the server vs in process, p50: {difference:+.0f} ms ({difference / FRAME_MS:+.1f} frames), "
         f"ratio {p50_server / p50_in:.2f}",
         f"WebRTC at the caller adds Opus, loopback UDP and both aiortc jitter buffers: p50 {p50_caller:.0f} ms",
     ]
-    header = ["path", "trials", "p50 ms", "p90 ms", "mean ms"]
+    header = ["path", "trials", "heard p50 ms", "heard p90 ms", "heard mean ms", "engine p50 ms"]
     text = append_benchmark(
         "WebRTC barge-in stop latency",
         header,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import collections
 import contextlib
 import functools
@@ -24,9 +23,9 @@ import av
 
 from duplexer.bench.log import append_benchmark, log_path_from_args
 from duplexer.bench.webrtc import INTERRUPT_AFTER_S, LONG_REPLY, STEP_TIMEOUT_S, percentile
-from duplexer.protocols.engine_factory import scripted_engines
+from duplexer.protocols.engine_factory import PIPER_LEAD_SILENCE_MS, scripted_engines
 from duplexer.protocols.webrtc_call import Call
-from duplexer.protocols.webrtc_client import SILENCE_DBFS, ReceivedAudio, WebRtcCaller
+from duplexer.protocols.webrtc_client import WebRtcCaller
 from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer
 from duplexer.runtime.console import say
 from duplexer.runtime.events import FRAME_MS, INPUT_SAMPLE_RATE_HZ
@@ -92,7 +91,7 @@ async def _serve_child(max_sessions: int) -> None:
     from duplexer.runtime.logging import configure_logging
 
     configure_logging("ERROR")
-    engines = scripted_engines(transcripts=(), reply_for=lambda _: LONG_REPLY)
+    engines = scripted_engines(transcripts=(), reply_for=lambda _: LONG_REPLY, lead_silence_ms=PIPER_LEAD_SILENCE_MS)
     server = WebRtcServer(ServerConfig(host="127.0.0.1", port=0, max_sessions=max_sessions), engines)
     await server.start()
     watched: dict[str, HoleCounter] = {}
@@ -190,7 +189,11 @@ class ServerProcess:
 @dataclass
 class SessionResult:
     response_ms: list[float] = field(default_factory=list)
+    """Heard at the caller: first audible bot sample received - end of the user's speech sent."""
     stop_ms: list[float] = field(default_factory=list)
+    """Heard at the caller: last audible bot sample received - first frame of the interruption sent."""
+    engine_first_chunk_ms: list[float] = field(default_factory=list)
+    """The server's breakdown (its metrics messages): first bot frame sent - end of the user's speech."""
     pace_lag_ms: float = 0.0
     error: str | None = None
 
@@ -226,32 +229,6 @@ class Level:
     @property
     def sustained(self) -> bool:
         return not self.failures
-
-
-def _first_loud(audio: ReceivedAudio, after_s: float) -> float | None:
-    times, levels = audio.times_s, audio.levels_dbfs
-    for i in range(bisect.bisect_left(times, after_s), min(len(times), len(levels))):
-        if levels[i] > SILENCE_DBFS:
-            return times[i]
-    return None
-
-
-def _silence_from(audio: ReceivedAudio, after_s: float, quiet_ms: float = 100.0) -> float | None:
-    """Arrival of the first frame after ``after_s`` that begins ``quiet_ms`` of silence (as ReceivedAudio's)."""
-    need = max(1, round(quiet_ms / FRAME_MS))
-    times, levels = audio.times_s, audio.levels_dbfs
-    run_start: float | None = None
-    run = 0
-    for i in range(bisect.bisect_left(times, after_s), min(len(times), len(levels))):
-        if levels[i] > SILENCE_DBFS:
-            run_start, run = None, 0
-            continue
-        if run_start is None:
-            run_start = times[i]
-        run += 1
-        if run >= need:
-            return run_start
-    return None
 
 
 def pace_lag_ms(times_s: Sequence[float], window_s: float = PACE_WINDOW_S) -> float:
@@ -301,18 +278,20 @@ async def _session_script(
         speech_end_s = onset_s + len(question) / 2 / rate
         for _ in range(trials):
             first_s = await _wait_until(
-                functools.partial(_first_loud, caller.audio, speech_end_s), STEP_TIMEOUT_S, "bot audio"
+                functools.partial(caller.audio.heard.onset_s, speech_end_s), STEP_TIMEOUT_S, "bot audio"
             )
             result.response_ms.append(1000.0 * (first_s - speech_end_s))
             await asyncio.sleep(max(0.0, first_s + INTERRUPT_AFTER_S - loop.time()))
             onset_s = await caller.mic.say(interruption, rate)
-            silent_s = await _wait_until(
-                functools.partial(_silence_from, caller.audio, onset_s), STEP_TIMEOUT_S, "stop after the interruption"
+            end_s = await _wait_until(
+                functools.partial(caller.audio.heard.end_s, onset_s), STEP_TIMEOUT_S, "stop after the interruption"
             )
-            result.stop_ms.append(1000.0 * (silent_s - onset_s))
+            result.stop_ms.append(1000.0 * (end_s - onset_s))
             speech_end_s = onset_s + len(interruption) / 2 / rate
     except (TimeoutError, RuntimeError) as exc:
         result.error = str(exc) or type(exc).__name__
+    metrics = [m for m in caller.messages if m.get("type") == "metrics"]
+    result.engine_first_chunk_ms = [float(v) for m in metrics if (v := m.get("engine_first_chunk_ms")) is not None]
     return result
 
 
@@ -388,6 +367,7 @@ def _p(values: Sequence[float], q: float) -> str:
 def _level_row(level: Level) -> list[object]:
     response = [v for r in level.results for v in r.response_ms]
     stops = [v for r in level.results for v in r.stop_ms]
+    engine = [v for r in level.results for v in r.engine_first_chunk_ms]
     return [
         level.sessions,
         "yes" if level.sustained else "no: " + "; ".join(level.failures),
@@ -395,6 +375,7 @@ def _level_row(level: Level) -> list[object]:
         f"{level.worst_pace_lag_ms:.0f}" if level.results else "-",
         _p(response, 50),
         _p(response, 90),
+        _p(engine, 50),
         _p(stops, 50),
         _p(stops, 90),
         level.inbound_resyncs,
@@ -411,10 +392,11 @@ def sessions_report(levels: list[Level], source: str, trials: int) -> tuple[list
         "sustained",
         "underruns",
         "worst pace lag ms",
-        "response p50 ms",
-        "response p90 ms",
-        "stop p50 ms",
-        "stop p90 ms",
+        "heard response p50 ms",
+        "heard response p90 ms",
+        "engine first chunk p50 ms",
+        "heard stop p50 ms",
+        "heard stop p90 ms",
         "inbound resyncs",
         "server CPU %",
     ]
@@ -427,8 +409,11 @@ def sessions_report(levels: list[Level], source: str, trials: int) -> tuple[list
         f"20 ms x its index, above the least such lag of the previous {PACE_WINDOW_S:.0f} s)",
         f"each session: {source}, then {trials} barge-ins {INTERRUPT_AFTER_S:.0f} s into a reply; "
         "starts spread over 1 s",
-        "response latency at the caller = first loud bot frame received - end of the user's speech sent; "
-        "stop latency at the caller = start of 100 ms received silence - first frame of the interruption sent",
+        "heard at the caller, to the sample (a received sample's time = its frame's arrival + its offset): "
+        "response = first audible bot sample (>= -40 dBFS) received - end of the user's speech sent; "
+        "stop = last audible bot sample received before 100 ms with none - first frame of the interruption sent",
+        f"engine first chunk = the server's figure (metrics message): first bot frame sent - end of the user's "
+        f"speech (VAD); each reply opens with {PIPER_LEAD_SILENCE_MS:.0f} ms of digital silence, as Piper's do",
         "largest N sustained: "
         + (f"{best.sessions}" if best else "none")
         + (f" (first failure at {levels[-1].sessions})" if levels and not levels[-1].sustained else ""),

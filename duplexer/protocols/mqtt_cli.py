@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
         policy = policy_with(base_policy, overrides)
     except WireError as exc:
         return fail(f"--set: {exc.message}")
+    if args.scripted_lead_silence_ms != 0.0 and args.engines != "scripted":
+        return fail("--scripted-lead-silence-ms needs --engines scripted")
+    if not 0.0 <= args.scripted_lead_silence_ms <= 5000.0:
+        return fail(f"--scripted-lead-silence-ms must be 0-5000, got {args.scripted_lead_silence_ms:g}")
     preflight = None
     if args.engines == "real":
         try:
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         except EnginesUnavailable as exc:
             return fail(str(exc))
     else:
-        engines = scripted_engines(hum=False)
+        engines = scripted_engines(lead_silence_ms=args.scripted_lead_silence_ms)
     try:  # with --executor ray: reach the cluster (or start Ray here) and deploy the shared engines
         executor = transport_executor(args, engines)
     except (ValueError, RuntimeError) as exc:  # a bad option, no Ray, no cluster, a failed deployment
@@ -151,8 +155,16 @@ def register(commands: Any) -> None:
         choices=("real", "scripted"),
         default="real",
         help="real (default): the models of duplexer.actors.models; scripted: model-free engines "
-        "(energy VAD, canned transcript, scripted LLM and TTS that speaks silence), for tests "
+        "(energy VAD, canned transcript, scripted LLM, a humming voice), for tests "
         "and benchmarks only",
+    )
+    mqtt.add_argument(
+        "--scripted-lead-silence-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="with --engines scripted: open each reply with this much digital silence, as Piper's open "
+        "with about 250 ms (default 0)",
     )
     mqtt.add_argument("--prefix", default="duplexer", help="topic prefix (default: duplexer)")
     mqtt.add_argument("--bridge-id", default="main", help="names this bridge's status topic {prefix}/_bridge/ID/status")

@@ -9,6 +9,9 @@ Outbound, :class:`BotAudioTrack` is both the session's
 sends. aiortc's sender sends a frame as soon as ``recv`` returns one, so the
 track paces itself by pts. The playout actor already paces replies in real time,
 so the track holds at most a frame or two; ``flush`` (a barge-in) drops them at once.
+The track also notes, per reply, when its first and last audible samples
+(:data:`~duplexer.kernels.loudness.AUDIBLE_DBFS`) left: TTS replies often begin with
+digital silence, and a listener's latency starts at the sound, not at the first frame.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from duplexer.kernels.audio import StreamingResampler
+from duplexer.kernels.loudness import audible_spans
 from duplexer.runtime.clock import Clock
 from duplexer.runtime.events import FRAME_MS
 
@@ -46,11 +50,17 @@ TAIL_SAMPLES = OPUS_RATE_HZ // 400
 
 @dataclass
 class ReplyAudio:
-    """When one reply's audio left the track, on the session clock."""
+    """When one reply's audio left the track, on the session clock.
+
+    A sample leaves at its frame's send time plus its offset in the frame. The audible times are
+    those of the first and last sample at or above AUDIBLE_DBFS; None while none was audible.
+    """
 
     first_sent_ms: float
     last_sent_end_ms: float
     frames: int = 0
+    first_audible_ms: float | None = None
+    last_audible_end_ms: float | None = None
 
 
 @dataclass
@@ -174,7 +184,7 @@ class BotAudioTrack(MediaStreamTrack):
         self._idle = not self.queue
         if self.queue:
             pcm, reply_id, audio_ms = self.queue.popleft()
-            self._sent(reply_id, audio_ms)
+            self._sent(reply_id, audio_ms, pcm)
         else:
             pcm = bytes(2 * OPUS_FRAME_SAMPLES)
             self.counts.silence_frames += 1
@@ -194,7 +204,7 @@ class BotAudioTrack(MediaStreamTrack):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._written.wait(), until_s - loop.time())
 
-    def _sent(self, reply_id: str, audio_ms: float) -> None:
+    def _sent(self, reply_id: str, audio_ms: float, pcm: bytes) -> None:
         self.counts.audio_frames += 1
         now_ms = self.clock.now_ms()
         record = self.replies.get(reply_id)
@@ -204,3 +214,9 @@ class BotAudioTrack(MediaStreamTrack):
                 self.replies.popitem(last=False)
         record.last_sent_end_ms = now_ms + audio_ms
         record.frames += 1
+        samples = np.frombuffer(pcm, dtype="<i2")[: round(OPUS_RATE_HZ * audio_ms / 1000.0)]
+        spans = audible_spans(samples, OPUS_RATE_HZ)
+        if spans:
+            if record.first_audible_ms is None:
+                record.first_audible_ms = now_ms + spans[0][0]
+            record.last_audible_end_ms = now_ms + spans[-1][1]

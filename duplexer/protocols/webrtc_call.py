@@ -107,9 +107,13 @@ class TurnFigures:
 
 
 class TurnMeter:
-    """Per-turn latency figures: response latency, LLM first token, barge-in stop latency.
+    """Per-turn latency figures as the caller hears them, with the engine's times beside them.
 
-    Bot audio times come from the track, so they are when audio left for the network.
+    Bot audio times come from the track: when its samples left for the network. Response latency
+    starts at the reply's first audible sample (a TTS reply may open with digital silence); the
+    first frame sent is kept as ``engine_first_chunk_ms``. Barge-in stop ends at the last audible
+    sample sent; the end of the last frame sent is kept as ``engine_barge_in_stop_ms``. A reply
+    never audible has no response latency or stop.
     """
 
     def __init__(self, track: BotAudioTrack) -> None:
@@ -153,16 +157,14 @@ class TurnMeter:
 
     def _metrics(self, event: Event, figures: TurnFigures, stopped: bool) -> dict[str, Any]:
         audio = self.track.replies.get(figures.reply_id)
-        first_audio_ms = audio.first_sent_ms if audio else figures.playout_started_ms
-        response = None
-        if first_audio_ms is not None and figures.turn_end_ms is not None:
-            response = first_audio_ms - figures.turn_end_ms
-        stop = None
+        first_chunk_ms = audio.first_sent_ms if audio else figures.playout_started_ms
+        response = _since(audio.first_audible_ms if audio else None, figures.turn_end_ms)
+        stop = engine_stop = None
         if stopped and audio is not None and figures.barge_in_onset_ms is not None:
-            stop = audio.last_sent_end_ms - figures.barge_in_onset_ms
-        first_token = None
-        if figures.first_token_ms is not None:
-            first_token = figures.first_token_ms - figures.started_ms
+            engine_stop = audio.last_sent_end_ms - figures.barge_in_onset_ms
+            if audio.last_audible_end_ms is not None:  # the user heard no overlap if the bot was already silent
+                stop = max(0.0, audio.last_audible_end_ms - figures.barge_in_onset_ms)
+        first_token = _since(figures.first_token_ms, figures.started_ms)
         return {
             "type": "metrics",
             "t_ms": round(event.ts_ms, 1),
@@ -171,10 +173,16 @@ class TurnMeter:
             "outcome": "stopped" if stopped else "done",
             "speculative": figures.speculative,
             "response_latency_ms": _rounded(response),
+            "engine_first_chunk_ms": _rounded(_since(first_chunk_ms, figures.turn_end_ms)),
             "llm_first_token_ms": _rounded(first_token),
             "barge_in_stop_ms": _rounded(stop),
+            "engine_barge_in_stop_ms": _rounded(engine_stop),
             "played_ms": round(getattr(event, "played_ms", 0.0), 1),
         }
+
+
+def _since(later_ms: float | None, earlier_ms: float | None) -> float | None:
+    return None if later_ms is None or earlier_ms is None else later_ms - earlier_ms
 
 
 def _rounded(value: float | None) -> float | None:

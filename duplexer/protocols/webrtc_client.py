@@ -21,6 +21,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from duplexer.kernels.audio import resample_pcm16
+from duplexer.protocols.heard_audio import HeardAudio
 from duplexer.protocols.webrtc_audio import OPUS_FRAME_SAMPLES, OPUS_RATE_HZ, OPUS_TIME_BASE
 from duplexer.runtime.events import FRAME_MS
 
@@ -102,6 +103,8 @@ class ReceivedAudio:
     levels_dbfs: list[float] = field(default_factory=list)
     pcm: bytearray = field(default_factory=bytearray)
     """Left channel, 48 kHz PCM16."""
+    heard: HeardAudio = field(default_factory=lambda: HeardAudio(OPUS_RATE_HZ))
+    """When the left channel was audible, to the sample: what latency at the caller is measured from."""
 
     def loud_frames(self, threshold_dbfs: float = SILENCE_DBFS) -> int:
         return sum(1 for level in self.levels_dbfs if level > threshold_dbfs)
@@ -216,6 +219,7 @@ class WebRtcCaller:
             self.audio.times_s.append(loop.time())
             self.audio.levels_dbfs.append(level_dbfs(left))
             self.audio.pcm += left.astype("<i2").tobytes()
+            self.audio.heard.add(self.audio.times_s[-1], left)
 
     async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
         """The first received message that satisfies ``predicate``, waiting up to ``timeout_s``."""

@@ -198,7 +198,12 @@ function addMetrics(m) {
     td.textContent = value === null || value === undefined ? "–" : String(Math.round(value));
     return td;
   };
-  row.append(cell(m.turn_id), cell(m.response_latency_ms), cell(m.llm_first_token_ms), cell(m.barge_in_stop_ms));
+  // Heard figures (first/last audible sample sent); the engine's frame times are in the tooltips.
+  const response = cell(m.response_latency_ms);
+  response.title = `engine: first frame sent after ${cell(m.engine_first_chunk_ms).textContent} ms`;
+  const stop = cell(m.barge_in_stop_ms);
+  stop.title = `engine: last frame sent ended after ${cell(m.engine_barge_in_stop_ms).textContent} ms`;
+  row.append(cell(m.turn_id), response, cell(m.llm_first_token_ms), stop);
   const outcome = document.createElement("td");
   outcome.textContent = m.outcome;
   row.append(outcome);
