@@ -25,6 +25,8 @@ TAKEOVER_MIN_SPAN_MS = 1000.0
 """FDB's takeover rule: the bot's words span at least this long ..."""
 TAKEOVER_MIN_WORDS = 4
 """... or, when shorter, there are more than three of them."""
+MIN_SPEECH_MS = 100.0
+"""Bot speech shorter than this (after merging) is a click, not speech: FDB's VAD drops it too."""
 BACKCHANNEL_STOP_WINDOW_MS = 1000.0
 """A bot stretch that ends within this long after a backchannel ends was stopped by it."""
 
@@ -145,7 +147,7 @@ def is_takeover(speech: Sequence[Speech], start_ms: float, end_ms: float) -> boo
 
 def score_turns(user: Sequence[UserTurn], bot: Iterable[Speech]) -> Score:
     """Every user turn's figures against the bot's speech (merged as FDB v1.5 merges it)."""
-    stretches = merge_speech(bot)
+    stretches = [s for s in merge_speech(bot) if s.duration_ms >= MIN_SPEECH_MS]
     turns = sorted(user, key=lambda t: t.start_ms)
     score = Score()
     for i, turn in enumerate(turns):
