@@ -59,7 +59,8 @@ NOISE_FLOOR_PERCENTILE = 90.0
 BACKCHANNEL_MAX_MS = 1000.0
 """Without annotations, a user span shorter than this that starts over the bot is a backchannel."""
 TURN_GAP_MS = 1500.0
-"""Without annotations, the user's speech after a silence this long starts a new turn."""
+"""Without annotations, the user's speech after a silence this long starts a new turn (here, and
+where talk and the demo split a recorded or live user into turns)."""
 
 
 def vad_probabilities(samples: np.ndarray, rate_hz: int, vad: SileroVad | None = None) -> np.ndarray:
