@@ -12,7 +12,7 @@ import pytest
 from duplexer.cli import main
 from duplexer.kernels.loudness import AUDIBLE_DBFS, audible_spans
 from duplexer.protocols.wav import interleave_stereo, write_wav
-from duplexer.sims.audio_timeline import VAD_WINDOW_MS, TurnWindow, user_turns_from_spans
+from duplexer.sims.audio_timeline import VAD_WINDOW_MS, TurnWindow, speech_spans, user_turns_from_spans
 from tests.conftest import SHARED
 
 PHRASES = SHARED / "data" / "vap_phrases" / "audio"
@@ -145,3 +145,30 @@ def test_annotated_windows_group_spans_and_the_rule_finds_turns_and_backchannels
     annotated = user_turns_from_spans(user, bot, windows)
     assert [(t.kind, len(t.segments)) for t in annotated] == [("turn", 2), ("backchannel", 1)]
     assert VAD_WINDOW_MS == 32.0
+
+
+@needs_phrases
+@pytest.mark.parametrize(("noise_dbfs", "onset_ms", "end_ms"), [(-55.0, 10.0, 10.0), (-30.0, 4 * 32.0, 250.0)])
+def test_edges_are_exact_under_quiet_noise_and_the_vads_own_under_loud_noise(
+    noise_dbfs: float, onset_ms: float, end_ms: float
+) -> None:
+    """Noise below the audible level leaves the edges sample-exact; noise above it makes the energy
+    useless, and the VAD's edges (to a few windows) are kept instead of the noise's."""
+    clip = phrase("psychology_short_male_en-US-Wavenet-B").astype(np.float32) / 32768.0
+    track = np.zeros(4 * RATE_HZ, dtype=np.float32)
+    rng = np.random.default_rng(1)
+    track += rng.uniform(-1.0, 1.0, len(track)).astype(np.float32) * 10.0 ** (noise_dbfs / 20.0)
+    at = RATE_HZ
+    track[at : at + len(clip)] += clip
+    truth = audible_spans(clip, RATE_HZ, AUDIBLE_DBFS)
+    spans = speech_spans(track, RATE_HZ)
+    assert spans, "no speech found"
+    assert abs(spans[0][0] - (1000.0 + truth[0][0])) <= onset_ms
+    assert abs(spans[-1][1] - (1000.0 + truth[-1][1])) <= end_ms
+
+
+def test_help_explains_the_metrics_and_points_to_the_docs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    text = capsys.readouterr().out
+    assert "docs/metrics.md" in text and "talk-over" in text and "latency" in text

@@ -10,19 +10,28 @@ from typing import Any
 import numpy as np
 
 from duplexer.cli_support import fail
+from duplexer.kernels.loudness import AUDIBLE_DBFS
 from duplexer.runtime.console import say
+from duplexer.sims.audio_timeline import BACKCHANNEL_MAX_MS, TURN_GAP_MS
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Score a recording of a conversation with a voice agent: either one stereo wav (user left, bot
 right) or two wavs (--user, --bot), any rate. Speech is found on each channel by Silero VAD and
-its edges refined to the first and last sample at or above -40 dBFS, so a reply that starts with
+its edges refined to the first and last sample at or above {AUDIBLE_DBFS:g} dBFS, so a reply that starts with
 digital silence is heard when it becomes audible. Prints one row per user turn and the summary:
 response latency (bot audible onset - end of the user's turn), talk-over (bot speech that starts
 while the user's turn, pauses included, is going), pause takeover rate (turns with a mid-turn
 pause the bot talked into), barge-in stop latency (how long the bot keeps talking after the user
 comes in over it), backchannel false stops, and Full-Duplex-Bench's takeover. User turns are split
-at silences of 1.5 s or after the bot spoke in the gap, or given by --turns. Definitions:
-docs/metrics.md; usage: docs/score.md."""
+at silences of {TURN_GAP_MS / 1000:g} s or where the bot spoke and fell silent in the gap (user speech
+under {BACKCHANNEL_MAX_MS / 1000:g} s that starts over the bot is a backchannel), or given by --turns.
+Definitions: docs/metrics.md; usage: docs/score.md."""
+
+COLUMNS_HELP = """\
+columns: start ms / end ms of the user's turn; pauses: its mid-turn pauses; latency: response
+latency, ms; t-over: bot stretches that talked over the turn, t-over ms: how long; pause TO: the bot
+talked into a mid-turn pause; stop ms: barge-in stop latency; bc stop: a backchannel stopped the
+bot; takeover: Full-Duplex-Bench's rule (the bot spoke >= 1 s before the next turn)."""
 
 TABLE_COLUMNS = (
     ("turn", "turn", 4),
@@ -45,6 +54,7 @@ def register(commands: Any) -> None:
         "score",
         help="turn-taking metrics of a recorded conversation (stereo wav, or --user and --bot)",
         description=DESCRIPTION,
+        epilog=COLUMNS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     score.add_argument("conversation", type=Path, nargs="?", help="stereo wav: user left, bot right")
@@ -75,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     scored = score_recording(user, bot, rate_hz, windows)
     rows = [t.row() for t in scored.score.turns]
     say(table(rows))
-    say(json.dumps(scored.summary, indent=2))
+    say(summary_lines(scored.summary))
     if args.json:
         document = {
             **sources,
@@ -149,4 +159,14 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(" ".join(f"{_cell(row.get(key)):>{width}}" for key, _, width in TABLE_COLUMNS))
     if not rows:
         lines.append("(no user turns found)")
+    return "\n".join(lines)
+
+
+def summary_lines(summary: dict[str, Any]) -> str:
+    """The summary, one metric a line: ``talk_over  count 1  turns 1  total_ms 1073.0``."""
+    lines = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = "  ".join(f"{k} {_cell(v) if v is None else v}" for k, v in value.items())
+        lines.append(f"{key:<28} {'-' if value is None else value}")
     return "\n".join(lines)
