@@ -21,8 +21,8 @@ from duplexer.cli import main
 from duplexer.kernels.audio import resample
 from duplexer.kernels.loudness import audible_spans
 from duplexer.protocols.wav import interleave_stereo, write_wav
-from duplexer.sims.audio_timeline import VAD_WINDOW_MS
-from duplexer.sims.metrics import turn_facts
+from duplexer.sims.audio_timeline import VAD_WINDOW_MS, user_turns_from_spans
+from duplexer.sims.metrics import turn_facts, user_turns
 from duplexer.sims.report import make_params
 from duplexer.sims.scenario import collect_scenarios
 from duplexer.sims.simulator import SimRun, simulate
@@ -34,6 +34,10 @@ VOICED_DBFS = -30.0
 """The source speech is cut to its stretches this loud, so what fills a span has no quiet in it."""
 NOISE_DBFS = -50.0
 """A noise step's level: below the audible level (-40 dBFS), so it is not speech."""
+
+BARGE_IN_INTO_A_FRESH_REPLY = {"barge_in_early", "barge_in_before_audio", "follow_up_before_reply"}
+"""The user speaks again within the turn gap, over a reply that began in their silence: from audio
+alone that is a talk-over in one turn; the script says a new turn (docs/score.md)."""
 
 pytestmark = pytest.mark.skipif(not PHRASES.exists(), reason="VAP phrases not beside the repo")
 
@@ -125,3 +129,16 @@ def test_audio_scores_agree_with_the_simulator_on_every_shipped_scenario(tmp_pat
         rows = score_from_audio(run, tmp_path, 2 * seed)
         problems += [f"{scenario.name}: {p}" for p in disagreements(run, rows)]
     assert not problems, "\n".join(problems)
+
+
+def test_without_turn_windows_the_rule_finds_the_scripts_turns() -> None:
+    params = make_params({})
+    differ: set[str] = set()
+    for _, scenario in collect_scenarios([SCENARIOS]):
+        run = simulate(scenario, params)
+        script, _ = user_turns(run)
+        spans = [segment for turn in script for segment in turn.segments]
+        found = user_turns_from_spans(spans, [(a.start_ms, a.end_ms) for a in run.bot_audio])
+        if [(t.kind, t.segments) for t in script] != [(t.kind, t.segments) for t in found]:
+            differ.add(scenario.name)
+    assert differ == BARGE_IN_INTO_A_FRESH_REPLY
