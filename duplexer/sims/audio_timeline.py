@@ -2,12 +2,13 @@
 
 Each channel is read the way Full-Duplex-Bench (FDB) v1.5 reads it: Silero VAD over the whole
 channel, with the rule of Silero's ``get_speech_timestamps`` (threshold 0.5, a region ends after
-``VAD_MIN_SILENCE_MS`` below ``threshold - 0.15``). A VAD window is 32 ms, and Silero's edges are
-late at onsets and late by its minimum silence at ends, so each region is refined by energy: within
-the region widened by one VAD window, the speech is the audible audio
-(:func:`duplexer.kernels.loudness.audible_spans`, -40 dBFS, sample-exact edges), split where it
-falls silent for ``VAD_MIN_SILENCE_MS`` or longer. Where the audio at the widened edge is already
-audible (a noise floor above the audible level) the VAD's edge is kept.
+``VAD_MIN_SILENCE_MS`` below ``threshold - 0.15``). Silero's windows are 32 ms and its edges late
+(by up to a few windows at an onset, by its minimum silence and more at an end), so each region is
+refined by energy: its speech is the audible audio (:func:`duplexer.kernels.loudness.audible_spans`,
+-40 dBFS, sample-exact edges) that overlaps the region widened by one VAD window, followed out to
+``EDGE_SEARCH_MS`` and split where it falls silent for ``VAD_MIN_SILENCE_MS``. Where the channel's
+noise floor is itself audible, or audio is still audible at the end of the search, energy cannot
+tell speech from noise and the VAD's edges are kept.
 
 User turns are then formed from the user's speech spans, by the script's annotations where there
 are any, else by a rule (:func:`user_turns_from_spans`); bot speech is merged by the scorer itself
@@ -193,7 +194,7 @@ def user_turns_from_spans(
 
     With ``annotations``, each span joins the window it overlaps most (spans outside every window
     are not the user's turns, e.g. noise). Without, by rule: a span starts a new turn after a
-    silence of ``TURN_GAP_MS``, or when bot speech (merged as the scorer merges it) ended inside
+    silence of ``TURN_GAP_MS``, or when bot speech (merged and filtered as the scorer does) ended inside
     the silence before it; a new span shorter than ``BACKCHANNEL_MAX_MS`` that starts while the bot
     speaks is a backchannel. Pauses are the raw gaps (FDB's 600 ms user merge is for overlaps only
     and is not applied here: a shorter pause is still a pause the bot may talk into).
@@ -201,7 +202,7 @@ def user_turns_from_spans(
     spans = sorted(user_spans)
     if annotations is not None:
         return _turns_in_windows(spans, annotations)
-    bot = merge_speech(bot_speech_from_spans(bot_spans))
+    bot = [s for s in merge_speech(bot_speech_from_spans(bot_spans)) if s.duration_ms >= MIN_SPEECH_MS]
     turns: list[tuple[list[tuple[float, float]], TurnKind]] = []
     current: list[tuple[float, float]] | None = None
     for start, end in spans:
