@@ -99,6 +99,18 @@ def score_from_audio(run: SimRun, folder: Path, seed: int) -> list[dict[str, Any
     return rows
 
 
+EQUAL_KEYS = (
+    "kind",
+    "pauses",
+    "bot_speaking_at_onset",
+    "talk_over_count",
+    "pause_taken_over",
+    "backchannel_stopped_bot",
+    "takeover",
+)
+"""Per-turn counts and flags that must be the same from audio as from the simulator's timelines."""
+
+
 def close(a: float | None, b: float | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= VAD_WINDOW_MS)
 
@@ -109,7 +121,7 @@ def disagreements(run: SimRun, rows: list[dict[str, Any]]) -> list[str]:
         return [f"{len(sim)} turns simulated, {len(rows)} scored from audio"]
     found: list[str] = []
     for s, a in zip(sim, rows, strict=True):
-        for key in ("kind", "pauses", "talk_over_count", "pause_taken_over", "backchannel_stopped_bot"):
+        for key in EQUAL_KEYS:
             if s[key] != a[key]:
                 found.append(f"turn {s['turn']} {key}: sim {s[key]}, audio {a[key]}")
         for key in ("start_ms", "end_ms", "response_latency_ms", "talk_over_ms", "barge_in_stop_ms"):
