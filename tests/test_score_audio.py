@@ -12,7 +12,14 @@ import pytest
 from duplexer.cli import main
 from duplexer.kernels.loudness import AUDIBLE_DBFS, audible_spans
 from duplexer.protocols.wav import interleave_stereo, write_wav
-from duplexer.sims.audio_timeline import VAD_WINDOW_MS, TurnWindow, speech_spans, user_turns_from_spans
+from duplexer.sims.audio_timeline import (
+    VAD_WINDOW_MS,
+    TurnWindow,
+    score_recording,
+    speech_spans,
+    user_turns_from_spans,
+)
+from duplexer.sims.turn_metrics import Speech, UserTurn, score_turns
 from tests.conftest import SHARED
 
 PHRASES = SHARED / "data" / "vap_phrases" / "audio"
@@ -172,3 +179,33 @@ def test_help_explains_the_metrics_and_points_to_the_docs(capsys: pytest.Capture
         main(["score", "--help"])
     text = capsys.readouterr().out
     assert "docs/metrics.md" in text and "talk-over" in text and "latency" in text
+
+
+@needs_phrases
+def test_a_reply_cut_off_after_20_ms_over_the_resumed_user_is_heard_as_talk_over() -> None:
+    """The end-of-turn timer fires just after the user resumes and the reply is stopped at once:
+    20 ms of it are still played over the user, which the VAD cannot see but a listener hears."""
+    user = np.zeros(6 * RATE_HZ, dtype=np.int16)
+    bot = np.zeros_like(user)
+    first = phrase("bike_short_female_en-US-Wavenet-C")
+    place(user, first, 500.0)
+    resume_at = last_audible_ms(first, 500.0) + 650.0
+    place(user, phrase("live_short_male_en-US-Wavenet-B"), resume_at)
+    burst_at = int((resume_at + 150.0) * RATE_HZ / 1000)
+    reply = phrase("work_short_female_en-US-Wavenet-E")
+    voiced = reply[int(audible_spans(reply, RATE_HZ, -20.0)[0][0] * RATE_HZ / 1000) :]
+    bot[burst_at : burst_at + RATE_HZ // 50] = voiced[: RATE_HZ // 50]
+    scored = score_recording(user, bot, RATE_HZ)
+    (turn,) = scored.score.turns
+    assert turn.talk_over_count == 1 and turn.pause_taken_over
+    assert abs(turn.talk_over_ms - 20.0) <= 2.0
+
+
+def test_a_bot_that_pauses_for_a_backchannel_and_resumes_was_not_stopped_by_it() -> None:
+    backchannel = UserTurn(((1700.0, 2000.0),), "backchannel")
+    paused = score_turns([backchannel], [Speech(0.0, 2100.0), Speech(2700.0, 5000.0)]).turns[0]
+    stopped = score_turns([backchannel], [Speech(0.0, 2100.0)]).turns[0]
+    cut_then_answered = score_turns([backchannel], [Speech(0.0, 2100.0), Speech(3400.0, 5000.0)]).turns[0]
+    assert paused.backchannel_stopped_bot is False
+    assert stopped.backchannel_stopped_bot is True
+    assert cut_then_answered.backchannel_stopped_bot is True

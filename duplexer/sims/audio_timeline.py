@@ -28,7 +28,6 @@ from duplexer.kernels.audio import resample
 from duplexer.kernels.loudness import AUDIBLE_DBFS, AUDIBLE_FRAME_MS, audible_spans
 from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
 from duplexer.sims.turn_metrics import (
-    MIN_SPEECH_MS,
     Score,
     Speech,
     TurnKind,
@@ -51,8 +50,9 @@ VAD_MIN_SILENCE_MS = 100.0
 """A region ends after this much silence (Silero's default); refined speech is split at silences
 this long, so shorter gaps (stop closures, breaths between words) stay inside one span."""
 VAD_MIN_SPEECH_MS = 2 * VAD_WINDOW_MS
-"""A VAD region shorter than this is dropped before refinement; the refined span must then last
-``MIN_SPEECH_MS`` (the scorer's minimum, applied to both channels)."""
+"""A VAD region shorter than this is dropped before refinement."""
+MIN_SPEECH_MS = 100.0
+"""A refined span shorter than this (a click beside speech) is not speech."""
 EDGE_SEARCH_MS = 250.0
 """How far beyond a VAD region its audible edges are followed before they count as noise."""
 NOISE_FLOOR_PERCENTILE = 90.0
@@ -157,7 +157,7 @@ def speech_spans(samples: np.ndarray, rate_hz: int, vad: SileroVad | None = None
     Edges are refined by energy unless the channel's noise floor is itself audible; then they are
     the VAD's (to a window, and late at ends by about ``VAD_MIN_SILENCE_MS``).
     """
-    x = samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples.astype(np.float32)
+    x = _as_float(samples)
     regions = vad_regions(vad_probabilities(x, rate_hz, vad))
     refine = noise_floor_dbfs(x, rate_hz, regions) < AUDIBLE_DBFS
     spans: list[tuple[float, float]] = []
@@ -168,6 +168,25 @@ def speech_spans(samples: np.ndarray, rate_hz: int, vad: SileroVad | None = None
             else:
                 spans.append((start, end))
     return [(round(s, 1), round(e, 1)) for s, e in spans if e - s >= MIN_SPEECH_MS]
+
+
+def played_speech_spans(samples: np.ndarray, rate_hz: int, vad: SileroVad | None = None) -> list[tuple[float, float]]:
+    """(start_ms, end_ms) of the speech in a channel that carries an engine's output (the bot's).
+
+    Played audio is clean: where the channel's noise floor is below the audible level, every
+    audible stretch is the bot's speech, to the sample, however short (20 ms of a reply cut off at
+    once is still heard over the user, and the VAD cannot see it). Where it is noisy, as
+    :func:`speech_spans`.
+    """
+    x = _as_float(samples)
+    regions = vad_regions(vad_probabilities(x, rate_hz, vad))
+    if noise_floor_dbfs(x, rate_hz, regions) >= AUDIBLE_DBFS:
+        return [(round(s, 1), round(e, 1)) for s, e in regions if e - s >= MIN_SPEECH_MS]
+    return [(round(s, 1), round(e, 1)) for s, e in audible_spans(x, rate_hz, AUDIBLE_DBFS)]
+
+
+def _as_float(samples: np.ndarray) -> np.ndarray:
+    return samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -194,7 +213,7 @@ def user_turns_from_spans(
 
     With ``annotations``, each span joins the window it overlaps most (spans outside every window
     are not the user's turns, e.g. noise). Without, by rule: a span starts a new turn after a
-    silence of ``TURN_GAP_MS``, or when bot speech (merged and filtered as the scorer does) ended inside
+    silence of ``TURN_GAP_MS``, or when bot speech (merged as the scorer merges it) ended inside
     the silence before it; a new span shorter than ``BACKCHANNEL_MAX_MS`` that starts while the bot
     speaks is a backchannel. Pauses are the raw gaps (FDB's 600 ms user merge is for overlaps only
     and is not applied here: a shorter pause is still a pause the bot may talk into).
@@ -202,7 +221,7 @@ def user_turns_from_spans(
     spans = sorted(user_spans)
     if annotations is not None:
         return _turns_in_windows(spans, annotations)
-    bot = [s for s in merge_speech(bot_speech_from_spans(bot_spans)) if s.duration_ms >= MIN_SPEECH_MS]
+    bot = merge_speech(bot_speech_from_spans(bot_spans))
     turns: list[tuple[list[tuple[float, float]], TurnKind]] = []
     current: list[tuple[float, float]] | None = None
     for start, end in spans:
@@ -250,14 +269,15 @@ def score_recording(
     turns: Sequence[TurnWindow] | None = None,
     bot_words: Sequence[Word] = (),
 ) -> RecordingScore:
-    """Score a two-channel recording (the user's and the bot's audio, same rate) as a listener hears it.
+    """Score a two-channel recording (the user's and the bot's audio, same rate) as a listener hears it:
+    the user's speech by :func:`speech_spans`, the bot's by :func:`played_speech_spans`.
 
     ``turns``: where the user's turns are, if known (else found by rule). ``bot_words``: the bot's
     words with times, if known; FDB's takeover rule counts them (without, it judges by duration).
     """
     vad = SileroVad()
     user_spans = speech_spans(user, rate_hz, vad)
-    bot_spans = speech_spans(bot, rate_hz, vad)
+    bot_spans = played_speech_spans(bot, rate_hz, vad)
     user_turns = user_turns_from_spans(user_spans, bot_spans, turns)
     score = score_turns(user_turns, bot_speech_from_spans(bot_spans, bot_words))
     return RecordingScore(user_spans, bot_spans, user_turns, score, summarize_turns(score.turns))

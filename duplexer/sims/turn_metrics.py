@@ -25,10 +25,11 @@ TAKEOVER_MIN_SPAN_MS = 1000.0
 """FDB's takeover rule: the bot's words span at least this long ..."""
 TAKEOVER_MIN_WORDS = 4
 """... or, when shorter, there are more than three of them."""
-MIN_SPEECH_MS = 100.0
-"""Bot speech shorter than this (after merging) is a click, not speech: FDB's VAD drops it too."""
 BACKCHANNEL_STOP_WINDOW_MS = 1000.0
 """A bot stretch that ends within this long after a backchannel ends was stopped by it."""
+BACKCHANNEL_RESUME_MS = 1000.0
+"""Where a cut-off is not known (audio): bot speech that resumes within this long after falling
+silent over a backchannel paused for it, as a listener hears it, and was not stopped."""
 
 TurnKind = Literal["turn", "backchannel"]
 
@@ -147,7 +148,7 @@ def is_takeover(speech: Sequence[Speech], start_ms: float, end_ms: float) -> boo
 
 def score_turns(user: Sequence[UserTurn], bot: Iterable[Speech]) -> Score:
     """Every user turn's figures against the bot's speech (merged as FDB v1.5 merges it)."""
-    stretches = [s for s in merge_speech(bot) if s.duration_ms >= MIN_SPEECH_MS]
+    stretches = merge_speech(bot)
     turns = sorted(user, key=lambda t: t.start_ms)
     score = Score()
     for i, turn in enumerate(turns):
@@ -163,7 +164,10 @@ def _score_turn(number: int, turn: UserTurn, next_turn_ms: float, bot: Sequence[
     if turn.kind == "backchannel":
         if ongoing is not None:
             stop_by = end + BACKCHANNEL_STOP_WINDOW_MS
-            result.backchannel_stopped_bot = ongoing.end_ms <= stop_by and ongoing.stopped is not False
+            cut = ongoing.stopped
+            if cut is None:
+                cut = not any(ongoing.end_ms < s.start_ms <= ongoing.end_ms + BACKCHANNEL_RESUME_MS for s in bot)
+            result.backchannel_stopped_bot = ongoing.end_ms <= stop_by and cut
         return result
     if ongoing is not None:
         result.barge_in_stop_ms = ongoing.end_ms - onset
