@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "duplexer.sims.demo_cli",
     "duplexer.protocols.mqtt_cli",
     "duplexer.protocols.webrtc_cli",
+    "duplexer.sims.score_cli",
 )
 
 # name -> (module, function, help). Each function takes the remaining argv and returns an exit code.

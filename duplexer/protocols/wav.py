@@ -71,3 +71,32 @@ def interleave_stereo(left: np.ndarray, right: np.ndarray) -> bytes:
     out[: len(left), 0] = left
     out[: len(right), 1] = right
     return out.tobytes()
+
+
+def read_wav_channels(path: Path) -> tuple[np.ndarray, int]:
+    """Every channel of any PCM wav (8/16/32-bit) as float32 in [-1, 1], shape (channels, samples),
+    at the file's own rate, which is returned with it: for scoring a two-party recording, where
+    each side must be heard alone and its timing kept to the sample."""
+    try:
+        with wave.open(str(path), "rb") as wav:
+            channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
+            raw = wav.readframes(wav.getnframes())
+    except FileNotFoundError:
+        raise WavError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise WavError(f"{path}: is a folder, not a wav file") from None
+    except (wave.Error, EOFError) as exc:
+        raise WavError(f"{path}: not a readable PCM wav file ({exc})") from None
+    if width not in SUPPORTED_SAMPLE_WIDTHS:
+        raise WavError(f"{path}: {8 * width}-bit samples are not supported (use 8, 16 or 32-bit PCM)")
+    if channels < 1 or rate < 1000:
+        raise WavError(f"{path}: implausible format ({channels} channels at {rate} Hz)")
+    usable = len(raw) - len(raw) % (width * channels)
+    if usable == 0:
+        raise WavError(f"{path}: the file holds no audio")
+    ints = np.frombuffer(raw[:usable], dtype=SUPPORTED_SAMPLE_WIDTHS[width])
+    if width == 1:
+        samples = (ints.astype(np.float32) - 128.0) / 128.0
+    else:
+        samples = ints.astype(np.float32) / float(2 ** (8 * width - 1))
+    return np.ascontiguousarray(samples.reshape(-1, channels).T), rate

@@ -37,6 +37,7 @@ from duplexer.runtime.events import (
     StartReply,
 )
 from duplexer.runtime.session import Session
+from duplexer.sims.audio_timeline import TURN_GAP_MS
 from duplexer.sims.live import EngineFactory, KeepingSink, LiveRun, MicTrack, run_live, without_speculation
 from duplexer.sims.metrics import percentiles, turn_facts
 from duplexer.sims.persona import Persona
@@ -335,10 +336,6 @@ def group_turns(segments: Sequence[tuple[float, float]], turn_gap_ms: float) -> 
         else:
             groups.append([seg])
     return groups
-
-
-TURN_GAP_MS = 1500.0
-"""A recorded or live user's speech is split into turns at silences this long (for measuring only)."""
 
 
 def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = TURN_GAP_MS) -> tuple[Scenario, list[bytes]]:

@@ -29,6 +29,9 @@ TAKEOVER_MIN_WORDS = 4
 """... or, when shorter, there are more than three of them."""
 BACKCHANNEL_STOP_WINDOW_MS = 1000.0
 """A bot stretch that ends within this long after a backchannel ends was stopped by it."""
+BACKCHANNEL_RESUME_MS = 1000.0
+"""Where a cut-off is not known (audio): bot speech that resumes within this long after falling
+silent over a backchannel paused for it, as a listener hears it, and was not stopped."""
 
 TurnKind = Literal["turn", "backchannel"]
 
@@ -163,7 +166,10 @@ def _score_turn(number: int, turn: UserTurn, next_turn_ms: float, bot: Sequence[
     if turn.kind == "backchannel":
         if ongoing is not None:
             stop_by = end + BACKCHANNEL_STOP_WINDOW_MS
-            result.backchannel_stopped_bot = ongoing.end_ms <= stop_by and ongoing.stopped is not False
+            cut = ongoing.stopped
+            if cut is None:
+                cut = not any(ongoing.end_ms < s.start_ms <= ongoing.end_ms + BACKCHANNEL_RESUME_MS for s in bot)
+            result.backchannel_stopped_bot = ongoing.end_ms <= stop_by and cut
         return result
     if ongoing is not None:
         result.barge_in_stop_ms = ongoing.end_ms - onset
