@@ -24,6 +24,14 @@ from duplexer.sims.turn_metrics import (
 )
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+SPEECH = (
+    Path(__file__).resolve().parent.parent.parent
+    / "shared"
+    / "data"
+    / "vap_phrases"
+    / "audio"
+    / "basketball_short_female_en-US-Wavenet-E.wav"
+)
 
 
 def test_latency_is_from_the_end_of_the_turn_to_the_next_bot_onset() -> None:
@@ -127,9 +135,13 @@ def test_the_demo_reports_latency_from_the_audible_onset_and_the_first_chunk_bes
     from duplexer.sims.live import LiveRun
     from duplexer.sims.simulator import BotInterval, SimRun, StepRecord
 
+    from duplexer.protocols.wav import read_wav
+
     rate = 16_000
+    speech = np.frombuffer(read_wav(SPEECH, rate), dtype="<i2")
     bot = np.zeros(3 * rate, dtype=np.int16)
-    bot[int(1.85 * rate) : int(2.6 * rate)] = 6000  # the chunk starts at 1.6 s with 250 ms of silence
+    onset = int(1.85 * rate) + int(np.argmax(np.abs(speech) >= 328))  # the first sample at -40 dBFS
+    bot[int(1.85 * rate) : int(2.6 * rate)] = speech[: int(0.75 * rate)]  # a chunk at 1.6 s, 250 ms silent
     step = StepRecord(0, "say", "hello there", 200.0, 1000.0, [(200.0, 1000.0)])
     events = [
         CommitReply(session_id="s", turn_id=1, ts_ms=1500.0, reply_id="t1r1", user_text="hello there"),
@@ -139,4 +151,4 @@ def test_the_demo_reports_latency_from_the_audible_onset_and_the_first_chunk_bes
     live = LiveRun(run, np.zeros(3 * rate, dtype=np.int16), bot, [])
     (record,) = turn_records(live, None)
     assert record["engine_first_chunk_ms"] == 600.0
-    assert abs(record["response_latency_ms"] - 850.0) <= 1.0
+    assert abs(record["response_latency_ms"] - (1000.0 * onset / rate - 1000.0)) <= 1.0

@@ -37,14 +37,13 @@ from duplexer.runtime.events import (
     StartReply,
 )
 from duplexer.runtime.session import Session
-from duplexer.sims.audio_timeline import TURN_GAP_MS
+from duplexer.sims.audio_timeline import TURN_GAP_MS, played_speech_spans
 from duplexer.sims.live import EngineFactory, KeepingSink, LiveRun, MicTrack, run_live, without_speculation
 from duplexer.sims.metrics import percentiles, turn_facts
 from duplexer.sims.persona import Persona
 from duplexer.sims.scenario import Backchannel, Noise, Say, Scenario, Segment, Silence, Start
 from duplexer.sims.simulator import RECORDED_EVENTS, BotInterval, SimRun, StepRecord
 from duplexer.sims.speech_segments import speech_segments_pcm
-from duplexer.sims.turn_metrics import bot_speech_spans
 
 WHISPER_ASR = AsrParams(partial_interval_ms=float("inf"))
 """No partials with Whisper: each call transcribes the whole segment again (~0.1-0.15 s with its short
@@ -140,7 +139,7 @@ def heard_run(live: LiveRun) -> SimRun:
     each cut to the reply whose chunks it lies in, not where the chunks were written (Piper starts a
     reply with a few hundred ms of digital silence)."""
     heard: list[BotInterval] = []
-    for start, end in bot_speech_spans(live.bot_track, INPUT_SAMPLE_RATE_HZ):
+    for start, end in played_speech_spans(live.bot_track, INPUT_SAMPLE_RATE_HZ):
         for played in live.run.bot_audio:
             if played.start_ms < end and start < played.end_ms:
                 heard.append(BotInterval(played.reply_id, max(start, played.start_ms), min(end, played.end_ms)))

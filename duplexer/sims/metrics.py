@@ -38,6 +38,7 @@ from duplexer.runtime.events import (
 from duplexer.sims.simulator import BotInterval, SimRun
 from duplexer.sims.turn_metrics import (
     Speech,
+    TurnKind,
     TurnScore,
     UserTurn,
     percentiles,
@@ -90,7 +91,7 @@ def user_turns(run: SimRun) -> tuple[list[UserTurn], list[int]]:
     for step in run.steps:
         if step.kind in ("say", "backchannel") and step.end_ms > step.start_ms:
             segments = tuple(step.segments) or ((step.start_ms, step.end_ms),)
-            kind = "turn" if step.kind == "say" else "backchannel"
+            kind: TurnKind = "turn" if step.kind == "say" else "backchannel"
             turns.append(UserTurn(segments, kind, step.text))
             steps.append(step.index)
     return turns, steps

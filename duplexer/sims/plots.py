@@ -87,9 +87,11 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, x_key: str, y_key: str) 
             ax.scatter(xs, ys, color=cmap(i), s=36, zorder=3, label=f"{colour_key}={value:g}")
     front = sorted(pareto_front([(x, y) for x, y, _ in points]))
     if front:
-        xs, ys = zip(*front, strict=True)
-        ax.plot(xs, ys, drawstyle="steps-post", color="#c44e52", linewidth=1.5, zorder=2, label="Pareto front")
-        ax.scatter(xs, ys, s=110, facecolors="none", edgecolors="#c44e52", linewidths=1.5, zorder=4)
+        front_xs, front_ys = zip(*front, strict=True)
+        ax.plot(
+            front_xs, front_ys, drawstyle="steps-post", color="#c44e52", linewidth=1.5, zorder=2, label="Pareto front"
+        )
+        ax.scatter(front_xs, front_ys, s=110, facecolors="none", edgecolors="#c44e52", linewidths=1.5, zorder=4)
         x_mid = (min(x for x, _, _ in points) + max(x for x, _, _ in points)) / 2
         for n, (x, y) in enumerate(front):
             settings = [row["params"] for px, py, row in points if (px, py) == (x, y)]

@@ -17,10 +17,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from duplexer.kernels.loudness import audible_spans
-
-USER_MERGE_GAP_MS = 600.0
-"""FDB v1.5: user speech separated by at most this much silence is one stretch (for overlaps)."""
 BOT_MERGE_GAP_MS = 500.0
 """FDB v1.5: bot speech separated by at most this much silence is one stretch."""
 TAKEOVER_MIN_SPAN_MS = 1000.0
@@ -185,12 +181,6 @@ def _score_turn(number: int, turn: UserTurn, next_turn_ms: float, bot: Sequence[
         result.response_latency_ms = answers[0] - end
     result.takeover = is_takeover(bot, onset, next_turn_ms)
     return result
-
-
-def bot_speech_spans(samples: np.ndarray, rate_hz: int) -> list[tuple[float, float]]:
-    """Where the bot's own played track is audible. It is the engine's clean output, with no noise to
-    tell speech from, so the audible level alone finds it, to the sample."""
-    return audible_spans(samples, rate_hz)
 
 
 def percentiles(values: Sequence[float], qs: Iterable[int]) -> dict[str, float | None]:
