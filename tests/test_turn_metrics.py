@@ -130,12 +130,11 @@ def test_the_demo_reports_latency_from_the_audible_onset_and_the_first_chunk_bes
     import numpy as np
 
     from duplexer.policies.controller import PolicyParams
+    from duplexer.protocols.wav import read_wav
     from duplexer.runtime.events import CommitReply, PlayoutStarted
     from duplexer.sims.demo import turn_records
     from duplexer.sims.live import LiveRun
     from duplexer.sims.simulator import BotInterval, SimRun, StepRecord
-
-    from duplexer.protocols.wav import read_wav
 
     rate = 16_000
     speech = np.frombuffer(read_wav(SPEECH, rate), dtype="<i2")
