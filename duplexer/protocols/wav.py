@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from duplexer.kernels.audio import downmix, float_to_pcm16, resample
+from duplexer.kernels.audio import float_to_pcm16, resample
 
 SUPPORTED_SAMPLE_WIDTHS = {1: "u1", 2: "<i2", 4: "<i4"}
 
@@ -26,31 +26,14 @@ def read_wav(path: Path, to_hz: int, channel: str | None = None) -> bytes:
     who must not be heard as the same speaker."""
     if channel is not None and channel not in CHANNELS:
         raise WavError(f"{path}: no channel {channel!r} (choose {' or '.join(CHANNELS)})")
-    try:
-        with wave.open(str(path), "rb") as wav:
-            channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
-            raw = wav.readframes(wav.getnframes())
-    except FileNotFoundError:
-        raise WavError(f"{path}: no such file") from None
-    except (wave.Error, EOFError) as exc:
-        raise WavError(f"{path}: not a readable PCM wav file ({exc})") from None
-    if width not in SUPPORTED_SAMPLE_WIDTHS:
-        raise WavError(f"{path}: {8 * width}-bit samples are not supported (use 8, 16 or 32-bit PCM)")
-    if channels < 1 or rate < 1000:
-        raise WavError(f"{path}: implausible format ({channels} channels at {rate} Hz)")
-    if not raw:
-        raise WavError(f"{path}: the file holds no audio")
-    ints = np.frombuffer(raw[: len(raw) - len(raw) % (width * channels)], dtype=SUPPORTED_SAMPLE_WIDTHS[width])
-    if width == 1:
-        samples = (ints.astype(np.float32) - 128.0) / 128.0
-    else:
-        samples = ints.astype(np.float32) / float(2 ** (8 * width - 1))
+    per_channel, rate = read_wav_channels(path)
+    channels = len(per_channel)
     if channel is None:
-        mono = downmix(samples, channels)
+        mono = per_channel.mean(axis=0).astype(np.float32) if channels > 1 else per_channel[0]
     elif channels != len(CHANNELS):
         raise WavError(f"{path}: has {channels} channel(s), so it has no {channel} channel to take alone")
     else:
-        mono = np.ascontiguousarray(samples.reshape(-1, channels)[:, CHANNELS[channel]])
+        mono = per_channel[CHANNELS[channel]]
     return float_to_pcm16(resample(mono, rate, to_hz))
 
 
