@@ -209,3 +209,13 @@ def test_a_bot_that_pauses_for_a_backchannel_and_resumes_was_not_stopped_by_it()
     assert paused.backchannel_stopped_bot is False
     assert stopped.backchannel_stopped_bot is True
     assert cut_then_answered.backchannel_stopped_bot is True
+
+
+def test_a_short_word_over_the_bot_that_the_user_goes_on_from_is_a_barge_in_not_a_backchannel() -> None:
+    from duplexer.sims.audio_timeline import user_turns_from_spans
+
+    bot = [(0.0, 2300.0)]  # the bot stops 300 ms after "Wait,"
+    going_on = user_turns_from_spans([(2000.0, 2250.0), (2600.0, 4000.0)], bot)
+    assert [(t.kind, t.segments) for t in going_on] == [("turn", ((2000.0, 2250.0), (2600.0, 4000.0)))]
+    alone = user_turns_from_spans([(2000.0, 2250.0)], [(0.0, 5000.0)])
+    assert [t.kind for t in alone] == ["backchannel"]

@@ -28,6 +28,7 @@ from duplexer.kernels.audio import resample
 from duplexer.kernels.loudness import AUDIBLE_DBFS, AUDIBLE_FRAME_MS, audible_spans
 from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
 from duplexer.sims.turn_metrics import (
+    USER_MERGE_GAP_MS,
     Score,
     Speech,
     TurnKind,
@@ -213,10 +214,13 @@ def user_turns_from_spans(
 
     With ``annotations``, each span joins the window it overlaps most (spans outside every window
     are not the user's turns, e.g. noise). Without, by rule: a span starts a new turn after a
-    silence of ``TURN_GAP_MS``, or when bot speech (merged as the scorer merges it) ended inside
-    the silence before it; a new span shorter than ``BACKCHANNEL_MAX_MS`` that starts while the bot
-    speaks is a backchannel. Pauses are the raw gaps (FDB's 600 ms user merge is for overlaps only
-    and is not applied here: a shorter pause is still a pause the bot may talk into).
+    silence of ``TURN_GAP_MS``, or when the bot took a turn inside the silence before it (its
+    speech, merged as the scorer merges it, began and ended there); bot speech that was already
+    going and stopped in the silence is a barge-in or talk-over, and the turn goes on. A new span
+    shorter than ``BACKCHANNEL_MAX_MS`` that starts while the bot speaks is a backchannel, unless
+    the user goes on within ``USER_MERGE_GAP_MS`` (FDB v1.5's user merge: "Wait, | tell me ..."
+    is a barge-in). Pauses are the raw gaps: a pause shorter than 600 ms is still one the bot may
+    talk into.
     """
     spans = sorted(user_spans)
     if annotations is not None:
@@ -224,15 +228,16 @@ def user_turns_from_spans(
     bot = merge_speech(bot_speech_from_spans(bot_spans))
     turns: list[tuple[list[tuple[float, float]], TurnKind]] = []
     current: list[tuple[float, float]] | None = None
-    for start, end in spans:
+    for i, (start, end) in enumerate(spans):
         last_end = current[-1][1] if current else None
-        new_turn = last_end is None or start - last_end >= TURN_GAP_MS or any(last_end < s.end_ms <= start for s in bot)
-        if not new_turn:
+        answered = last_end is not None and any(last_end < s.start_ms and s.end_ms <= start for s in bot)
+        if last_end is not None and start - last_end < TURN_GAP_MS and not answered:
             assert current is not None
             current.append((start, end))
             continue
         over_bot = any(s.start_ms <= start < s.end_ms for s in bot)
-        if over_bot and end - start < BACKCHANNEL_MAX_MS:
+        goes_on = i + 1 < len(spans) and spans[i + 1][0] - end <= USER_MERGE_GAP_MS
+        if over_bot and end - start < BACKCHANNEL_MAX_MS and not goes_on:
             turns.append(([(start, end)], "backchannel"))
             continue
         current = [(start, end)]

@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+USER_MERGE_GAP_MS = 600.0
+"""FDB v1.5: user speech separated by at most this much silence is one stretch. A turn spans its
+pauses anyway; the audio turn rule uses it to tell a backchannel from the start of a barge-in."""
 BOT_MERGE_GAP_MS = 500.0
 """FDB v1.5: bot speech separated by at most this much silence is one stretch."""
 TAKEOVER_MIN_SPAN_MS = 1000.0
