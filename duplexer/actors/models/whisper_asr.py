@@ -19,6 +19,9 @@ WhisperWindow = Literal["short", "full"]
 :data:`SHORT_WINDOW_PAD_S` of silence; ``full`` is faster-whisper's ``transcribe``,
 which always encodes a :data:`WHISPER_WINDOW_S` window."""
 
+TimedWord = tuple[str, float, float]
+"""A recognised word: (text, start_ms, end_ms), times from the start of the transcribed audio."""
+
 WHISPER_WINDOW_S = 30.0
 """The input window Whisper was trained on; ``transcribe`` pads every clip to it."""
 WHISPER_FRAMES_PER_S = 100
@@ -152,6 +155,30 @@ class WhisperAsr:
             suppress_tokens=self._suppress,
         )[0]
         return trim_repeated_tail(self._tokenizer.decode(result.sequences_ids[0]).strip())
+
+    def transcribe_words(self, audio: np.ndarray) -> list[TimedWord]:
+        """Blocking: float32 mono audio at 16 kHz to words with start and end times in ms.
+
+        For scoring recordings (``duplexer eval fdb``), where a word's time matters as much as its
+        text: faster-whisper's ``transcribe`` with word timestamps (cross-attention alignment),
+        which walks audio of any length in :data:`WHISPER_WINDOW_S` windows.
+        """
+        with self.lock, gated(self.gate, Urgency.ASR):
+            segments, _ = self.model.transcribe(
+                audio,
+                language="en",
+                beam_size=1,
+                condition_on_previous_text=False,
+                word_timestamps=True,
+                vad_filter=False,
+            )
+            words: list[TimedWord] = []
+            for segment in segments:
+                for word in segment.words or ():
+                    text = word.word.strip()
+                    if text:
+                        words.append((text, 1000.0 * word.start, 1000.0 * word.end))
+        return words
 
     def fits_short_window(self, samples: int) -> bool:
         return samples / INPUT_SAMPLE_RATE_HZ + SHORT_WINDOW_PAD_S <= WHISPER_WINDOW_S
