@@ -227,14 +227,15 @@ def score_sample(
     if sample.task == "backchannel":
         assert output_16k is not None
         return _score_backchannel(score, sample, words, output_16k, icc_gt)
-    span = annotation_span_ms(sample)
+    timed = sample.task in ("smooth_turn_taking", "user_interruption")
+    span = annotation_span_ms(sample) if timed else None  # FDB does not read pause.json
     # Pause handling and turn-taking use every word; an interruption only those after it ends.
     from_ms = span[1] if sample.task == "user_interruption" and span is not None else -math.inf
     took, heard = _takeover(words, from_ms)
     score.words = len(heard)
     score.span_ms = max(w.end_ms for w in heard) - heard[0].start_ms if heard else 0.0
     score.tor = int(took)
-    if took and span is not None and sample.task in ("smooth_turn_taking", "user_interruption"):
+    if took and span is not None:
         turn_end_ms = span[0] if sample.task == "smooth_turn_taking" else span[1]
         score.latency_ms = max(0.0, heard[0].start_ms - turn_end_ms)
     return score

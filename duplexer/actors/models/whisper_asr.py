@@ -12,6 +12,7 @@ import numpy as np
 from duplexer.actors.models.compute_gate import ComputeGate, Urgency, gated
 from duplexer.actors.models.packages import require_module, whisper_model_path
 from duplexer.kernels.audio import pcm16_to_float
+from duplexer.kernels.loudness import audible_spans
 from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
 
 WhisperWindow = Literal["short", "full"]
@@ -172,13 +173,26 @@ class WhisperAsr:
                 word_timestamps=True,
                 vad_filter=False,
             )
-            words: list[TimedWord] = []
-            for segment in segments:
-                for word in segment.words or ():
-                    text = word.word.strip()
-                    if text:
-                        words.append((text, 1000.0 * word.start, 1000.0 * word.end))
-        return words
+            words = [
+                (w.word.strip(), 1000.0 * float(w.start), 1000.0 * float(w.end))
+                for segment in segments
+                for w in segment.words or ()
+                if w.word.strip()
+            ]
+        return trim_to_audible(words, audible_spans(audio, INPUT_SAMPLE_RATE_HZ))
+
+
+def trim_to_audible(words: list[TimedWord], spans: list[tuple[float, float]]) -> list[TimedWord]:
+    """Each word's edges moved in to the audible audio it covers (a word with none is kept as is).
+
+    Whisper's alignment often stretches a word over the silence before it (the first word of a
+    clip starts at 0), which would make a reply look earlier than it was heard.
+    """
+    out: list[TimedWord] = []
+    for text, start, end in words:
+        inside = [(max(a, start), min(b, end)) for a, b in spans if a < end and b > start]
+        out.append((text, inside[0][0], inside[-1][1]) if inside else (text, start, end))
+    return out
 
     def fits_short_window(self, samples: int) -> bool:
         return samples / INPUT_SAMPLE_RATE_HZ + SHORT_WINDOW_PAD_S <= WHISPER_WINDOW_S
