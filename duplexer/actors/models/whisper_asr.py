@@ -74,6 +74,19 @@ def _loop_start(keys: list[str], min_words: int) -> int | None:
     return None
 
 
+def trim_to_audible(words: list[TimedWord], spans: list[tuple[float, float]]) -> list[TimedWord]:
+    """Each word's edges moved in to the audible audio it covers (a word with none is kept as is).
+
+    Whisper's alignment often stretches a word over the silence before it (the first word of a
+    clip starts at 0), which would make a reply look earlier than it was heard.
+    """
+    out: list[TimedWord] = []
+    for text, start, end in words:
+        inside = [(max(a, start), min(b, end)) for a, b in spans if a < end and b > start]
+        out.append((text, inside[0][0], inside[-1][1]) if inside else (text, start, end))
+    return out
+
+
 class WhisperAsr:
     """faster-whisper, Whisper tiny.en int8; each call transcribes one speech segment.
 
@@ -180,19 +193,6 @@ class WhisperAsr:
                 if w.word.strip()
             ]
         return trim_to_audible(words, audible_spans(audio, INPUT_SAMPLE_RATE_HZ))
-
-
-def trim_to_audible(words: list[TimedWord], spans: list[tuple[float, float]]) -> list[TimedWord]:
-    """Each word's edges moved in to the audible audio it covers (a word with none is kept as is).
-
-    Whisper's alignment often stretches a word over the silence before it (the first word of a
-    clip starts at 0), which would make a reply look earlier than it was heard.
-    """
-    out: list[TimedWord] = []
-    for text, start, end in words:
-        inside = [(max(a, start), min(b, end)) for a, b in spans if a < end and b > start]
-        out.append((text, inside[0][0], inside[-1][1]) if inside else (text, start, end))
-    return out
 
     def fits_short_window(self, samples: int) -> bool:
         return samples / INPUT_SAMPLE_RATE_HZ + SHORT_WINDOW_PAD_S <= WHISPER_WINDOW_S
