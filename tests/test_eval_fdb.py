@@ -266,3 +266,11 @@ def test_score_only_on_fdb_example_outputs_gives_fdb_figures(tmp_path: Path) -> 
     assert [tasks[t]["tor"] for t in ("pause_handling", "smooth_turn_taking", "user_interruption")] == [1.0] * 3
     assert tasks["smooth_turn_taking"]["latency_s"] == pytest.approx(1.35)
     assert tasks["user_interruption"]["latency_s"] == pytest.approx(4.08)
+
+
+def test_whisper_words_are_trimmed_to_audible_audio_and_unheard_ones_dropped() -> None:
+    from duplexer.actors.models.whisper_asr import trim_to_audible
+
+    spans = [(1000.0, 2000.0), (2100.0, 2600.0)]
+    words = [("so", 0.0, 1300.0), ("there", 1900.0, 2300.0), ("ghost", 3000.0, 4000.0)]
+    assert trim_to_audible(words, spans) == [("so", 1000.0, 1300.0), ("there", 1900.0, 2300.0)]

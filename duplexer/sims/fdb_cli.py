@@ -73,9 +73,9 @@ def _eval_fdb(args: argparse.Namespace) -> int:
             raise FdbError(f"{args.icc_gt}: expected {{sample id: [probabilities]}}")
     except (FdbError, ValueError) as exc:
         return fail(str(exc))
-    bar = tqdm(total=len(samples), desc="samples", unit="sample", disable=args.quiet)
     if args.score_only:
         transcribe = hum_words if args.engines == "scripted" else LazyWhisper()
+        bar = tqdm(total=len(samples), desc="samples", unit="sample", disable=args.quiet)
         scores = []
         for sample in samples:
             scores.append(score_folder(sample, transcribe, icc_gt))
@@ -84,8 +84,8 @@ def _eval_fdb(args: argparse.Namespace) -> int:
         try:
             make_engines, transcribe = _engines(args)
         except (ModelPackageMissing, ValueError) as exc:
-            bar.close()
             return fail(str(exc))
+        bar = tqdm(total=len(samples), desc="samples", unit="sample", disable=args.quiet)
         progress(f"running {len(samples)} samples in real time, {args.concurrency} at once...")
         scores = asyncio.run(
             run_tree(

@@ -75,15 +75,17 @@ def _loop_start(keys: list[str], min_words: int) -> int | None:
 
 
 def trim_to_audible(words: list[TimedWord], spans: list[tuple[float, float]]) -> list[TimedWord]:
-    """Each word's edges moved in to the audible audio it covers (a word with none is kept as is).
+    """Each word's edges moved in to the audible audio it covers; a word that covers none is dropped.
 
-    Whisper's alignment often stretches a word over the silence before it (the first word of a
-    clip starts at 0), which would make a reply look earlier than it was heard.
+    Whisper's alignment stretches a word over the silence before it (a clip's first word starts
+    at 0), which would make a reply look earlier than it was heard, and on long silences it
+    hallucinates words ("I'm a ch -" over 5 s of nothing before a reply) that no listener heard.
     """
     out: list[TimedWord] = []
     for text, start, end in words:
         inside = [(max(a, start), min(b, end)) for a, b in spans if a < end and b > start]
-        out.append((text, inside[0][0], inside[-1][1]) if inside else (text, start, end))
+        if inside:
+            out.append((text, inside[0][0], inside[-1][1]))
     return out
 
 
