@@ -174,6 +174,9 @@ def test_score_only_gives_fdb_figures_for_outputs_at_known_offsets(tmp_path: Pat
     assert rows["10"]["backchannel_per_s"] == pytest.approx(2 / 6.0, abs=1e-3)
     assert (rows["11"]["tor"], rows["11"]["backchannels"]) == (1, 1)
     assert 0.0 < rows["10"]["jsd"] < 1.0
+    only = tmp_path / "only"
+    assert main(["eval", "fdb", str(root), "--score-only", "--out", str(only), "--quiet", "--task", "turn_taking"]) == 0
+    assert set(tasks_of(only)) == {"smooth_turn_taking"}
 
 
 def test_backchannel_jsd_is_zero_for_the_same_density_and_one_without_backchannels() -> None:

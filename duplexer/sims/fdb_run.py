@@ -62,10 +62,10 @@ async def run_sample(
     except (WavError, ValueError) as exc:
         raise FdbError(str(exc)) from None
     last = scenario.script[-1]
-    assert isinstance(last, Say) and last.start is not None and last.start.at_ms is not None
+    assert isinstance(last, Say) and last.start is not None and last.start.at_ms is not None and last.segments
     speech_end_ms = last.start.at_ms + last.segments[-1].end_ms
     duration_ms = 1000.0 * frames / rate_hz
-    # The conversation lasts as long as the input, so a reply to its last turn is heard in full.
+    # The conversation lasts as long as the input (not talk's fixed 4 s tail): output.wav is on its clock.
     scenario = scenario.model_copy(update={"tail_ms": max(0.0, duration_ms - speech_end_ms)})
     live = await run_live(scenario, clips, make_engines, config, system_prompt)
     out = fit_to_input(live.bot_track, rate_hz, frames)
