@@ -77,9 +77,13 @@ def _eval_fdb(args: argparse.Namespace) -> int:
         transcribe = hum_words if args.engines == "scripted" else LazyWhisper()
         bar = tqdm(total=len(samples), desc="samples", unit="sample", disable=args.quiet)
         scores = []
-        for sample in samples:
-            scores.append(score_folder(sample, transcribe, icc_gt))
-            bar.update()
+        try:
+            for sample in samples:
+                scores.append(score_folder(sample, transcribe, icc_gt))
+                bar.update()
+        except ModelPackageMissing as exc:  # a sample without output.json needs Whisper
+            bar.close()
+            return fail(str(exc))
     else:
         try:
             make_engines, transcribe = _engines(args)
