@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "duplexer.sims.cli",
     "duplexer.policy_cli",
     "duplexer.sims.demo_cli",
+    "duplexer.sims.fdb_cli",
     "duplexer.protocols.mqtt_cli",
     "duplexer.protocols.webrtc_cli",
     "duplexer.sims.score_cli",
