@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -18,6 +21,25 @@ settings.load_profile("duplexer")
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = REPO / "scenarios"
 SHARED = REPO.parent / "shared"
+PHRASES = SHARED / "data" / "vap_phrases" / "audio"
+VOICED_DBFS = -30.0
+"""Speech for filling a span is cut to its stretches this loud, so it has no quiet in it."""
+
+
+@functools.cache
+def voiced(rate_hz: int = 16_000) -> np.ndarray:
+    """Continuous voiced speech (float32): the loud stretches of every VAP phrase, end to end."""
+    from duplexer.kernels.audio import resample
+    from duplexer.kernels.loudness import audible_spans
+
+    parts: list[np.ndarray] = []
+    for path in sorted(PHRASES.glob("*.wav")):
+        with wave.open(str(path), "rb") as wav:
+            raw = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+            x = resample(raw.astype(np.float32) / 32768.0, wav.getframerate(), rate_hz)
+        for start, end in audible_spans(x, rate_hz, VOICED_DBFS):
+            parts.append(x[int(start * rate_hz / 1000) : int(end * rate_hz / 1000)])
+    return np.concatenate(parts)
 
 
 @pytest.fixture

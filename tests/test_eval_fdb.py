@@ -15,7 +15,7 @@ from duplexer.kernels.audio import resample
 from duplexer.kernels.loudness import audible_spans
 from duplexer.sims.fdb import FdbError, Sample, backchannel_jsd, discover, score_sample, task_name
 from duplexer.sims.turn_metrics import Word
-from tests.conftest import SHARED
+from tests.conftest import SHARED, voiced
 
 PHRASES = SHARED / "data" / "vap_phrases" / "audio"
 FDB_MIRROR = Path("/work/.mirror/DanielLin94144+Full-Duplex-Bench/repo")
@@ -130,11 +130,11 @@ def sample(
 ) -> None:
     folder = root / name
     write_wav(folder / "input.wav", np.zeros(int(length_s * 16_000)), 16_000)
-    tone = 0.2 * np.sin(2 * np.pi * 220 * np.arange(int(length_s * 16_000)) / 16_000)
-    voiced = np.zeros_like(tone)
+    speech = voiced(16_000)
+    output = np.zeros(int(length_s * 16_000), dtype=np.float32)
     for s, e in words:
-        voiced[int(s * 16_000) : int(e * 16_000)] = tone[int(s * 16_000) : int(e * 16_000)]
-    write_wav(folder / "output.wav", voiced, 16_000)
+        output[int(s * 16_000) : int(e * 16_000)] = speech[int(s * 16_000) : int(e * 16_000)]
+    write_wav(folder / "output.wav", output, 16_000)
     write_words(folder, words)
     if note is not None:
         (folder / note[0]).write_text(json.dumps(note[1]))

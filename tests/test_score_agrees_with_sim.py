@@ -8,9 +8,7 @@ with the script's turn windows: each step's kind and its start and end, not its 
 
 from __future__ import annotations
 
-import functools
 import json
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +16,16 @@ import numpy as np
 import pytest
 
 from duplexer.cli import main
-from duplexer.kernels.audio import resample
-from duplexer.kernels.loudness import audible_spans
 from duplexer.protocols.wav import interleave_stereo, write_wav
 from duplexer.sims.audio_timeline import VAD_WINDOW_MS, user_turns_from_spans
 from duplexer.sims.metrics import turn_facts, user_turns
 from duplexer.sims.report import make_params
 from duplexer.sims.scenario import collect_scenarios
 from duplexer.sims.simulator import SimRun, simulate
-from tests.conftest import SCENARIOS, SHARED
+from tests.conftest import SCENARIOS, SHARED, voiced
 
 PHRASES = SHARED / "data" / "vap_phrases" / "audio"
 RATE_HZ = 16_000
-VOICED_DBFS = -30.0
-"""The source speech is cut to its stretches this loud, so what fills a span has no quiet in it."""
 NOISE_DBFS = -50.0
 """A noise step's level: below the audible level (-40 dBFS), so it is not speech."""
 
@@ -40,19 +34,6 @@ BARGE_IN_INTO_A_FRESH_REPLY = {"barge_in_early", "barge_in_before_audio", "follo
 alone that is a talk-over in one turn; the script says a new turn (docs/score.md)."""
 
 needs_phrases = pytest.mark.skipif(not PHRASES.exists(), reason="VAP phrases not beside the repo")
-
-
-@functools.cache
-def voiced() -> np.ndarray:
-    """Continuous voiced speech at 16 kHz: the loud stretches of every VAP phrase, end to end."""
-    parts: list[np.ndarray] = []
-    for path in sorted(PHRASES.glob("*.wav")):
-        with wave.open(str(path), "rb") as wav:
-            raw = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-            x = resample(raw.astype(np.float32) / 32768.0, wav.getframerate(), RATE_HZ)
-        for start, end in audible_spans(x, RATE_HZ, VOICED_DBFS):
-            parts.append(x[int(start * RATE_HZ / 1000) : int(end * RATE_HZ / 1000)])
-    return np.concatenate(parts)
 
 
 def render(

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from duplexer.kernels.loudness import audible_spans
+from duplexer.sims.audio_timeline import speech_spans
 from duplexer.sims.turn_metrics import Speech, Word, is_takeover, percentiles
 
 INPUT_WAV = "input.wav"
@@ -52,11 +52,11 @@ BACKCHANNEL_MAX_SHORT_WORDS = 2
 """FDB backchannel: a segment under 1 s with at most this many words is not a takeover."""
 BACKCHANNEL_MAX_WORDS = 3
 """FDB backchannel: a segment with more words than this is a takeover whatever its length."""
-SEGMENT_MIN_SILENCE_MS = 100.0
 SEGMENT_MIN_SPEECH_MS = 250.0
 SEGMENT_PAD_MS = 30.0
-"""Speech segments of output.wav for backchannel: Silero VAD's default gap, minimum and padding,
-applied to audible spans (:func:`audible_spans`)."""
+"""Speech segments of output.wav for backchannel, as FDB takes them from Silero VAD's defaults: the
+speech found by :func:`~duplexer.sims.audio_timeline.speech_spans` (Silero, gaps of 100 ms closed),
+at least this long, padded by this much on each side."""
 JSD_EPSILON = 1e-10
 
 Transcriber = Callable[[np.ndarray], Sequence[tuple[str, float, float]]]
@@ -242,9 +242,9 @@ def score_sample(
 
 
 def speech_segments_ms(audio_16k: np.ndarray) -> list[tuple[float, float]]:
-    """Where output.wav speaks, with Silero VAD's default gap, minimum and padding."""
+    """Where output.wav speaks, with Silero VAD's default minimum and padding."""
     duration_ms = 1000.0 * len(audio_16k) / ASR_RATE_HZ
-    spans = audible_spans(audio_16k, ASR_RATE_HZ, max_gap_ms=SEGMENT_MIN_SILENCE_MS)
+    spans = speech_spans(audio_16k, ASR_RATE_HZ)
     return [
         (max(0.0, s - SEGMENT_PAD_MS), min(duration_ms, e + SEGMENT_PAD_MS))
         for s, e in spans

@@ -19,13 +19,13 @@ from duplexer.kernels.audio import float_to_pcm16, pcm16_to_float, resample
 from duplexer.kernels.loudness import audible_spans
 from duplexer.protocols.wav import WavError, read_wav, write_wav
 from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
+from duplexer.sims.audio_timeline import VAD_MIN_SILENCE_MS
 from duplexer.sims.demo import recording_scenario
 from duplexer.sims.fdb import (
     ASR_RATE_HZ,
     INPUT_WAV,
     OUTPUT_JSON,
     OUTPUT_WAV,
-    SEGMENT_MIN_SILENCE_MS,
     FdbError,
     Sample,
     SampleScore,
@@ -143,7 +143,7 @@ def hum_words(audio_16k: np.ndarray) -> list[tuple[str, float, float]]:
     """A model-free stand-in for ASR on a scripted bot's hum: one ``[hum]`` word per
     :data:`HUM_WORD_MS` of each audible stretch, so FDB's word rules apply to its timing."""
     words: list[tuple[str, float, float]] = []
-    for start, end in audible_spans(audio_16k, ASR_RATE_HZ, max_gap_ms=SEGMENT_MIN_SILENCE_MS):
+    for start, end in audible_spans(audio_16k, ASR_RATE_HZ, max_gap_ms=VAD_MIN_SILENCE_MS):
         n = max(1, round((end - start) / HUM_WORD_MS))
         step = (end - start) / n
         words += [(HUM_WORD, start + i * step, start + (i + 1) * step) for i in range(n)]
