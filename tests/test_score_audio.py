@@ -219,3 +219,23 @@ def test_a_short_word_over_the_bot_that_the_user_goes_on_from_is_a_barge_in_not_
     assert [(t.kind, t.segments) for t in going_on] == [("turn", ((2000.0, 2250.0), (2600.0, 4000.0)))]
     alone = user_turns_from_spans([(2000.0, 2250.0)], [(0.0, 5000.0)])
     assert [t.kind for t in alone] == ["backchannel"]
+
+
+@needs_phrases
+@pytest.mark.slow
+def test_words_from_whisper_lie_inside_the_bots_speech(tmp_path: Path) -> None:
+    user = np.zeros(6 * RATE_HZ, dtype=np.int16)
+    bot = np.zeros_like(user)
+    place(user, phrase("basketball_short_female_en-US-Wavenet-C"), 300.0)
+    reply = phrase("bike_long_male_en-US-Wavenet-B")
+    onset = place(bot, reply, 2500.0)
+    wav = tmp_path / "conversation.wav"
+    write_wav(wav, interleave_stereo(user, bot), RATE_HZ, channels=2)
+    out = tmp_path / "score.json"
+    assert main(["score", str(wav), "--words", "--json", str(out)]) == 0
+    scored = json.loads(out.read_text())
+    words = scored["bot_words"]
+    assert len(words) >= 4
+    end = last_audible_ms(reply, 2500.0)
+    assert all(onset - 100.0 <= w["start_ms"] < w["end_ms"] <= end + 100.0 for w in words)
+    assert scored["per_turn"][0]["takeover"]

@@ -67,8 +67,12 @@ def register(commands: Any) -> None:
         help='where the user\'s turns are: a JSON list of {"start_ms", "end_ms", "kind": "turn"|"backchannel"}',
     )
     score.add_argument("--json", type=Path, metavar="FILE", help="also write the rows and the summary as JSON")
-    # TODO(words): a --words option giving the bot's words with times (the project's Whisper) to
-    # score_recording(bot_words=...), so FDB's takeover rule counts words instead of duration.
+    score.add_argument(
+        "--words",
+        action="store_true",
+        help="transcribe the bot's side with the project's Whisper (word times), so Full-Duplex-Bench's "
+        "takeover rule counts words instead of seconds of speech; needs the models (pip install -e .)",
+    )
     score.set_defaults(handler=run)
 
 
@@ -82,7 +86,15 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     from duplexer.sims.audio_timeline import score_recording
 
-    scored = score_recording(user, bot, rate_hz, windows)
+    bot_words = []
+    if args.words:
+        from duplexer.actors.models.packages import ModelPackageMissing
+
+        try:
+            bot_words = _words(bot, rate_hz)
+        except ModelPackageMissing as exc:
+            return fail(str(exc))
+    scored = score_recording(user, bot, rate_hz, windows, bot_words)
     rows = [t.row() for t in scored.score.turns]
     say(table(rows))
     say(summary_lines(scored.summary))
@@ -92,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             "rate_hz": rate_hz,
             "user_speech_ms": scored.user_spans,
             "bot_speech_ms": scored.bot_spans,
+            "bot_words": [{"text": w.text, "start_ms": w.start_ms, "end_ms": w.end_ms} for w in bot_words],
             "per_turn": rows,
             "summary": scored.summary,
         }
@@ -99,6 +112,19 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
         say(f"wrote {args.json}")
     return 0
+
+
+def _words(bot: np.ndarray, rate_hz: int) -> list[Any]:
+    """The bot's words with their times, from the project's Whisper on its side of the recording."""
+    from duplexer.actors.models.whisper_asr import WhisperAsr
+    from duplexer.kernels.audio import resample
+    from duplexer.runtime.console import progress
+    from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
+    from duplexer.sims.turn_metrics import Word
+
+    progress("transcribing the bot's side with Whisper for word times...")
+    audio = resample(bot.astype(np.float32), rate_hz, INPUT_SAMPLE_RATE_HZ).astype(np.float32)
+    return [Word(text, start, end) for text, start, end in WhisperAsr(window="full").transcribe_words(audio)]
 
 
 def _channels(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, int, dict[str, str]]:
