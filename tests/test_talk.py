@@ -21,6 +21,7 @@ from duplexer.runtime.clock import Clock, run_virtual
 from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ, ErrorEvent, PlayoutDone, PlayoutStopped
 from duplexer.sims.demo import recording_scenario
 from duplexer.sims.live import LiveRun, run_live
+from tests.conftest import voiced
 
 LONG_REPLY = " ".join(["this reply goes on well past the end of the recording"] * 4)
 """About 13 s of scripted speech: still playing when a 2.5 s recording has ended."""
@@ -28,8 +29,8 @@ LONG_REPLY = " ".join(["this reply goes on well past the end of the recording"] 
 
 def _recording(silence_before_s: float, speech_s: float, silence_after_s: float) -> bytes:
     rate = INPUT_SAMPLE_RATE_HZ
-    noise = np.random.default_rng(0).standard_normal(int(speech_s * rate)) * 3000
-    samples = np.concatenate([np.zeros(int(silence_before_s * rate)), noise, np.zeros(int(silence_after_s * rate))])
+    speech = voiced(rate)[: int(speech_s * rate)] * 32767
+    samples = np.concatenate([np.zeros(int(silence_before_s * rate)), speech, np.zeros(int(silence_after_s * rate))])
     return samples.astype("<i2").tobytes()
 
 

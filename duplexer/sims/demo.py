@@ -37,7 +37,7 @@ from duplexer.runtime.events import (
     StartReply,
 )
 from duplexer.runtime.session import Session
-from duplexer.sims.audio_timeline import TURN_GAP_MS, played_speech_spans
+from duplexer.sims.audio_timeline import TURN_GAP_MS, played_speech_spans, speech_spans
 from duplexer.sims.live import EngineFactory, KeepingSink, LiveRun, MicTrack, run_live, without_speculation
 from duplexer.sims.metrics import percentiles, turn_facts
 from duplexer.sims.persona import Persona
@@ -338,11 +338,12 @@ def group_turns(segments: Sequence[tuple[float, float]], turn_gap_ms: float) -> 
 
 
 def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = TURN_GAP_MS) -> tuple[Scenario, list[bytes]]:
-    """A recorded user as a scenario: speech segments by energy, a new turn after a long gap.
+    """A recorded user as a scenario: speech found as ``duplexer score`` finds it (Silero VAD, edges
+    refined to the audible sample), a new turn after a long gap.
 
     No tail: :func:`run_live` given the recording itself lasts to its end and then until the bot is
     quiet, so neither trailing silence nor the reply in progress is cut off."""
-    segments = speech_segments_pcm(np.frombuffer(pcm, dtype="<i2"), INPUT_SAMPLE_RATE_HZ)
+    segments = speech_spans(np.frombuffer(pcm, dtype="<i2"), INPUT_SAMPLE_RATE_HZ)
     if not segments:
         raise ValueError(f"{name}: no speech found in the recording")
     steps: list[Say | Backchannel | Noise | Silence] = []
@@ -382,7 +383,7 @@ def live_steps(
 ) -> list[StepRecord]:
     """The user's turns in a live recording, found afterwards the way ``talk FILE.wav`` finds them."""
     steps: list[StepRecord] = []
-    for group in group_turns(speech_segments_pcm(samples, INPUT_SAMPLE_RATE_HZ), turn_gap_ms):
+    for group in group_turns(speech_spans(samples, INPUT_SAMPLE_RATE_HZ), turn_gap_ms):
         start, end = group[0][0], group[-1][1]
         over_bot = any(i.start_ms <= start < i.end_ms for i in bot_audio)
         steps.append(StepRecord(len(steps), "say", "(live speech)", start, end, list(group), over_bot))
