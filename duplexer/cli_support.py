@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from duplexer.runtime.console import progress
@@ -17,6 +18,20 @@ def fail(message: str) -> int:
     """Print ``duplexer: error: MESSAGE`` on stderr and return the bad-input exit code."""
     progress(f"duplexer: error: {message}")
     return EXIT_BAD_INPUT
+
+
+def unwritable(path: Path, folder: bool = False) -> str | None:
+    """Why ``path`` cannot be written as a file (or, with ``folder``, made a folder); None if it can.
+
+    Checked before a long run, so bad output paths fail at once with one line, not after the work."""
+    if folder and path.exists() and not path.is_dir():
+        return f"{path}: is a file, not a folder"
+    if not folder and path.is_dir():
+        return f"{path}: is a folder, not a file"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{path}: {parent} is a file, not a folder"
+    return None
 
 
 def add_policy_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:

@@ -291,3 +291,17 @@ def test_whisper_words_are_trimmed_to_audible_audio_and_unheard_ones_dropped() -
     spans = [(1000.0, 2000.0), (2100.0, 2600.0)]
     words = [("so", 0.0, 1300.0), ("there", 1900.0, 2300.0), ("ghost", 3000.0, 4000.0)]
     assert trim_to_audible(words, spans) == [("so", 1000.0, 1300.0), ("there", 1900.0, 2300.0)]
+
+
+def test_an_unwritable_out_folder_or_a_non_numeric_icc_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "tree"
+    sample(root, "t1", ("turn_taking.json", TURN), [(2.5, 2.9), (3.0, 3.4)])
+    (tmp_path / "afile").write_text("")
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"1": "abc"}))
+    for extra in (["--out", str(tmp_path / "afile")], ["--out", str(tmp_path / "o"), "--icc-gt", str(gt)]):
+        assert main(["eval", "fdb", str(root), "--score-only", "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("duplexer: error:") and "\n" not in err

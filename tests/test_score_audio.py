@@ -239,3 +239,25 @@ def test_words_from_whisper_lie_inside_the_bots_speech(tmp_path: Path) -> None:
     end = last_audible_ms(reply, 2500.0)
     assert all(onset - 100.0 <= w["start_ms"] < w["end_ms"] <= end + 100.0 for w in words)
     assert scored["per_turn"][0]["takeover"]
+
+
+def test_a_backchannel_soon_after_the_bot_starts_answering_is_not_talk_over() -> None:
+    from duplexer.sims.audio_timeline import user_turns_from_spans
+    from duplexer.sims.turn_metrics import Speech, score_turns
+
+    turns = user_turns_from_spans([(0.0, 2000.0), (3000.0, 3400.0)], [(2600.0, 6000.0)])
+    assert [t.kind for t in turns] == ["turn", "backchannel"]
+    first = score_turns(turns, [Speech(2600.0, 6000.0)]).turns[0]
+    assert first.response_latency_ms == 600.0 and first.talk_over_count == 0
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_scoring(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wav = tmp_path / "c.wav"
+    write_wav(wav, interleave_stereo(np.zeros(RATE_HZ, np.int16), np.zeros(RATE_HZ, np.int16)), RATE_HZ, channels=2)
+    (tmp_path / "afile").write_text("")
+    for target in (tmp_path / "afile" / "out.json", tmp_path):
+        assert main(["score", str(wav), "--json", str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("duplexer: error:") and "\n" not in err and str(target) in err

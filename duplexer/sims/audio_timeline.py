@@ -1,8 +1,9 @@
 """Who spoke when, found in audio: the timelines :mod:`duplexer.sims.turn_metrics` scores a recording by.
 
-Each channel is read the way Full-Duplex-Bench (FDB) v1.5 reads it: Silero VAD over the whole
-channel, with the rule of Silero's ``get_speech_timestamps`` (threshold 0.5, a region ends after
-``VAD_MIN_SILENCE_MS`` below ``threshold - 0.15``). Silero's windows are 32 ms and its edges late
+Each channel is read as Full-Duplex-Bench (FDB) v1.5 reads it: Silero VAD over the whole channel,
+with the rule of Silero's ``get_speech_timestamps`` (threshold 0.5, a region ends after
+``VAD_MIN_SILENCE_MS`` below ``threshold - 0.15``), except that a region needs only
+``VAD_MIN_SPEECH_MS`` (two windows, not Silero's 250 ms), so a short word over the bot is heard. Silero's windows are 32 ms and its edges late
 (by up to a few windows at an onset, by its minimum silence and more at an end), so each region is
 refined by energy: its speech is the audible audio (:func:`duplexer.kernels.loudness.audible_spans`,
 -40 dBFS, sample-exact edges) that overlaps the region widened by one VAD window, followed out to
@@ -183,7 +184,9 @@ def played_speech_spans(samples: np.ndarray, rate_hz: int, vad: SileroVad | None
     regions = vad_regions(vad_probabilities(x, rate_hz, vad))
     if noise_floor_dbfs(x, rate_hz, regions) >= AUDIBLE_DBFS:
         return [(round(s, 1), round(e, 1)) for s, e in regions if e - s >= MIN_SPEECH_MS]
-    return [(round(s, 1), round(e, 1)) for s, e in audible_spans(x, rate_hz, AUDIBLE_DBFS)]
+    # A stretch shorter than one audible frame is a click, not speech (a 20 ms burst is speech).
+    spans = audible_spans(x, rate_hz, AUDIBLE_DBFS)
+    return [(round(s, 1), round(e, 1)) for s, e in spans if e - s >= AUDIBLE_FRAME_MS]
 
 
 def _as_float(samples: np.ndarray) -> np.ndarray:
@@ -230,15 +233,20 @@ def user_turns_from_spans(
     current: list[tuple[float, float]] | None = None
     for i, (start, end) in enumerate(spans):
         last_end = current[-1][1] if current else None
-        answered = last_end is not None and any(last_end < s.start_ms and s.end_ms <= start for s in bot)
+        over_bot = any(s.start_ms <= start < s.end_ms for s in bot)
+        goes_on = i + 1 < len(spans) and spans[i + 1][0] - end <= USER_MERGE_GAP_MS
+        backchannel = over_bot and end - start < BACKCHANNEL_MAX_MS and not goes_on
+        since = float("-inf") if last_end is None else last_end
+        took_floor = last_end is not None and any(since < s.start_ms <= start for s in bot)
+        answered = took_floor and any(since < s.start_ms and s.end_ms <= start for s in bot)
+        if backchannel and (last_end is None or took_floor or start - last_end >= TURN_GAP_MS):
+            # "mm-hm" over the bot's answer: the user's turn before it is over
+            turns.append(([(start, end)], "backchannel"))
+            current = None
+            continue
         if last_end is not None and start - last_end < TURN_GAP_MS and not answered:
             assert current is not None
             current.append((start, end))
-            continue
-        over_bot = any(s.start_ms <= start < s.end_ms for s in bot)
-        goes_on = i + 1 < len(spans) and spans[i + 1][0] - end <= USER_MERGE_GAP_MS
-        if over_bot and end - start < BACKCHANNEL_MAX_MS and not goes_on:
-            turns.append(([(start, end)], "backchannel"))
             continue
         current = [(start, end)]
         turns.append((current, "turn"))

@@ -192,7 +192,7 @@ def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
                 "user_transcript": info.get("user_transcript"),
                 "bot_reply": info.get("bot_reply"),
                 "response_latency_ms": _rounded(latency),
-                "engine_first_chunk_ms": _rounded(engine_on.latencies_ms.get(i)),
+                "engine_first_chunk_ms": _rounded(engine_on.first_chunk_ms.get(i)),
                 "barge_in_stop_ms": _rounded(facts_on.barge_in_stops_ms.get(i)),
                 "talk_over_ms": _rounded(scored[i].talk_over_ms),
                 "pause_taken_over": scored[i].pause_taken_over,

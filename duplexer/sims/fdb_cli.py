@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from duplexer.cli_support import add_policy_argument, chosen_policy, fail, positive_int
+from duplexer.cli_support import add_policy_argument, chosen_policy, fail, positive_int, unwritable
 from duplexer.runtime.console import progress, say
 
 JUDGE_NOT_IMPLEMENTED = (
@@ -68,9 +68,17 @@ def _eval_fdb(args: argparse.Namespace) -> int:
         policy = chosen_policy(args)
         tasks = [task_name(t) for t in args.task or ()]
         samples = discover(args.root, tasks)
+        if problem := unwritable(args.out, folder=True):
+            raise FdbError(problem)
         icc_gt = read_json(args.icc_gt) if args.icc_gt else None
-        if icc_gt is not None and not isinstance(icc_gt, dict):
-            raise FdbError(f"{args.icc_gt}: expected {{sample id: [probabilities]}}")
+        if icc_gt is not None and not (
+            isinstance(icc_gt, dict)
+            and all(
+                isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                for v in icc_gt.values()
+            )
+        ):
+            raise FdbError(f"{args.icc_gt}: expected {{sample id: [probabilities, as numbers]}}")
     except (FdbError, ValueError) as exc:
         return fail(str(exc))
     if args.score_only:
@@ -109,7 +117,10 @@ def _eval_fdb(args: argparse.Namespace) -> int:
     if all(s.error is not None for s in scores):
         return fail(f"{args.root}: no sample could be scored ({len(scores)} tried; see the lines above)")
     summaries = summarize(scores)
-    paths = write_report(args.out, scores, summaries)
+    try:
+        paths = write_report(args.out, scores, summaries)
+    except OSError as exc:
+        return fail(f"{args.out}: cannot write the report ({exc.strerror or exc})")
     say(table(summaries))
     v15 = sum(1 for s in scores if s.task == "v1_5")
     if v15:

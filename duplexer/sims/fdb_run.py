@@ -38,7 +38,6 @@ from duplexer.sims.fdb import (
     words_from_chunks,
 )
 from duplexer.sims.live import EngineFactory, run_live
-from duplexer.sims.scenario import Say
 from duplexer.sims.turn_metrics import Word
 
 
@@ -61,13 +60,8 @@ async def run_sample(
         scenario, clips = recording_scenario(pcm, sample.name)
     except (WavError, ValueError) as exc:
         raise FdbError(str(exc)) from None
-    last = scenario.script[-1]
-    assert isinstance(last, Say) and last.start is not None and last.start.at_ms is not None and last.segments
-    speech_end_ms = last.start.at_ms + last.segments[-1].end_ms
-    duration_ms = 1000.0 * frames / rate_hz
-    # The conversation lasts as long as the input (not talk's fixed 4 s tail): output.wav is on its clock.
-    scenario = scenario.model_copy(update={"tail_ms": max(0.0, duration_ms - speech_end_ms)})
-    live = await run_live(scenario, clips, make_engines, config, system_prompt)
+    # The whole input is the microphone, noise and all, and the run ends with it: output.wav is on its clock.
+    live = await run_live(scenario, clips, make_engines, config, system_prompt, recording=pcm, quiet_wait_ms=None)
     out = fit_to_input(live.bot_track, rate_hz, frames)
     write_wav(sample.path(OUTPUT_WAV), out.tobytes(), rate_hz)
 

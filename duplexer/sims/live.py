@@ -176,12 +176,14 @@ async def run_live(
     on_event: Callable[[Event], None] | None = None,
     greeting: str = "",
     recording: bytes | None = None,
-    quiet_wait_ms: float = QUIET_WAIT_MS,
+    quiet_wait_ms: float | None = QUIET_WAIT_MS,
 ) -> LiveRun:
     """Play ``scenario`` in real time, speaking ``utterances`` (one per speech span, in order), or,
     given a ``recording``, streaming it verbatim from time 0 as the microphone (the scenario then only
     records the user's turns). The run lasts past the scenario and the whole recording until the bot
-    is quiet, so the reply in progress is heard to its end; at most ``quiet_wait_ms`` longer."""
+    is quiet, so the reply in progress is heard to its end; at most ``quiet_wait_ms`` longer. With
+    ``quiet_wait_ms=None`` it ends with the input, as a benchmark whose outputs must be exactly the
+    input's length needs."""
     clock = LoopClock()
     track = MicTrack(recording or b"")
     input_ms = 1000.0 * len(track.samples) / INPUT_SAMPLE_RATE_HZ
@@ -220,7 +222,7 @@ async def run_live(
     except TimeoutError:
         session.ctx.emit(ErrorEvent, source="live", message=f"{scenario.name} hit max_duration_ms")
     await clock.sleep_ms(input_ms - clock.now_ms())
-    if not await _until_quiet(clock, replies, quiet_wait_ms):
+    if quiet_wait_ms is not None and not await _until_quiet(clock, replies, quiet_wait_ms):
         message = f"{scenario.name}: the bot was still replying {quiet_wait_ms / 1000:.0f} s after the input ended"
         session.ctx.emit(ErrorEvent, source="live", message=message)
     stop_mic.set()

@@ -119,9 +119,8 @@ def turn_facts(run: SimRun) -> TurnFacts:
             facts.unanswered_turns += 1
         else:
             facts.latencies_ms[index] = scored.response_latency_ms
-            reply = next(
-                (a.reply_id for a in run.bot_audio if a.start_ms == scored.end_ms + scored.response_latency_ms), None
-            )
+            answer_ms = scored.end_ms + scored.response_latency_ms  # the answering stretch's first audio
+            reply = next((a.reply_id for a in run.bot_audio if abs(a.start_ms - answer_ms) < 0.5), None)
             if reply in chunk_at:
                 facts.first_chunk_ms[index] = chunk_at[reply] - scored.end_ms
         if scored.barge_in_stop_ms is not None:

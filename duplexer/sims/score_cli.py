@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from duplexer.cli_support import fail
+from duplexer.cli_support import fail, unwritable
 from duplexer.kernels.loudness import AUDIBLE_DBFS
 from duplexer.runtime.console import say
 from duplexer.sims.audio_timeline import BACKCHANNEL_MAX_MS, TURN_GAP_MS
@@ -79,6 +79,8 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from duplexer.protocols.wav import WavError
 
+    if args.json and (problem := unwritable(args.json)):
+        return fail(problem)
     try:
         user, bot, rate_hz, sources = _channels(args)
         windows = _turn_windows(args.turns) if args.turns else None
@@ -108,8 +110,11 @@ def run(args: argparse.Namespace) -> int:
             "per_turn": rows,
             "summary": scored.summary,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(document, indent=2) + "\n")
+        except OSError as exc:
+            return fail(f"{args.json}: cannot write ({exc.strerror or exc})")
         say(f"wrote {args.json}")
     return 0
 

@@ -98,8 +98,9 @@ class TurnScore:
     barge_in_stop_ms: float | None = None
     backchannel_stopped_bot: bool | None = None
     takeover: bool = False
-    """FDB's takeover: the bot spoke words between this turn's start and the next turn's start
-    that span at least 1 s, or fewer but more than three words (words judged by duration when unknown)."""
+    """FDB's takeover: the bot spoke words between this turn's start (its end, for a turn that began
+    over the bot) and the next turn's start that span at least 1 s, or fewer but more than three words
+    (judged by seconds of speech when the words are unknown)."""
 
     def row(self) -> dict[str, Any]:
         return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -182,7 +183,8 @@ def _score_turn(number: int, turn: UserTurn, next_turn_ms: float, bot: Sequence[
     answers = [s.start_ms for s in bot if end <= s.start_ms < next_turn_ms]
     if answers:
         result.response_latency_ms = answers[0] - end
-    result.takeover = is_takeover(bot, onset, next_turn_ms)
+    # FDB judges an interruption by what the bot says after it ends, so speech already going does not count.
+    result.takeover = is_takeover(bot, end if ongoing is not None else onset, next_turn_ms)
     return result
 
 
