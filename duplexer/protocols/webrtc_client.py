@@ -23,7 +23,6 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from duplexer.kernels.audio import resample_pcm16
 from duplexer.protocols.heard_audio import HeardAudio
 from duplexer.protocols.webrtc_audio import OPUS_FRAME_SAMPLES, OPUS_RATE_HZ, OPUS_TIME_BASE
-from duplexer.runtime.events import FRAME_MS
 
 SILENCE_DBFS = -60.0
 """Received frames quieter than this count as silence."""
@@ -113,26 +112,6 @@ class ReceivedAudio:
         for t, level in zip(self.times_s, self.levels_dbfs, strict=False):
             if t >= after_s and level > threshold_dbfs:
                 return t
-        return None
-
-    def silence_from_s(
-        self, after_s: float, quiet_ms: float = 100.0, threshold_dbfs: float = SILENCE_DBFS
-    ) -> float | None:
-        """Arrival time of the first frame after ``after_s`` that begins ``quiet_ms`` of silence."""
-        need = max(1, round(quiet_ms / FRAME_MS))
-        run_start: float | None = None
-        run = 0
-        for t, level in zip(self.times_s, self.levels_dbfs, strict=False):
-            if t < after_s:
-                continue
-            if level > threshold_dbfs:
-                run_start, run = None, 0
-                continue
-            if run_start is None:
-                run_start = t
-            run += 1
-            if run >= need:
-                return run_start
         return None
 
 

@@ -3,8 +3,9 @@
 Each channel is read as Full-Duplex-Bench (FDB) v1.5 reads it: Silero VAD over the whole channel,
 with the rule of Silero's ``get_speech_timestamps`` (threshold 0.5, a region ends after
 ``VAD_MIN_SILENCE_MS`` below ``threshold - 0.15``), except that a region needs only
-``VAD_MIN_SPEECH_MS`` (two windows, not Silero's 250 ms), so a short word over the bot is heard. Silero's windows are 32 ms and its edges late
-(by up to a few windows at an onset, by its minimum silence and more at an end), so each region is
+``VAD_MIN_SPEECH_MS`` (two windows, not Silero's 250 ms), so a short word over the bot is heard.
+Silero's windows are 32 ms and its edges late (by up to a few windows at an onset, by its minimum
+silence and more at an end), so each region is
 refined by energy: its speech is the audible audio (:func:`duplexer.kernels.loudness.audible_spans`,
 -40 dBFS, sample-exact edges) that overlaps the region widened by one VAD window, followed out to
 ``EDGE_SEARCH_MS`` and split where it falls silent for ``VAD_MIN_SILENCE_MS``. Where the channel's

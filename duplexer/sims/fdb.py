@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
 from duplexer.sims.audio_timeline import speech_spans
-from duplexer.sims.turn_metrics import Speech, Word, is_takeover, percentiles
+from duplexer.sims.turn_metrics import TAKEOVER_MIN_WORDS, Speech, Word, is_takeover, percentiles
 
 INPUT_WAV = "input.wav"
 OUTPUT_WAV = "output.wav"
@@ -41,7 +42,7 @@ TASK_ALIASES = {"interrupt": "user_interruption", "turn_taking": "smooth_turn_ta
 V1_TASKS = ("pause_handling", "smooth_turn_taking", "user_interruption", "backchannel")
 """The tasks with v1 tables; v1.5 samples are run (outputs written) but their labels need a judge."""
 
-ASR_RATE_HZ = 16_000
+ASR_RATE_HZ = INPUT_SAMPLE_RATE_HZ
 """Words and backchannel speech are found on 16 kHz mono audio (FDB's ASR and VAD rate)."""
 BACKCHANNEL_WINDOW_MS = 200.0
 """FDB backchannel: bins of the backchannel-density histogram compared with the ICC ground truth."""
@@ -50,8 +51,8 @@ BACKCHANNEL_LONG_MS = 3000.0
 BACKCHANNEL_SHORT_MS = 1000.0
 BACKCHANNEL_MAX_SHORT_WORDS = 2
 """FDB backchannel: a segment under 1 s with at most this many words is not a takeover."""
-BACKCHANNEL_MAX_WORDS = 3
-"""FDB backchannel: a segment with more words than this is a takeover whatever its length."""
+BACKCHANNEL_MAX_WORDS = TAKEOVER_MIN_WORDS - 1
+"""FDB backchannel: a segment with more words than this (FDB's "more than 3") is a takeover whatever its length."""
 SEGMENT_MIN_SPEECH_MS = 250.0
 SEGMENT_PAD_MS = 30.0
 """Speech segments of output.wav for backchannel, as FDB takes them from Silero VAD's defaults: the
