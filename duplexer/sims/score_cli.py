@@ -151,8 +151,10 @@ def _channels(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, int, di
         raise ValueError("give CONVERSATION.wav (stereo), or both --user and --bot")
     user, user_hz = read_wav_channels(args.user)
     bot, bot_hz = read_wav_channels(args.bot)
-    mixed_bot = resample(bot.mean(axis=0), bot_hz, user_hz)
-    return user.mean(axis=0), mixed_bot, user_hz, {"user": str(args.user), "bot": str(args.bot)}
+    rate_hz = max(user_hz, bot_hz)  # the higher rate, so neither side loses the detail its edges are found in
+    mixed_user = resample(user.mean(axis=0), user_hz, rate_hz)
+    mixed_bot = resample(bot.mean(axis=0), bot_hz, rate_hz)
+    return mixed_user, mixed_bot, rate_hz, {"user": str(args.user), "bot": str(args.bot)}
 
 
 def _turn_windows(path: Path) -> list[Any]:

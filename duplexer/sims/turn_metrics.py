@@ -216,6 +216,7 @@ def summarize_turns(turns: Sequence[TurnScore]) -> dict[str, Any]:
             "total_ms": round(sum(t.talk_over_ms for t in said), 1),
         },
         "pause_takeover_rate": rate(sum(t.pause_taken_over for t in with_pause), len(with_pause)),
+        "takeover_rate": rate(sum(t.takeover for t in said), len(said)),
         "backchannel_false_stop_rate": rate(
             sum(bool(t.backchannel_stopped_bot) for t in backchannels), len(backchannels)
         ),
