@@ -64,8 +64,9 @@ def build_tree(root: Path) -> int:
         second, text2 = phrase(2 * i + 1, rate)
         d1, d2 = len(first) / rate, len(second) / rate
         folder = root / ("pause", "turn", "interrupt")[i % 3] / f"{i}"
-        if i % 3 == 0:  # a mid-turn pause of 1 s
-            audio = place([(0.3, first), (0.3 + d1 + 1.0, second)], 0.3 + d1 + 1.0 + d2 + 2.0, rate)
+        if i % 3 == 0:  # a mid-turn pause of 1 s; as in FDB's pause set the input ends with the speech, so
+            # any bot speech in the output is a takeover of the pause, not an answer to the finished turn
+            audio = place([(0.3, first), (0.3 + d1 + 1.0, second)], 0.3 + d1 + 1.0 + d2 + 0.12, rate)
             note = [{"text": "[PAUSE]", "timestamp": [round(0.3 + d1, 3), round(0.3 + d1 + 1.0, 3)]}]
             (folder / "pause.json").parent.mkdir(parents=True, exist_ok=True)
             (folder / "pause.json").write_text(json.dumps(note))
