@@ -1,6 +1,7 @@
 """The controller's vocabulary: phases, state, the scratch space of one step, and the shapes of rules.
 
-The rules themselves, their parameters and presets live in :mod:`duplexer.policies.controller`.
+The rules themselves are in :mod:`duplexer.policies.rules`, their parameters and presets in
+:mod:`duplexer.policies.params`, and the state machine that applies them in :mod:`duplexer.policies.controller`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from duplexer.runtime.events import CancelReply, Event, StartReply, StateChanged
 
 if TYPE_CHECKING:
-    from duplexer.policies.controller import PolicyParams
+    from duplexer.policies.params import PolicyParams
 
 E = TypeVar("E", bound=Event)
 
@@ -77,7 +78,7 @@ class UndeclaredTransition(ControllerError):
     def __init__(self, phase: Phase, kind: type[Event]) -> None:
         super().__init__(
             f"no rule for event {kind.__name__} in state {phase.value}: declare it in "
-            "duplexer.policies.controller.TRANSITIONS (as a transition or as ignored)"
+            "duplexer.policies.rules.TRANSITIONS (as a transition or as ignored)"
         )
 
 
@@ -92,7 +93,7 @@ class UndeclaredTarget(ControllerError):
         self.phase, self.kind, self.target = phase, kind, target
         super().__init__(
             f"rule for event {kind.__name__} in state {phase.value} moved to {target.value}, "
-            "a target it does not declare in duplexer.policies.controller.TRANSITIONS"
+            "a target it does not declare in duplexer.policies.rules.TRANSITIONS"
         )
 
 
