@@ -19,6 +19,7 @@ are any, else by a rule (:func:`user_turns_from_spans`); bot speech is merged by
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -295,3 +296,21 @@ def score_recording(
     user_turns = user_turns_from_spans(user_spans, bot_spans, turns)
     score = score_turns(user_turns, bot_speech_from_spans(bot_spans, bot_words))
     return RecordingScore(user_spans, bot_spans, user_turns, score, summarize_turns(score.turns))
+
+
+class LazyWhisper:
+    """The project's Whisper as words with times (text, start_ms, end_ms) of 16 kHz float audio,
+    loaded on the first call: ``duplexer score --words`` and ``eval fdb`` need it only for audio
+    that has no words yet."""
+
+    def __init__(self) -> None:
+        self._asr: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, audio: Any) -> Any:
+        with self._lock:
+            if self._asr is None:
+                from duplexer.actors.models.whisper_asr import WhisperAsr
+
+                self._asr = WhisperAsr(window="full")
+        return self._asr.transcribe_words(audio)

@@ -37,7 +37,7 @@ from duplexer.runtime.events import (
     StartReply,
 )
 from duplexer.runtime.session import Session
-from duplexer.sims.audio_timeline import TURN_GAP_MS, played_speech_spans, speech_spans
+from duplexer.sims.audio_timeline import TURN_GAP_MS, speech_spans
 from duplexer.sims.live import EngineFactory, KeepingSink, LiveRun, MicTrack, run_live, without_speculation
 from duplexer.sims.metrics import percentiles, turn_facts
 from duplexer.sims.persona import Persona
@@ -134,18 +134,6 @@ def audio_after_commit_ms(run: SimRun, index: int) -> float | None:
     return round(min(starts) - commits[0], 1)
 
 
-def heard_run(live: LiveRun) -> SimRun:
-    """The run as the user heard it: the bot's audio stretches are where its played track is audible,
-    each cut to the reply whose chunks it lies in, not where the chunks were written (Piper starts a
-    reply with a few hundred ms of digital silence)."""
-    heard: list[BotInterval] = []
-    for start, end in played_speech_spans(live.bot_track, INPUT_SAMPLE_RATE_HZ):
-        for played in live.run.bot_audio:
-            if played.start_ms < end and start < played.end_ms:
-                heard.append(BotInterval(played.reply_id, max(start, played.start_ms), min(end, played.end_ms)))
-    return replace(live.run, bot_audio=sorted(heard, key=lambda a: a.start_ms))
-
-
 def _rounded(ms: float | None) -> float | None:
     return None if ms is None else round(ms, 1)
 
@@ -153,8 +141,8 @@ def _rounded(ms: float | None) -> float | None:
 def turn_records(on: LiveRun, off: LiveRun | None) -> list[dict[str, Any]]:
     """Per user turn: what was said and heard, the reply, and its timing as heard (the engine's own
     time to the first chunk beside it)."""
-    facts_on = turn_facts(heard_run(on))
-    facts_off = turn_facts(heard_run(off)) if off else None
+    facts_on = turn_facts(on.heard)
+    facts_off = turn_facts(off.heard) if off else None
     engine_on = turn_facts(on.run)
     scored = dict(zip(facts_on.step_of_turn, facts_on.turns, strict=True))
     by_reply: dict[str, dict[str, Any]] = {}
@@ -215,7 +203,7 @@ def summarize_demo(records: list[dict[str, Any]], on: LiveRun, off: LiveRun | No
     latencies = [r["response_latency_ms"] for r in records if r["response_latency_ms"] is not None]
     stops = [r["barge_in_stop_ms"] for r in records if r["barge_in_stop_ms"] is not None]
     saved = [r["latency_saved_ms"] for r in records if r["latency_saved_ms"] is not None]
-    facts = turn_facts(heard_run(on))
+    facts = turn_facts(on.heard)
     engine = [r["engine_first_chunk_ms"] for r in records if r["engine_first_chunk_ms"] is not None]
     return {
         "response_latency_ms": percentiles(latencies, (10, 50, 90)),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,6 @@ JUDGE_NOT_IMPLEMENTED = (
     "--judge-url: the LLM judge (FDB's interruption relevance and v1.5 behaviour labels) is not "
     "implemented yet; run without it for the timing and takeover figures"
 )
-
-
-class LazyWhisper:
-    """Whisper with word times, loaded on the first sample that needs it (score-only trees with
-    output.json everywhere need none)."""
-
-    def __init__(self) -> None:
-        self._asr: Any = None
-        self._lock = threading.Lock()
-
-    def __call__(self, audio: Any) -> Any:
-        with self._lock:
-            if self._asr is None:
-                from duplexer.actors.models.whisper_asr import WhisperAsr
-
-                self._asr = WhisperAsr(window="full")
-        return self._asr.transcribe_words(audio)
 
 
 def _engines(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -82,6 +64,8 @@ def _eval_fdb(args: argparse.Namespace) -> int:
     except (FdbError, ValueError) as exc:
         return fail(str(exc))
     if args.score_only:
+        from duplexer.sims.audio_timeline import LazyWhisper
+
         transcribe = hum_words if args.engines == "scripted" else LazyWhisper()
         bar = tqdm(total=len(samples), desc="samples", unit="sample", disable=args.quiet)
         scores = []

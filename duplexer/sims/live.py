@@ -9,6 +9,7 @@ as a stereo wav (user left, bot right) and measured with the simulator's metrics
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -35,8 +36,9 @@ from duplexer.runtime.events import (
     StateChanged,
 )
 from duplexer.runtime.session import Session
+from duplexer.sims.audio_timeline import played_speech_spans
 from duplexer.sims.scenario import Scenario
-from duplexer.sims.simulator import RECORDED_EVENTS, RecordingSink, SimRun, _BotWatch, _User
+from duplexer.sims.simulator import RECORDED_EVENTS, BotInterval, RecordingSink, SimRun, _BotWatch, _User
 
 EngineFactory = Callable[[Clock, AudioSink], Engines]
 
@@ -126,6 +128,18 @@ class LiveRun:
     bot_track: np.ndarray
     history: list[tuple[str, str]]
     history_events: list[HistoryUpdated] = field(default_factory=list)
+
+    @functools.cached_property
+    def heard(self) -> SimRun:
+        """The run as the user heard it: the bot's audio stretches are where its played track is
+        audible, each cut to the reply whose chunks it lies in, not where the chunks were written
+        (a TTS reply may start with digital silence). Found once: the VAD reads the whole track."""
+        heard: list[BotInterval] = []
+        for start, end in played_speech_spans(self.bot_track, INPUT_SAMPLE_RATE_HZ):
+            for played in self.run.bot_audio:
+                if played.start_ms < end and start < played.end_ms:
+                    heard.append(BotInterval(played.reply_id, max(start, played.start_ms), min(end, played.end_ms)))
+        return replace(self.run, bot_audio=sorted(heard, key=lambda a: a.start_ms))
 
 
 async def _mic(session: Session, track: MicTrack, stop: asyncio.Event) -> None:

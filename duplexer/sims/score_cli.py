@@ -121,15 +121,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _words(bot: np.ndarray, rate_hz: int) -> list[Any]:
     """The bot's words with their times, from the project's Whisper on its side of the recording."""
-    from duplexer.actors.models.whisper_asr import WhisperAsr
     from duplexer.kernels.audio import resample
     from duplexer.runtime.console import progress
     from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
+    from duplexer.sims.audio_timeline import LazyWhisper
     from duplexer.sims.turn_metrics import Word
 
     progress("transcribing the bot's side with Whisper for word times...")
     audio = resample(bot.astype(np.float32), rate_hz, INPUT_SAMPLE_RATE_HZ).astype(np.float32)
-    return [Word(text, start, end) for text, start, end in WhisperAsr(window="full").transcribe_words(audio)]
+    return [Word(text, start, end) for text, start, end in LazyWhisper()(audio)]
 
 
 def _channels(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, int, dict[str, str]]:
