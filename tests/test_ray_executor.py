@@ -62,6 +62,14 @@ def _outcome(run: SimRun) -> dict[str, Any]:
     }
 
 
+def _on_a_boundary(run: SimRun) -> bool:
+    """A bot onset within the wall clock's drift of a user's onset: which came first decides whether
+    the turn was answered and then barged in, or talked over, so the two clocks may differ honestly
+    (follow_up_before_reply: the reply starts 100 ms before the user's follow-up)."""
+    onsets = [t.start_ms for t in turn_facts(run).turns]
+    return any(abs(a.start_ms - o) < LATENCY_TOLERANCE_MS for a in run.bot_audio for o in onsets)
+
+
 def test_every_scenario_has_the_same_outcome_under_ray_as_on_the_virtual_clock() -> None:
     jobs = _prepare(sorted(SCENARIOS.glob("*.yaml")), PolicyParams())
     assert len(jobs) >= 30
@@ -71,8 +79,14 @@ def test_every_scenario_has_the_same_outcome_under_ray_as_on_the_virtual_clock()
 
     runs = run_real_time(jobs, 0, make_session, concurrency=CONCURRENCY)
     mismatches = []
+    compared = 0
     for (scenario, params), run in zip(jobs, runs, strict=True):
         reference = simulate(scenario, params, 0)
+        if _on_a_boundary(reference):
+            # Whether the bot came in before or after the user is a coin flip within the clock's drift.
+            assert turn_facts(run).errors == 0, scenario.name
+            continue
+        compared += 1
         got, want = _outcome(run), _outcome(reference)
         if got != want:
             mismatches.append(f"{scenario.name}: ray {got} != virtual {want}")
@@ -82,6 +96,7 @@ def test_every_scenario_has_the_same_outcome_under_ray_as_on_the_virtual_clock()
             if abs(ray_lat[step] - latency) > LATENCY_TOLERANCE_MS:
                 mismatches.append(f"{scenario.name} step {step}: latency {ray_lat[step]:.0f} vs {latency:.0f} ms")
     assert not mismatches, "\n".join(mismatches)
+    assert compared >= 30
     assert _alive_session_hosts() == [], "session hosts outlived their sessions"
 
 
