@@ -14,7 +14,9 @@ import pytest
 
 from duplexer.actors.models.loading import load_models
 from duplexer.actors.models.packages import ModelPackageMissing, package_dir
+from duplexer.actors.models.piper_tts import LEAD_KEEP_MS, SENTENCE_GAP_MS
 from duplexer.actors.models.silero_vad import SileroVad
+from duplexer.kernels.loudness import audible_spans
 from duplexer.protocols.wav import read_wav
 from duplexer.runtime.events import FRAME_SAMPLES, INPUT_SAMPLE_RATE_HZ
 from tests.conftest import SHARED
@@ -115,6 +117,19 @@ def test_piper_speaks_at_the_output_rate_and_renders_slow(models) -> None:  # ty
     assert 1.0 < seconds < 4.0
     assert len(slow) > 1.1 * len(plain)
     assert np.abs(np.frombuffer(plain, dtype="<i2")).max() > 3000
+
+
+def test_piper_streams_sentences_from_their_first_audible_sample(models) -> None:  # type: ignore[no-untyped-def]
+    """Piper opens "I'm ..." with ~280 ms of near-silence; the stream starts at the voice instead."""
+
+    async def chunks() -> list[bytes]:
+        return [pcm async for pcm in models.tts.synthesize("I'm a sports advisor. I love it.", "r")]
+
+    rate = models.tts.sample_rate_hz
+    for pcm in asyncio.run(chunks()):
+        spans = audible_spans(np.frombuffer(pcm, dtype="<i2"), rate)
+        assert spans[0][0] <= LEAD_KEEP_MS + 1.0
+        assert 1000.0 * len(pcm) / 2 / rate - spans[-1][1] <= SENTENCE_GAP_MS + 1.0
 
 
 def test_demo_holds_a_real_conversation(tmp_path: Path) -> None:

@@ -58,3 +58,15 @@ def audible_spans(
         last = (b - 1) * frame + int(len(last_frame) - 1 - np.argmax(last_frame[::-1] >= level))
         spans.append((1000.0 * first / rate_hz, 1000.0 * (last + 1) / rate_hz))
     return spans
+
+
+def trim_quiet_pcm16(pcm: bytes, rate_hz: int, keep_lead_ms: float, keep_trail_ms: float) -> bytes:
+    """Mono PCM16 ``pcm`` with its inaudible edges cut to at most ``keep_lead_ms`` before the first
+    audible sample and ``keep_trail_ms`` after the last; ``b""`` when nothing in it is audible."""
+    samples = np.frombuffer(pcm, dtype="<i2")
+    spans = audible_spans(samples, rate_hz)
+    if not spans:
+        return b""
+    first = round(spans[0][0] * rate_hz / 1000.0) - round(keep_lead_ms * rate_hz / 1000.0)
+    last = round(spans[-1][1] * rate_hz / 1000.0) + round(keep_trail_ms * rate_hz / 1000.0)
+    return samples[max(0, first) : min(len(samples), last)].tobytes()

@@ -10,15 +10,25 @@ from typing import Any
 from duplexer.actors.models.compute_gate import ComputeGate, Urgency, gated_steps, stream_from_thread
 from duplexer.actors.models.packages import piper_voice_paths, require_module
 from duplexer.kernels.audio import resample_pcm16
+from duplexer.kernels.loudness import trim_quiet_pcm16
 from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
 
 DEFAULT_OUTPUT_RATE_HZ = INPUT_SAMPLE_RATE_HZ
 RATE_TAGS = {"slow": 1.3, "fast": 0.8}
 """Instruction tags Piper can render, as its length scale."""
+LEAD_KEEP_MS = 10.0
+"""Silence kept before a sentence's first audible sample. Piper opens a sentence with up to ~290 ms
+of near-silence ("I'm ..." measured 283 ms at -40 dBFS): the user would wait that long for nothing."""
+SENTENCE_GAP_MS = 150.0
+"""Silence kept after a sentence's last audible sample (Piper leaves ~200 ms); with the next
+sentence's lead cut to LEAD_KEEP_MS this is the pause heard between sentences and clauses."""
 
 
 class PiperTts:
-    """Piper, en_US joe (22.05 kHz), resampled to the output rate; renders (slow) and (fast)."""
+    """Piper, en_US joe (22.05 kHz), resampled to the output rate; renders (slow) and (fast).
+
+    Streamed sentences start at their first audible sample (:data:`LEAD_KEEP_MS`) and keep a short
+    pause after their last (:data:`SENTENCE_GAP_MS`)."""
 
     renderable_instructions = frozenset(RATE_TAGS)
 
@@ -64,7 +74,9 @@ class PiperTts:
             for chunk in gated_steps(self.voice.synthesize(text, syn_config=config), self.gate, Urgency.TTS):
                 if stop.is_set():
                     break
-                emit(resample_pcm16(chunk.audio_int16_bytes, self.native_rate_hz, self.sample_rate_hz))
+                pcm = trim_quiet_pcm16(chunk.audio_int16_bytes, self.native_rate_hz, LEAD_KEEP_MS, SENTENCE_GAP_MS)
+                if pcm:
+                    emit(resample_pcm16(pcm, self.native_rate_hz, self.sample_rate_hz))
 
         async for pcm in stream_from_thread(produce, self.lock):
             yield pcm
