@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from duplexer.policies.controller import ClockWentBackwards, Controller, Phase, PolicyParams, next_deadline_ms, step
+from duplexer.policies.reply import RESUMED_AFTER_COMMIT
 from duplexer.runtime.events import (
     FRAME_MS,
     AsrFinal,
@@ -28,6 +29,7 @@ from duplexer.runtime.events import (
     StartReply,
     StopPlayout,
     Tick,
+    VadOnsetCandidate,
     VadSpeechStart,
     VadSpeechStop,
 )
@@ -87,11 +89,14 @@ class ControllerMachine(RuleBasedStateMachine):
         self.committed: dict[int, list[str]] = {}
         self.committed_ids: set[str] = set()
         self.cancelled: set[str] = set()
+        self.taken_back: set[str] = set()
+        """Committed replies cancelled because the user went on just after the commit."""
         self.playout_requested: set[str] = set()
         self.playing: str | None = None
         self.play_started_at = 0.0
         self.stops_due: list[str] = []
         self.ended: set[str] = set()
+        self.candidate_since: float | None = None
 
     # ---------------------------------------------------------------- plumbing
 
@@ -107,10 +112,17 @@ class ControllerMachine(RuleBasedStateMachine):
                 assert action.turn_id is not None
                 started = self.started[action.reply_id]
                 assert started.user_text == action.user_text, "committed a reply made for other words"
+                if self.candidate_since is not None:
+                    assert self.now - self.candidate_since >= self.params.onset_hold_max_ms - 1e-6, (
+                        f"committed {self.now - self.candidate_since} ms into an onset candidate"
+                    )
                 self.committed.setdefault(action.turn_id, []).append(action.reply_id)
                 self.committed_ids.add(action.reply_id)
             elif isinstance(action, CancelReply):
                 self.cancelled.add(action.reply_id)
+                if action.reason == RESUMED_AFTER_COMMIT:
+                    assert action.reply_id in self.committed_ids, "only a committed reply is taken back"
+                    self.taken_back.add(action.reply_id)
                 if self.playing == action.reply_id:  # the playout actor stops a cancelled reply too
                     self._stop_playing(action.reply_id)
             elif isinstance(action, ResumePlayout):
@@ -145,6 +157,9 @@ class ControllerMachine(RuleBasedStateMachine):
     @rule(probability=st.sampled_from([0.3, 0.9]))
     def user_starts_speaking(self, probability: float) -> None:
         self.segment += 1
+        if self.candidate_since is not None:  # confirmed or not, the VAD's candidate run ends here
+            self.candidate_since = None
+            self.apply(ev(VadOnsetCandidate, active=False, probability=probability, since_ms=self.now))
         if probability >= self.params.min_speech_probability:
             self.speaking_since = self.now
         self.apply(ev(VadSpeechStart, segment_id=self.segment, probability=probability, speech_start_ms=self.now))
@@ -162,6 +177,17 @@ class ControllerMachine(RuleBasedStateMachine):
         self.user_stops_speaking()
         self.transcript_arrives(words, partial=False)
         self.time_passes(int(self.params.end_of_turn_ms // TICK_MS) + 2)
+
+    @precondition(lambda self: self.speaking_since is None)
+    @rule(active=st.booleans())
+    def vad_onset_candidate(self, active: bool) -> None:
+        """The VAD's raw probability rises (maybe speech) or falls back, with no speech confirmed."""
+        if active == (self.candidate_since is not None):
+            return
+        since = self.now if active else self.candidate_since
+        assert since is not None
+        self.candidate_since = self.now if active else None
+        self.apply(ev(VadOnsetCandidate, active=active, probability=0.4, since_ms=since))
 
     @precondition(lambda self: self.speaking_since is not None)
     @rule()
@@ -221,7 +247,8 @@ class ControllerMachine(RuleBasedStateMachine):
     @invariant()
     def at_most_one_committed_reply_per_turn(self) -> None:
         for turn_id, replies in self.committed.items():
-            assert len(replies) <= 1, f"turn {turn_id} committed {replies}"
+            standing = [r for r in replies if r not in self.taken_back]
+            assert len(standing) <= 1, f"turn {turn_id} committed {replies}, taken back {self.taken_back}"
 
     @invariant()
     def every_reply_is_live_committed_or_cancelled(self) -> None:

@@ -20,7 +20,7 @@ from duplexer.actors.engines import Message
 from duplexer.actors.llm import TOOL_ROLE
 from duplexer.actors.tool_calls import call_text
 from duplexer.actors.tts import split_instructions
-from duplexer.policies.reply import ReplyLedger
+from duplexer.policies.reply import RESUMED_AFTER_COMMIT, ReplyLedger
 from duplexer.runtime.actor import Actor, SessionContext
 from duplexer.runtime.events import (
     CancelReply,
@@ -92,6 +92,13 @@ class ContextManager:
         """Messages for a reply: system, history, then the (possibly still changing) user text."""
         return (("system", self.system_prompt), *self.history, ("user", user_text))
 
+    def retract(self, message: Message) -> None:
+        """Take back the latest ``message`` (a user turn that turned out not to be over)."""
+        for i in range(len(self.history) - 1, -1, -1):
+            if self.history[i] == message:
+                del self.history[i]
+                return
+
     def add(self, role: str, text: str) -> None:
         self.history.append((role, text))
         excess = len(self.history) - self.max_messages
@@ -130,6 +137,8 @@ class ContextActor(Actor):
         """Which replies were committed or cancelled: only a committed reply's words enter history."""
         self.spoken: dict[str, _Spoken] = {}
         self.calls: dict[str, list[_Call]] = {}
+        self.committed_user: dict[str, Message] = {}
+        """The user message each live committed reply answers, until the reply ends."""
         self.late_results: dict[str, int | None] = {}
         """Calls of finished replies whose result is still to come: call id -> turn id."""
 
@@ -152,10 +161,17 @@ class ContextActor(Actor):
             )
         elif isinstance(event, CommitReply):
             self._record("user", event.user_text, event.turn_id)
+            self.committed_user[event.reply_id] = ("user", event.user_text)
         elif isinstance(event, SpeakText):  # the bot speaks first: history keeps what is played
             self.spoken[event.reply_id] = _Spoken(event.turn_id)
         elif isinstance(event, CancelReply):
-            if not self.lives.committed(event.reply_id):
+            user_message = self.committed_user.pop(event.reply_id, None)
+            if event.reason == RESUMED_AFTER_COMMIT:  # the user went on: neither side of it happened
+                if user_message is not None:
+                    self.manager.retract(user_message)
+                self.spoken.pop(event.reply_id, None)
+                self.calls.pop(event.reply_id, None)
+            elif not self.lives.committed(event.reply_id):
                 self.spoken.pop(event.reply_id, None)
                 self.calls.pop(event.reply_id, None)
         elif isinstance(event, ToolCallRequested):
@@ -170,8 +186,10 @@ class ContextActor(Actor):
             if spoken is not None:
                 spoken.add(event.text, event.duration_ms)
         elif isinstance(event, PlayoutDone):
+            self.committed_user.pop(event.reply_id, None)
             self._finish(event.reply_id, None)
         elif isinstance(event, TruncateHistory):
+            self.committed_user.pop(event.reply_id, None)
             self._finish(event.reply_id, event.played_ms)
 
     def _finish(self, reply_id: str, played_ms: float | None) -> None:

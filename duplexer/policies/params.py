@@ -55,6 +55,13 @@ class PolicyParams:
     (off: TTS waits for the commit, saving work on discarded replies)."""
     asr_final_timeout_ms: float = 2000.0
     """How long past end of turn to wait for a late final transcript before replying anyway."""
+    onset_hold_max_ms: float = 250.0
+    """Longest a VAD onset candidate (raw speech probability up, speech not yet confirmed) holds back
+    a commit: a real onset is confirmed within the VAD's onset lag (~60-100 ms); steady noise near the
+    candidate threshold must not hold the reply for ever."""
+    resume_after_commit_ms: float = 500.0
+    """User speech that starts within this long after a commit continues the user's turn: the reply
+    stops at once and is taken back (no min_barge_in_ms of talking over the user)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):

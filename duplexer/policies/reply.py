@@ -29,6 +29,10 @@ from duplexer.runtime.events import (
     StartReply,
 )
 
+RESUMED_AFTER_COMMIT = "resumed_after_commit"
+"""CancelReply reason: the user went on speaking just after the commit, so the turn was not over.
+The reply is taken back: its user message and its words leave the history."""
+
 
 class ReplyStage(enum.StrEnum):
     STARTED = "started"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from duplexer.policies.params import PolicyParams
+from duplexer.policies.reply import RESUMED_AFTER_COMMIT
 from duplexer.policies.state import (
     TIME_EPSILON_MS,
     ControllerState,
@@ -39,6 +40,7 @@ from duplexer.runtime.events import (
     StopPlayout,
     Tick,
     TruncateHistory,
+    VadOnsetCandidate,
     VadSpeechStart,
     VadSpeechStop,
 )
@@ -79,6 +81,27 @@ def _user_resumes(step: Step, ev: VadSpeechStart) -> None:
     if _speech_joins_turn(step, ev):
         step.cancel_reply("user_resumed")
         step.goto(Phase.USER_SPEAKING, "user resumed")
+
+
+def _onset_candidate(step: Step, ev: VadOnsetCandidate) -> None:
+    step.set(onset_candidate_ms=ev.since_ms if ev.active else None)
+
+
+def _resumes_after_commit(step: Step, ev: VadSpeechStart) -> bool:
+    """Speech within resume_after_commit_ms of a commit: the user was not done. The reply stops at
+    once and is taken back, and the speech joins the user's turn; False for any other speech."""
+    s, params = step.state, step.params
+    if s.committed_at_ms is None or s.reply is None or ev.probability < params.min_speech_probability:
+        return False
+    if ev.speech_start_ms - s.committed_at_ms > params.resume_after_commit_ms:
+        return False
+    reply = s.reply
+    step.emit(StopPlayout, reply_id=reply.reply_id)
+    step.emit(CancelReply, reply_id=reply.reply_id, reason=RESUMED_AFTER_COMMIT)
+    step.set(reply=None, stopping_reply_id=reply.reply_id, committed_at_ms=None, speculative_calls=0)
+    _speech_joins_turn(step, ev)
+    step.goto(Phase.USER_SPEAKING, "user resumed after commit")
+    return True
 
 
 def _speech_stops(step: Step, ev: VadSpeechStop) -> None:
@@ -140,7 +163,10 @@ def _end_of_turn_due(s: ControllerState, params: PolicyParams) -> float | None:
     eot_ms = params.effective_end_of_turn_ms(s.eot_probability)
     if s.awaiting_final:  # the final transcript decides the reply: wait for it, within bounds
         eot_ms += params.asr_final_timeout_ms
-    return s.silence_since_ms + eot_ms
+    due_ms = s.silence_since_ms + eot_ms
+    if s.onset_candidate_ms is not None:  # the newest audio may be the user going on: no commit onto it
+        due_ms = max(due_ms, s.onset_candidate_ms + params.onset_hold_max_ms)
+    return due_ms
 
 
 def _barge_in_due(s: ControllerState, params: PolicyParams) -> float | None:
@@ -172,7 +198,7 @@ def _end_of_turn(step: Step) -> None:
     if reply is None or reply.user_text != text:
         step.cancel_reply("stale_input")
         reply = step.start_reply(speculative=False)
-    step.set(awaiting_final=frozenset())
+    step.set(awaiting_final=frozenset(), committed_at_ms=step.now_ms)
     step.emit(CommitReply, reply_id=reply.reply_id, user_text=text)
     step.emit(StartPlayout, reply_id=reply.reply_id)
     step.goto(Phase.BOT_REPLYING, "end of turn")
@@ -330,7 +356,7 @@ def _playout_ended_in_overlap(step: Step, ev: PlayoutStopped) -> None:
 
 
 def _overlap_begins(step: Step, ev: VadSpeechStart) -> None:
-    if ev.probability < step.params.min_speech_probability:
+    if ev.probability < step.params.min_speech_probability or _resumes_after_commit(step, ev):
         return
     step.set(speaking=True, speech_start_ms=ev.speech_start_ms, overlap_segment=ev.segment_id)
     reply = step.state.reply
@@ -410,6 +436,7 @@ def _rule(handler: Handler, *targets: Phase, note: str = "") -> Rule:
 
 
 CONTROLLER_INPUTS: tuple[type[Event], ...] = (
+    VadOnsetCandidate,
     VadSpeechStart,
     VadSpeechStop,
     AsrPartial,
@@ -432,6 +459,7 @@ _LATE_STOP = "truncate a stopped reply's history; the live one played uncommitte
 
 TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
     S: {
+        VadOnsetCandidate: _rule(_onset_candidate, note="recorded: only a commit waits on it"),
         VadSpeechStart: _rule(_speech_starts_turn, US, note="user starts a new turn"),
         VadSpeechStop: _ignore("no speech was open"),
         AsrPartial: _ignore("text of speech outside any turn (noise, backchannel)"),
@@ -444,6 +472,7 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         Tick: _ignore("nothing is timed in silence"),
     },
     US: {
+        VadOnsetCandidate: _rule(_onset_candidate, note="recorded: only a commit waits on it"),
         VadSpeechStart: _rule(_speech_continues, note="speech resumes after a short gap"),
         VadSpeechStop: _rule(_speech_stops, note="silence timing starts"),
         AsrPartial: _ignore("partials are for display; the final decides"),
@@ -456,6 +485,7 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         Tick: _rule(_tick, UP, BR, S, note="timers: pause (then end of turn, if also due)"),
     },
     UP: {
+        VadOnsetCandidate: _rule(_onset_candidate, note="holds the end-of-turn commit while speech may be starting"),
         VadSpeechStart: _rule(_user_resumes, US, note="user resumes: cancel speculation"),
         VadSpeechStop: _rule(_speech_stops, note="silence timing starts"),
         AsrPartial: _ignore("partials are for display; the final decides"),
@@ -468,7 +498,10 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         Tick: _rule(_tick, BR, S, note="timer: end of turn, commit latest reply or start fresh"),
     },
     BR: {
-        VadSpeechStart: _rule(_overlap_begins, UO, US, note="user speech over the bot"),
+        VadOnsetCandidate: _rule(_onset_candidate, note="recorded: only a commit waits on it"),
+        VadSpeechStart: _rule(
+            _overlap_begins, UO, US, note="user speech over the bot; just after a commit it continues the turn"
+        ),
         VadSpeechStop: _ignore("no user speech was open"),
         AsrPartial: _ignore("text of a backchannel or noise"),
         AsrFinal: _ignore("text of a backchannel or noise"),
@@ -480,6 +513,7 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         Tick: _ignore("nothing is timed while the bot speaks alone"),
     },
     UO: {
+        VadOnsetCandidate: _rule(_onset_candidate, note="recorded: only a commit waits on it"),
         VadSpeechStart: _rule(_overlap_continues, US, note="speech again while held: the overlap goes on"),
         VadSpeechStop: _rule(_overlap_ends, BR, US, note="short overlap: a backchannel, after resume_after_ms"),
         AsrPartial: _ignore("the overlap's length decides, not its text"),

@@ -60,6 +60,10 @@ class ControllerState:
     overlap_segment: int | None = None
     overlap_speech_ms: float = 0.0
     """User speech in the current overlap before its open segment (resume_after_ms joins segments)."""
+    onset_candidate_ms: float | None = None
+    """Since when the VAD has a speech onset candidate (raw probability up, speech not confirmed)."""
+    committed_at_ms: float | None = None
+    """When the live reply was committed (None: not a committed answer to a user turn)."""
 
     @property
     def user_text(self) -> str:
@@ -159,6 +163,7 @@ class Step:
             speculative_calls=0,
             overlap_segment=None,
             overlap_speech_ms=0.0,
+            committed_at_ms=None,
         )
 
 

@@ -86,6 +86,20 @@ class VadSpeechStop(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class VadOnsetCandidate(Event):
+    """The newest frames may hold speech (``active``), or no longer do: the VAD's raw probability
+    crossed its candidate threshold while no speech was open. It comes before a :class:`VadSpeechStart`
+    by the VAD's onset lag, so the controller can hold a commit that would land on a resuming user
+    without reading every frame. ``since_ms`` is the first frame above the threshold."""
+
+    active: bool
+    probability: float
+    since_ms: float
+    # The data lane, as the VAD's other events: an ended candidate must not overtake the
+    # VadSpeechStart that confirmed it, or a commit could slip in between.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AsrPartial(Event):
     """Interim transcript of the speech segment in progress."""
 
