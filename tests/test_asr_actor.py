@@ -19,6 +19,7 @@ from duplexer.runtime.events import (
     AsrFinal,
     AudioFrame,
     Event,
+    VadOffsetCandidate,
     VadSpeechStart,
     VadSpeechStop,
 )
@@ -128,3 +129,25 @@ def test_each_final_starts_at_its_preroll_or_the_previous_end_whichever_is_later
     assert engine.finals[1][0] == max(second - preroll_frames, first + length)
     for heard in engine.finals:
         assert heard == list(range(heard[0], heard[-1] + 1)), "frames are contiguous and in order"
+
+
+def offset(segment_id: int, at_frame: int) -> VadOffsetCandidate:
+    return VadOffsetCandidate(session_id=S, ts_ms=0.0, segment_id=segment_id, speech_end_ms=at_frame * FRAME_MS)
+
+
+def test_a_final_started_at_an_offset_candidate_is_the_final_when_the_stop_confirms_its_end() -> None:
+    frames = [frame(k) for k in range(30)]
+    events: list[Event] = [start(1, 2), *frames[:22], offset(1, 20), *frames[22:27], stop(1, 20)]
+    engine, finals = drive(events)
+    assert len(engine.finals) == 1  # computed once, ahead of the stop
+    assert engine.finals[0][-1] == 21  # from the audio heard by the candidate, not by the stop
+    assert [f.text for f in finals] == ["22 frames"]
+
+
+def test_an_early_final_is_dropped_when_the_user_goes_on() -> None:
+    frames = [frame(k) for k in range(60)]
+    events: list[Event] = [start(1, 2), *frames[:22], offset(1, 20), *frames[22:50], stop(1, 45)]
+    engine, finals = drive(events)
+    assert len(engine.finals) == 2
+    assert [f.text for f in finals] == [f"{len(engine.finals[1])} frames"]
+    assert engine.finals[1][-1] == 49

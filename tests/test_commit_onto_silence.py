@@ -20,10 +20,12 @@ from duplexer.runtime.events import (
     AudioFrame,
     CancelReply,
     CommitReply,
+    Event,
     PlayoutStarted,
     StartReply,
     StopPlayout,
     TruncateHistory,
+    VadOffsetCandidate,
     VadOnsetCandidate,
     VadSpeechStart,
     VadSpeechStop,
@@ -109,9 +111,13 @@ class _Probabilities:
 
 
 def _vad_events(values: list[float]) -> list[object]:
+    return _vad_events_of(values, (VadOnsetCandidate, VadSpeechStart))
+
+
+def _vad_events_of(values: list[float], kinds: tuple[type[Event], ...]) -> list[object]:
     async def run() -> list[object]:
         session = Session(session_id="s")
-        out = session.bus.subscribe("test", (VadOnsetCandidate, VadSpeechStart), maxsize=1000)
+        out = session.bus.subscribe("test", kinds, maxsize=1000)
         vad = VadActor(session.ctx, _Probabilities(values), VadParams())
         silence = b"\0\0" * FRAME_SAMPLES
         for seq in range(len(values)):
@@ -153,3 +159,13 @@ def test_a_reply_taken_back_leaves_the_history_as_before_it() -> None:
         return manager.history
 
     assert asyncio.run(run()) == []
+
+
+def test_the_vad_offers_a_speech_end_once_per_silence_before_it_stops() -> None:
+    on, off = [0.9] * 5, [0.05] * 8
+    events = _vad_events_of([*on, 0.05, 0.9, *on, *off], (VadOffsetCandidate, VadSpeechStop))
+    offers = [e for e in events if isinstance(e, VadOffsetCandidate)]
+    (stop,) = [e for e in events if isinstance(e, VadSpeechStop)]
+    assert len(offers) == 1  # a one-frame dip is not 40 ms of silence
+    assert offers[0].speech_end_ms == stop.speech_end_ms == 12 * FRAME_MS
+    assert events.index(offers[0]) < events.index(stop)

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 from duplexer.actors.engines import VadEngine
 from duplexer.runtime.actor import Actor, SessionContext
-from duplexer.runtime.events import AudioFrame, Event, VadOnsetCandidate, VadSpeechStart, VadSpeechStop
+from duplexer.runtime.events import (
+    AudioFrame,
+    Event,
+    VadOffsetCandidate,
+    VadOnsetCandidate,
+    VadSpeechStart,
+    VadSpeechStop,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,9 @@ class VadParams:
     hysteresis: float = 0.15
     min_speech_ms: float = 60.0
     min_silence_ms: float = 100.0
+    offset_candidate_ms: float = 40.0
+    """Silence after which speech may have ended (:class:`VadOffsetCandidate`): the ASR starts the
+    final transcript then, ``min_silence_ms - offset_candidate_ms`` before the stop is certain."""
     candidate_threshold: float = 0.3
     """A frame at or above this raw probability, with no speech open, may be speech starting
     (Silero gives silence and steady noise < 0.1, and speech onsets pass 0.3 one window before 0.5)."""
@@ -80,7 +90,10 @@ class VadActor(Actor):
         elif prob < p.threshold - p.hysteresis:
             if self.run_start_ms is None:
                 self.run_start_ms = frame_start_ms
-            if frame_end_ms - self.run_start_ms >= p.min_silence_ms:
+            silence_ms = frame_end_ms - self.run_start_ms
+            if silence_ms >= p.offset_candidate_ms and silence_ms - event.duration_ms < p.offset_candidate_ms:
+                self.emit(VadOffsetCandidate, segment_id=self.segment_id, speech_end_ms=self.run_start_ms)
+            if silence_ms >= p.min_silence_ms:
                 self.in_speech = False
                 self.emit(
                     VadSpeechStop,

@@ -100,6 +100,16 @@ class VadOnsetCandidate(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class VadOffsetCandidate(Event):
+    """Speech may have ended at ``speech_end_ms``: the VAD has heard ``offset_candidate_ms`` of
+    silence, short of the ``min_silence_ms`` that makes it a :class:`VadSpeechStop` (which, if it
+    comes, carries the same end). The ASR starts the final transcript here, so it is ready sooner."""
+
+    segment_id: int
+    speech_end_ms: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AsrPartial(Event):
     """Interim transcript of the speech segment in progress."""
 
