@@ -38,7 +38,7 @@ class FakeDetector:
         self.fail = fail
         self.delay_s = delay_s
 
-    async def end_of_turn_probability(self, transcript: str, context: Sequence[Message]) -> float:
+    async def end_of_turn_probability(self, transcript: str, context: Sequence[Message], audio: bytes = b"") -> float:
         self.calls.append((transcript, tuple(context)))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -179,7 +179,9 @@ def test_an_engine_failure_is_an_error_event_and_the_actor_goes_on() -> None:
 
 def test_a_probability_outside_0_1_is_clamped_and_nan_is_an_error() -> None:
     class Odd(FakeDetector):
-        async def end_of_turn_probability(self, transcript: str, context: Sequence[Message]) -> float:
+        async def end_of_turn_probability(
+            self, transcript: str, context: Sequence[Message], audio: bytes = b""
+        ) -> float:
             return {"high": 1.7, "low": -0.2}.get(transcript.split()[-1], float("nan"))
 
     out = drive(Odd(), [state("Silence", "UserSpeaking", 1), final(1, "high"), 0.1, final(2, "low")])
