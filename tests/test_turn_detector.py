@@ -453,11 +453,24 @@ def drive_actor(engine: object, events: Sequence[Event | float], params: TurnDet
     return run_virtual(main())
 
 
+REASK = TurnDetectorParams(pause_offsets_ms=PAUSE_OFFSETS_MS)
+
+
+def test_by_default_a_pause_is_judged_once_when_it_starts_with_the_turns_audio() -> None:
+    engine = HearingDetector()
+    speech = [frame(i) for i in range(50)]
+    out, _ = drive_actor(engine, [state("Silence", "UserSpeaking", 1), *speech, stop(1)])
+    assert [len(audio) for _, audio in engine.calls] == [50 * FRAME_SAMPLES * 2]
+    assert probabilities(out) == [pytest.approx(0.2)]
+
+
 def test_a_pause_is_judged_when_it_starts_and_again_as_it_lengthens_with_its_audio() -> None:
     engine = HearingDetector()
     speech = [frame(i) for i in range(50)]  # 1 s of speech
     out, _ = drive_actor(
-        engine, [state("Silence", "UserSpeaking", 1), *speech, stop(1), state("UserSpeaking", "UserPaused", 1)]
+        engine,
+        [state("Silence", "UserSpeaking", 1), *speech, stop(1), state("UserSpeaking", "UserPaused", 1)],
+        REASK,
     )
     # Only the ask at the stop: no frames arrive during the pause in this drive, so the later asks
     # carry the same audio; what matters is that they happen, 200 and 400 ms in.
@@ -471,7 +484,7 @@ def test_the_later_asks_hear_the_pause_grow() -> None:
     events: list[Event | float] = [state("Silence", "UserSpeaking", 1), *[frame(i) for i in range(50)], stop(1)]
     for i in range(50, 80):  # 600 ms of silence, one frame per 20 ms
         events += [frame(i, loud=False), 0.02]
-    out, _ = drive_actor(engine, events)
+    out, _ = drive_actor(engine, events, REASK)
     trailing_ms = [(len(a) - len(a.rstrip(b"\x00"))) / 32 for _, a in engine.calls]
     assert trailing_ms[0] == 0.0
     assert 180.0 <= trailing_ms[1] <= 220.0 and 380.0 <= trailing_ms[2] <= 420.0
@@ -484,6 +497,7 @@ def test_speech_resuming_in_the_pause_stops_the_later_asks_and_withdraws_the_est
     out, _ = drive_actor(
         engine,
         [state("Silence", "UserSpeaking", 1), *[frame(i) for i in range(10)], stop(1), 0.1, speech(2)],
+        REASK,
     )
     assert len(engine.calls) == 1  # the 200 and 400 ms asks never happen
     assert probabilities(out) == [pytest.approx(0.2), NEUTRAL_PROBABILITY]
@@ -499,7 +513,7 @@ def test_a_slow_answer_overtaken_by_a_newer_one_is_dropped() -> None:
             return 0.1 * len(self.calls)
 
     engine = SlowFirst()
-    out, _ = drive_actor(engine, [state("Silence", "UserSpeaking", 1), frame(0), stop(1)])
+    out, _ = drive_actor(engine, [state("Silence", "UserSpeaking", 1), frame(0), stop(1)], REASK)
     # asks at 0 (answers at 500 ms), 200 ms (answers at 210) and 400 ms (at 410): the first is stale by then
     assert probabilities(out) == [pytest.approx(0.2), pytest.approx(0.3)]
 

@@ -100,3 +100,16 @@ def test_the_fused_engine_asks_the_text_detector_once_per_transcript_and_the_aud
     assert len(audio.calls) == 3 and audio.calls[-1][1] == b"\x00\x01\x00\x00\x00\x00"
     assert out[0] == pytest.approx(FusionWeights(0.0, 1.0, 1.0).probability(0.9, 0.2))
     assert fused.last_parts == (0.9, 0.2)
+
+
+def test_the_default_real_engines_fuse_the_text_and_audio_detectors() -> None:
+    from duplexer.actors.models.loading import LoadedModels, RealEngineConfig
+
+    config = RealEngineConfig()
+    assert config.audio_turn_detector and config.turn_detector is not None
+    text, audio = Counting(0.9), Counting(0.2)
+    both = LoadedModels(asr=None, llm=None, tts=None, text_turn_detector=text, audio_turn_detector=audio)  # type: ignore[arg-type]
+    assert isinstance(both.turn_detector, FusedTurnDetector)
+    assert both.turn_detector is not both.turn_detector  # one per session: its text answer is the session's
+    only_audio = LoadedModels(asr=None, llm=None, tts=None, audio_turn_detector=audio)  # type: ignore[arg-type]
+    assert only_audio.turn_detector is audio

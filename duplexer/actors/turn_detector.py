@@ -20,10 +20,11 @@ on is dropped.
 
 The detector also hears the turn (:class:`~duplexer.actors.engines.TurnDetectorEngine` takes its
 audio): the actor keeps the user turn's last 8 s of microphone audio and asks again when a pause
-starts (the VAD's speech stop while the user holds the floor) and as the pause lengthens
-(:attr:`TurnDetectorParams.pause_offsets_ms`), since a held pitch that sounded unfinished at the
-stop may be followed by silence that makes the end plain. The silence itself is never an input
-here: the controller counts it once, by its end-of-turn rule.
+starts (the VAD's speech stop while the user holds the floor), and optionally as the pause
+lengthens (:attr:`TurnDetectorParams.pause_offsets_ms`). That is off by default: measured with
+``duplexer bench eot``, Smart Turn hears the growing silence as an end (p > 0.5 at 17% of mid-turn
+pauses at the stop, 61% 400 ms later), which would count the silence twice; the controller counts
+it once, by its end-of-turn rule.
 """
 
 from __future__ import annotations
@@ -56,9 +57,8 @@ NEUTRAL_PROBABILITY = 0.5
 TURN_AUDIO_MAX_MS = WINDOW_S * 1000.0
 """The turn audio kept for the detector: the audio model hears its last 8 s, no more."""
 PAUSE_OFFSETS_MS = (200.0, 400.0)
-"""When a pause has lasted this long after the VAD's speech stop, the detector is asked again.
-The stop itself comes ~100 ms after the speech ended (the VAD's offset lag); with the live policy's
-shortest end-of-turn wait (>= 300 ms of silence) a later ask could no longer shorten the wait."""
+"""Later asks into a pause (ms after the VAD's speech stop, itself ~100 ms after the speech ended)
+that ``duplexer bench eot`` measures; the actor makes them only when configured to."""
 TURN_LEAD_IN_MS = 500.0
 """Audio kept from before the controller saw the turn begin: the VAD's onset lag and the events'
 delivery put the first speech up to a few hundred ms before that."""
@@ -87,8 +87,9 @@ class TurnDetectorParams:
     context_max_words: int = 30
     """Only the end of a long bot reply is given: it is what the user answers, and a short context
     keeps the detector's first call in a turn cheap (~2-3 ms per word of context on 2 cores)."""
-    pause_offsets_ms: tuple[float, ...] = PAUSE_OFFSETS_MS
-    """Asks again this long into a pause (after the VAD's stop), with the pause's audio so far."""
+    pause_offsets_ms: tuple[float, ...] = ()
+    """Asks again this long into a pause (after the VAD's stop), with the pause's audio so far; for
+    example :data:`PAUSE_OFFSETS_MS`. None by default: the audio model reads the silence as an end."""
 
 
 class TurnDetectorActor(Actor):

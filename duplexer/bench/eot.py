@@ -43,7 +43,12 @@ from duplexer.bench.eot_pauses import (
 from duplexer.policies.params import LIVE_CALL_POLICY, PolicyParams
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vap_phrases"
-DETECTORS = ("silence", "text", "audio", "fused")
+DETECTORS = ("silence", "text", "audio", "audio@stop", "fused", "fused@stop")
+"""``@stop``: asked only when the pause starts (and, fused, when the final lands), not as it lengthens."""
+NOMINAL_AUDIO_CALL_MS = 60.0
+"""Smart Turn's call on one idle core (features ~10 ms, model ~50 ms)."""
+NOMINAL_TEXT_READY_MS = 300.0
+"""From the VAD's stop to the text detector's answer: Whisper's final on the segment, then SmolLM2."""
 MAX_CUTOFF = 0.05
 PLOT_NAME = "eot_curve.png"
 Schedule = list[tuple[float, float]]
@@ -77,11 +82,21 @@ class Point:
     """Share of mid-turn pauses (each modelled hesitation) taken over."""
 
 
-def schedule(rec: Recording, detector: str, weights: FusionWeights, resume_ms: float) -> Schedule:
-    """When each of a detector's estimates reaches the controller in this pause, as the actor asks."""
-    text_at = VAD_STOP_LAG_MS + rec.text_ms
-    asks = [(VAD_STOP_LAG_MS + o, ms, p) for o, ms, p in zip(ASK_OFFSETS_MS, rec.audio_ms, rec.p_audio, strict=True)]
+def schedule(
+    rec: Recording, detector: str, weights: FusionWeights, resume_ms: float, measured_timing: bool = False
+) -> Schedule:
+    """When each of a detector's estimates reaches the controller in this pause, as the actor asks.
+
+    Compute times are nominal (an idle machine) unless ``measured_timing``: then each call's recorded
+    wall time, which on a shared machine says more about the load than about the models.
+    """
+    text_at = VAD_STOP_LAG_MS + (rec.text_ms if measured_timing else NOMINAL_TEXT_READY_MS)
+    call_ms = rec.audio_ms if measured_timing else [NOMINAL_AUDIO_CALL_MS] * len(rec.audio_ms)
+    asks = [(VAD_STOP_LAG_MS + o, ms, p) for o, ms, p in zip(ASK_OFFSETS_MS, call_ms, rec.p_audio, strict=True)]
     asks = [a for a in asks if a[0] < resume_ms]  # the actor stops asking when the user speaks again
+    if detector.endswith("@stop"):
+        asks = asks[:1]
+        detector = detector.removesuffix("@stop")
     if detector == "silence":
         return []
     if detector == "text":
@@ -114,9 +129,16 @@ class Replay:
     mids: list[tuple[Schedule, float]]
 
     @classmethod
-    def of(cls, recs: Sequence[Recording], detector: str, weights: FusionWeights) -> Replay:
-        ends = [schedule(r, detector, weights, math.inf) for r in recs if r.kind in ENDS]
-        mids = [(schedule(r, detector, weights, h), h) for r in recs if r.kind == "long_mid" for h in HESITATIONS_MS]
+    def of(
+        cls, recs: Sequence[Recording], detector: str, weights: FusionWeights, measured_timing: bool = False
+    ) -> Replay:
+        ends = [schedule(r, detector, weights, math.inf, measured_timing) for r in recs if r.kind in ENDS]
+        mids = [
+            (schedule(r, detector, weights, h, measured_timing), h)
+            for r in recs
+            if r.kind == "long_mid"
+            for h in HESITATIONS_MS
+        ]
         return cls(ends, mids)
 
     def point(self, rule: Rule) -> Point:
@@ -154,14 +176,15 @@ def best_within(points: Sequence[Point], max_cutoff: float) -> Point | None:
 
 
 def fit_samples(recs: Sequence[Recording]) -> tuple[list[float], list[float], list[bool]]:
-    """(p_text, p_audio, ended) at every ask of every pause: what the fusion learns from."""
-    pt, pa, ended = [], [], []
-    for r in recs:
-        for p in r.p_audio:
-            pt.append(r.p_text)
-            pa.append(p)
-            ended.append(r.ended)
-    return pt, pa, ended
+    """(p_text, p_audio at the pause's start, ended), twice per pause: what the fusion learns from.
+
+    As the fused engine is asked live: at the VAD's stop, before the pause's final, the text side is
+    neutral (0.5); once the final lands it has the transcript. The audio is the first ask's only:
+    later asks hear more silence, and the silence is the controller's to count.
+    """
+    pt = [0.5] * len(recs) + [r.p_text for r in recs]
+    pa = [r.p_audio[0] for r in recs] * 2
+    return pt, pa, [r.ended for r in recs] * 2
 
 
 def above_half_rates(recs: Sequence[Recording], weights: FusionWeights) -> list[tuple[str, ...]]:
@@ -221,7 +244,7 @@ def plot(curves: dict[str, list[Point]], chosen: Point | None, path: Path, title
         ys = [100.0 * p.cutoff for p in points]
         ax.step(xs, ys, where="post", marker="o", markersize=3, label=detector)
     if chosen is not None:
-        ax.plot([chosen.dead_air_ms], [100.0 * chosen.cutoff], "k*", markersize=14, label="chosen (fused)")
+        ax.plot([chosen.dead_air_ms], [100.0 * chosen.cutoff], "k*", markersize=14, label="chosen point")
     ax.axhline(100.0 * MAX_CUTOFF, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("dead air at true ends (mean ms of silence before the bot commits)")
     ax.set_ylabel("mid-turn pauses cut off (%)")
@@ -283,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-cutoff", type=float, metavar="RATE", default=MAX_CUTOFF, help="false cut-off rate allowed (0.05)"
+    )
+    parser.add_argument(
+        "--measured-timing",
+        action="store_true",
+        help="replay each call's recorded wall time instead of nominal ones (Smart Turn "
+        f"{NOMINAL_AUDIO_CALL_MS:g} ms, text answer {NOMINAL_TEXT_READY_MS:g} ms after the VAD's stop)",
     )
     parser.add_argument("--rerecord", action="store_true", help="ask the models again instead of reading the cache")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

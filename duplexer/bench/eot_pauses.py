@@ -45,8 +45,10 @@ _FRAME_MS = 10.0
 _WORD_START_SLACK_MS = 30.0
 _SILENCE_DB = -45.0
 """A 10 ms frame this far below the clip's loudest frame is silence (the clips are clean TTS)."""
-HESITATIONS_MS = (250.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0)
-"""How long the modelled mid-turn pauses last before the user goes on, equally weighted."""
+HESITATIONS_MS = (160.0, 250.0, 320.0, 380.0, 460.0, 550.0, 650.0, 790.0, 1020.0, 1540.0)
+"""How long the modelled mid-turn pauses last before the user goes on, equally weighted: the ten
+5%-95% quantiles of a log-normal with median 500 ms and 90th percentile 1.2 s (a modelling choice:
+most hesitations are short, a few are long)."""
 CACHE_NAME = "pauses.json"
 CACHE_VERSION = 1
 

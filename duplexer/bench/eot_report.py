@@ -57,10 +57,11 @@ def report(
     curves: dict[str, list[Point]] = {}
     rows = []
     chosen_fused: Point | None = None
+    fused_name, fused_fit_air = "fused", float("inf")
     for detector in DETECTORS:
         rules = rules_for(detector)
-        on_fit = Replay.of(fit_recs, detector, weights)
-        on_report = Replay.of(report_recs, detector, weights)
+        on_fit = Replay.of(fit_recs, detector, weights, args.measured_timing)
+        on_report = Replay.of(report_recs, detector, weights, args.measured_timing)
         fit_points = [on_fit.point(rule) for rule in rules] if fit_recs else []
         report_points = [on_report.point(rule) for rule in rules]
         curves[detector] = frontier(report_points)
@@ -68,13 +69,13 @@ def report(
         chosen_here = on_report.point(chosen.rule) if chosen is not None else None
         rows.append(_row(detector, f"chosen on {fit_voices}, measured on {voices}", chosen_here))
         rows.append(_row(detector, f"best on {voices} itself", best_within(report_points, max_cut)))
-        if detector == "fused":
-            chosen_fused = chosen_here
+        if detector.startswith("fused") and chosen is not None and chosen.dead_air_ms < fused_fit_air:
+            chosen_fused, fused_name, fused_fit_air = chosen_here, detector, chosen.dead_air_ms
     baseline_same = None
     if chosen_fused is not None:
-        silence = Replay.of(report_recs, "silence", weights)
+        silence = Replay.of(report_recs, "silence", weights, args.measured_timing)
         baseline_same = best_within([silence.point(r) for r in rules_for("silence")], chosen_fused.cutoff)
-        rows.append(_row("silence", f"at the fused point's cut-off rate on {voices}", baseline_same))
+        rows.append(_row("silence", f"at the {fused_name} point's cut-off rate on {voices}", baseline_same))
 
     args.out.mkdir(parents=True, exist_ok=True)
     plot_path = args.out / PLOT_NAME
@@ -101,7 +102,7 @@ def report(
     if chosen_fused is not None:
         r = chosen_fused.rule
         notes.append(
-            f"chosen (fused, least dead air at <= {_pct(max_cut)} false cut-offs on {fit_voices}): "
+            f"chosen ({fused_name}, least dead air at <= {_pct(max_cut)} false cut-offs on {fit_voices}): "
             f"PolicyParams(end_of_turn_min_ms={r.min_ms:g}, end_of_turn_ms={r.default_ms:g}, "
             f"end_of_turn_max_ms={r.max_ms:g}); on {voices}: {chosen_fused.dead_air_ms:.0f} ms dead air, "
             f"{_pct(chosen_fused.cutoff)} cut off"
