@@ -93,20 +93,22 @@ def test_probabilities_match_the_reference_analyzer(engine) -> None:  # type: ig
 
 
 @pytest.mark.slow
-def test_a_finished_question_sounds_more_finished_than_the_same_words_mid_turn(engine) -> None:  # type: ignore[no-untyped-def]
-    from duplexer.bench.eot_pauses import VAD_STOP_LAG_MS, find_pauses
+def test_finished_questions_sound_more_finished_than_the_same_words_mid_turn(engine) -> None:  # type: ignore[no-untyped-def]
+    """At the VAD's stop (100 ms of silence after the words), over voice F's phrases: Smart Turn
+    is not right on every clip, but on the whole it hears the difference the text cannot see."""
+    from duplexer.bench.eot_pauses import VAD_STOP_LAG_MS, find_pauses, read_samples
 
-    root = PHRASES.parent
-    pauses = {p.kind: p for p in find_pauses(root, ["A"], ["bike"])}
-    stop_s = {kind: (p.speech_end_ms + VAD_STOP_LAG_MS) / 1000 for kind, p in pauses.items()}
+    def at_stop(pause) -> float:  # type: ignore[no-untyped-def]
+        speech = read_samples(pause.wav)[: round(pause.speech_end_ms * 16)]
+        return engine.probability_of_samples(
+            np.concatenate([speech, np.zeros(round(VAD_STOP_LAG_MS * 16), np.float32)])
+        )
 
-    def at_stop(kind: str) -> float:
-        pcm = clip_pcm16(pauses[kind].wav.stem)
-        speech = pcm[: 2 * round(pauses[kind].speech_end_ms * 16)]
-        silence = bytes(2 * round((stop_s[kind] * 1000 - pauses[kind].speech_end_ms) * 16))
-        return engine.probability_blocking(speech + silence)
-
-    assert at_stop("short_end") > 0.5 > at_stop("long_mid")
+    pauses = find_pauses(PHRASES.parent, ["F"])
+    ends = [at_stop(p) for p in pauses if p.kind == "short_end"]
+    mids = [at_stop(p) for p in pauses if p.kind == "long_mid"]
+    assert np.mean(ends) > np.mean(mids) + 0.3, (ends, mids)
+    assert np.mean(np.array(mids) < 0.5) >= 0.7
     assert engine.last_call_ms > 0
 
 
