@@ -192,11 +192,11 @@ def above_half_rates(recs: Sequence[Recording], weights: FusionWeights) -> list[
     last = len(ASK_OFFSETS_MS) - 1
     late = f"+{ASK_OFFSETS_MS[last]:g} ms"
     readers: list[tuple[str, Callable[[Recording], float]]] = [
-        ("text", lambda r: r.p_text),
+        ("text (Whisper's transcript)", lambda r: r.p_text),
         ("audio at the stop", lambda r: r.p_audio[0]),
         (f"audio {late}", lambda r: r.p_audio[last]),
-        ("fused at the stop", lambda r: weights.probability(r.p_text, r.p_audio[0])),
-        (f"fused {late}", lambda r: weights.probability(r.p_text, r.p_audio[last])),
+        ("fused: audio at the stop, with the transcript", lambda r: weights.probability(r.p_text, r.p_audio[0])),
+        (f"fused: audio {late}, with the transcript", lambda r: weights.probability(r.p_text, r.p_audio[last])),
     ]
     rows = []
     for label, read in readers:
