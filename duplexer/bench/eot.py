@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from duplexer.actors.turn_fusion import FUSION_WEIGHTS, FusionWeights, fit_fusion
+from duplexer.actors.turn_fusion import FusionWeights, fit_fusion
 from duplexer.bench.eot_pauses import (
     ASK_OFFSETS_MS,
     CACHE_NAME,
@@ -355,6 +355,3 @@ def copy_plot_beside(plot_path: Path, log_path: Path | None) -> str | None:
     if target.resolve() != plot_path.resolve():
         shutil.copyfile(plot_path, target)
     return target.name
-
-
-__all__ = ["DETECTORS", "FUSION_WEIGHTS", "Point", "Replay", "Rule", "commit_ms", "main", "schedule"]
