@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "llm": ("duplexer.bench.llm", "main", "LLM in process vs its HTTP server: TTFT, decode, cancel"),
     "webrtc": ("duplexer.bench.webrtc", "main", "barge-in stop latency over WebRTC vs in process"),
     "asr": ("duplexer.bench.asr", "main", "Whisper short window vs 30 s window: word accuracy, time per call"),
+    "eot": ("duplexer.bench.eot", "main", "end of turn: dead air vs false cut-offs, silence/text/audio/fused"),
     "executors": ("duplexer.bench.executors", "main", "local vs Ray executor: event hop latency, sessions"),
 }
 

@@ -12,18 +12,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from duplexer.actors.engines import Message
-from duplexer.actors.turn_detector import NEUTRAL_PROBABILITY, TurnDetectorActor, normalize_transcript
+from duplexer.actors.turn_detector import (
+    NEUTRAL_PROBABILITY,
+    PAUSE_OFFSETS_MS,
+    TURN_AUDIO_MAX_MS,
+    TurnDetectorActor,
+    TurnDetectorParams,
+    normalize_transcript,
+)
 from duplexer.runtime.actor import SessionContext
 from duplexer.runtime.bus import Bus
 from duplexer.runtime.clock import LoopClock, run_virtual
 from duplexer.runtime.events import (
+    FRAME_SAMPLES,
     AsrFinal,
+    AudioFrame,
     EndOfTurnProbability,
     ErrorEvent,
     Event,
     HistoryUpdated,
     StateChanged,
     VadSpeechStart,
+    VadSpeechStop,
 )
 from tests.conftest import SHARED
 
@@ -38,7 +48,7 @@ class FakeDetector:
         self.fail = fail
         self.delay_s = delay_s
 
-    async def end_of_turn_probability(self, transcript: str, context: Sequence[Message]) -> float:
+    async def end_of_turn_probability(self, transcript: str, context: Sequence[Message], audio: bytes = b"") -> float:
         self.calls.append((transcript, tuple(context)))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -179,7 +189,9 @@ def test_an_engine_failure_is_an_error_event_and_the_actor_goes_on() -> None:
 
 def test_a_probability_outside_0_1_is_clamped_and_nan_is_an_error() -> None:
     class Odd(FakeDetector):
-        async def end_of_turn_probability(self, transcript: str, context: Sequence[Message]) -> float:
+        async def end_of_turn_probability(
+            self, transcript: str, context: Sequence[Message], audio: bytes = b""
+        ) -> float:
             return {"high": 1.7, "low": -0.2}.get(transcript.split()[-1], float("nan"))
 
     out = drive(Odd(), [state("Silence", "UserSpeaking", 1), final(1, "high"), 0.1, final(2, "low")])
@@ -391,3 +403,136 @@ def test_tts_cuts_only_the_first_clause_of_a_reply_by_words() -> None:
 
     assert run_virtual(main(5)) == [" ".join(words[:5]), " ".join(words[5:])]
     assert run_virtual(main(0)) == [" ".join(words)]
+
+
+# ------------------------------------------------------------------ the turn's audio
+
+
+class HearingDetector:
+    """A stand-in audio model: the longer the silence at the end of the audio, the surer the end."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.delay_s = delay_s
+
+    async def end_of_turn_probability(self, transcript: str, context: Sequence[Message], audio: bytes = b"") -> float:
+        self.calls.append((transcript, audio))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        trailing = len(audio) - len(audio.rstrip(b"\x00"))
+        return min(0.95, 0.2 + trailing / 2 / 16_000)  # +0.1 per 100 ms of trailing silence
+
+
+def frame(seq: int, loud: bool = True) -> AudioFrame:
+    pcm = (b"\x01\x10" if loud else b"\x00\x00") * FRAME_SAMPLES
+    return AudioFrame(session_id=S, ts_ms=seq * 20.0, pcm=pcm, sample_rate_hz=16_000, seq=seq)
+
+
+def stop(segment_id: int) -> VadSpeechStop:
+    return VadSpeechStop(session_id=S, ts_ms=0.0, segment_id=segment_id, probability=0.1, speech_end_ms=0.0)
+
+
+def drive_actor(engine: object, events: Sequence[Event | float], params: TurnDetectorParams | None = None):  # type: ignore[no-untyped-def]
+    """Like :func:`drive`, but also returns the actor (to look at its audio)."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        bus = Bus(S, LoopClock())
+        out = bus.subscribe("out", (EndOfTurnProbability, ErrorEvent))
+        actor = TurnDetectorActor(SessionContext(S, bus, LoopClock()), engine, params)  # type: ignore[arg-type]
+        for item in events:
+            if isinstance(item, float):
+                await asyncio.sleep(item)
+            else:
+                await actor.handle(item)
+        await asyncio.sleep(1.0)
+        got = []
+        while (event := out.get_nowait()) is not None:
+            got.append(event)
+        return got, actor
+
+    return run_virtual(main())
+
+
+REASK = TurnDetectorParams(pause_offsets_ms=PAUSE_OFFSETS_MS)
+
+
+def test_by_default_a_pause_is_judged_once_when_it_starts_with_the_turns_audio() -> None:
+    engine = HearingDetector()
+    speech = [frame(i) for i in range(50)]
+    out, _ = drive_actor(engine, [state("Silence", "UserSpeaking", 1), *speech, stop(1)])
+    assert [len(audio) for _, audio in engine.calls] == [50 * FRAME_SAMPLES * 2]
+    assert probabilities(out) == [pytest.approx(0.2)]
+
+
+def test_a_pause_is_judged_when_it_starts_and_again_as_it_lengthens_with_its_audio() -> None:
+    engine = HearingDetector()
+    speech = [frame(i) for i in range(50)]  # 1 s of speech
+    out, _ = drive_actor(
+        engine,
+        [state("Silence", "UserSpeaking", 1), *speech, stop(1), state("UserSpeaking", "UserPaused", 1)],
+        REASK,
+    )
+    # Only the ask at the stop: no frames arrive during the pause in this drive, so the later asks
+    # carry the same audio; what matters is that they happen, 200 and 400 ms in.
+    assert len(engine.calls) == 1 + len(PAUSE_OFFSETS_MS)
+    assert all(len(audio) == 50 * FRAME_SAMPLES * 2 for _, audio in engine.calls)
+    assert len(probabilities(out)) == 3
+
+
+def test_the_later_asks_hear_the_pause_grow() -> None:
+    engine = HearingDetector()
+    events: list[Event | float] = [state("Silence", "UserSpeaking", 1), *[frame(i) for i in range(50)], stop(1)]
+    for i in range(50, 80):  # 600 ms of silence, one frame per 20 ms
+        events += [frame(i, loud=False), 0.02]
+    out, _ = drive_actor(engine, events, REASK)
+    trailing_ms = [(len(a) - len(a.rstrip(b"\x00"))) / 32 for _, a in engine.calls]
+    assert trailing_ms[0] == 0.0
+    assert 180.0 <= trailing_ms[1] <= 220.0 and 380.0 <= trailing_ms[2] <= 420.0
+    ps = probabilities(out)
+    assert ps == sorted(ps) and ps[-1] > ps[0]
+
+
+def test_speech_resuming_in_the_pause_stops_the_later_asks_and_withdraws_the_estimate() -> None:
+    engine = HearingDetector()
+    out, _ = drive_actor(
+        engine,
+        [state("Silence", "UserSpeaking", 1), *[frame(i) for i in range(10)], stop(1), 0.1, speech(2)],
+        REASK,
+    )
+    assert len(engine.calls) == 1  # the 200 and 400 ms asks never happen
+    assert probabilities(out) == [pytest.approx(0.2), NEUTRAL_PROBABILITY]
+
+
+def test_a_slow_answer_overtaken_by_a_newer_one_is_dropped() -> None:
+    class SlowFirst(HearingDetector):
+        async def end_of_turn_probability(
+            self, transcript: str, context: Sequence[Message], audio: bytes = b""
+        ) -> float:
+            self.calls.append((transcript, audio))
+            await asyncio.sleep(0.5 if len(self.calls) == 1 else 0.01)
+            return 0.1 * len(self.calls)
+
+    engine = SlowFirst()
+    out, _ = drive_actor(engine, [state("Silence", "UserSpeaking", 1), frame(0), stop(1)], REASK)
+    # asks at 0 (answers at 500 ms), 200 ms (answers at 210) and 400 ms (at 410): the first is stale by then
+    assert probabilities(out) == [pytest.approx(0.2), pytest.approx(0.3)]
+
+
+def test_the_audio_kept_is_bounded_to_8_s_and_starts_with_the_turn() -> None:
+    engine = HearingDetector()
+    before = [frame(i) for i in range(100)]  # 2 s before the user's turn (the bot's turn)
+    turn = StateChanged(
+        session_id=S, ts_ms=100 * 20.0, turn_id=1, old_state="Silence", new_state="UserSpeaking", reason="t"
+    )
+    _, actor = drive_actor(engine, [*before, turn])
+    assert len(actor.turn_audio()) == 25 * FRAME_SAMPLES * 2  # only the 500 ms lead-in is kept
+    long_turn = [frame(i) for i in range(100, 100 + 600)]  # 12 s of speech
+    _, actor = drive_actor(engine, [turn, *long_turn])
+    assert len(actor.turn_audio()) == int(TURN_AUDIO_MAX_MS / 20) * FRAME_SAMPLES * 2
+    assert actor.audio_ms == TURN_AUDIO_MAX_MS
+
+
+def test_outside_the_users_turn_a_speech_stop_asks_nothing() -> None:
+    engine = HearingDetector()
+    out, _ = drive_actor(engine, [state("UserPaused", "BotReplying", 1), frame(0), stop(1)])
+    assert engine.calls == [] and out == []

@@ -49,10 +49,15 @@ class TurnDetectorEngine(Protocol):
     """The probability that the user has finished their turn, given what they said so far.
 
     ``transcript`` is the user's turn as transcribed so far (raw ASR text, all its segments);
-    ``context`` is the conversation before it (for example the bot's last reply), oldest first.
+    ``context`` is the conversation before it (for example the bot's last reply), oldest first;
+    ``audio`` is the turn's audio so far (PCM16 mono at 16 kHz, at most its last 8 s, ending now, so
+    a pause's silence is at its end): prosody a transcript cannot show. An engine reads what it can
+    use and ignores the rest (a text detector ignores ``audio``, an audio one ``transcript``).
     """
 
-    async def end_of_turn_probability(self, transcript: str, context: Sequence[Message]) -> float: ...
+    async def end_of_turn_probability(
+        self, transcript: str, context: Sequence[Message], audio: bytes = b""
+    ) -> float: ...
 
 
 class AudioSink(Protocol):

@@ -136,7 +136,8 @@ class LlamaTurnDetector:
             return NEUTRAL_PROBABILITY
         return self.calibrate(self.end_score(transcript, context))
 
-    async def end_of_turn_probability(self, transcript: str, context: Sequence[Message]) -> float:
+    async def end_of_turn_probability(self, transcript: str, context: Sequence[Message], audio: bytes = b"") -> float:
+        """Words only: the audio is another engine's to hear (:mod:`duplexer.actors.turn_fusion`)."""
         return await asyncio.to_thread(self.probability_blocking, transcript, tuple(context))
 
     def close(self) -> None:

@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from duplexer.actors.context import DEFAULT_SYSTEM_PROMPT
-from duplexer.actors.engines import AudioSink, Engines
+from duplexer.actors.engines import AudioSink, Engines, TurnDetectorEngine
 from duplexer.actors.models.compute_gate import ComputeGate, Urgency, gated
 from duplexer.actors.models.llama_llm import LlamaLlm, LlamaParams
 from duplexer.actors.models.llama_turn_detector import LlamaTurnDetector, LlamaTurnDetectorParams
 from duplexer.actors.models.piper_tts import DEFAULT_OUTPUT_RATE_HZ, PiperTts
 from duplexer.actors.models.silero_vad import SileroVad
+from duplexer.actors.models.smart_turn import SmartTurn
 from duplexer.actors.models.whisper_asr import WhisperAsr
+from duplexer.actors.turn_fusion import FusedTurnDetector
 from duplexer.runtime.clock import Clock
 from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
 
@@ -26,7 +28,10 @@ class RealEngineConfig:
     llm: LlamaParams = field(default_factory=LlamaParams)
     tts_length_scale: float = 1.0
     turn_detector: LlamaTurnDetectorParams | None = field(default_factory=LlamaTurnDetectorParams)
-    """None: no turn detector (the end-of-turn wait is silence alone)."""
+    """None: no text turn detector."""
+    audio_turn_detector: bool = True
+    """Smart Turn v3.2 hears the turn's prosody; with the text detector too, the two are fused
+    (:class:`FusedTurnDetector`). Neither: the end-of-turn wait is silence alone."""
     compute_gate: bool = True
     """Model steps take turns on the cores (:class:`ComputeGate`); off: they run side by side."""
 
@@ -38,7 +43,15 @@ class LoadedModels:
     asr: WhisperAsr
     llm: LlamaLlm
     tts: PiperTts
-    turn_detector: LlamaTurnDetector | None = None
+    text_turn_detector: LlamaTurnDetector | None = None
+    audio_turn_detector: SmartTurn | None = None
+
+    @property
+    def turn_detector(self) -> TurnDetectorEngine | None:
+        """What a session's turn-detector actor asks: both detectors fused, or the one there is."""
+        if self.text_turn_detector is not None and self.audio_turn_detector is not None:
+            return FusedTurnDetector(self.text_turn_detector, self.audio_turn_detector)
+        return self.text_turn_detector or self.audio_turn_detector
 
     def warm_up(self) -> None:
         """One small call per model at load, so the first user turn does not pay first-call costs
@@ -54,8 +67,10 @@ class LoadedModels:
                 temperature=0.0,
             )
         self.tts.synthesize_blocking("Hello.")
-        if self.turn_detector is not None:
-            self.turn_detector.probability_blocking("hello", (("assistant", "Hi!"),))
+        if self.text_turn_detector is not None:
+            self.text_turn_detector.probability_blocking("hello", (("assistant", "Hi!"),))
+        if self.audio_turn_detector is not None:
+            self.audio_turn_detector.probability_of_samples(np.zeros(INPUT_SAMPLE_RATE_HZ, dtype=np.float32))
 
 
 WARM_UP_LLM_TOKENS = 4
@@ -70,8 +85,8 @@ def _close_models() -> None:
         close = getattr(models.llm.model, "close", None)
         if close is not None:
             close()
-        if models.turn_detector is not None:
-            models.turn_detector.close()
+        if models.text_turn_detector is not None:
+            models.text_turn_detector.close()
     _loaded.clear()
 
 
@@ -85,7 +100,8 @@ def load_models(config: RealEngineConfig | None = None) -> LoadedModels:
                 asr=WhisperAsr(gate=gate),
                 llm=LlamaLlm(params=cfg.llm, gate=gate),
                 tts=PiperTts(sample_rate_hz=cfg.output_rate_hz, length_scale=cfg.tts_length_scale, gate=gate),
-                turn_detector=detector,
+                text_turn_detector=detector,
+                audio_turn_detector=SmartTurn(gate=gate) if cfg.audio_turn_detector else None,
             )
             models.warm_up()
             _loaded[cfg] = models
