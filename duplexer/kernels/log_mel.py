@@ -25,7 +25,7 @@ _POWER_FLOOR = 1e-10
 _VARIANCE_EPS = 1e-7
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
     """Slaney's mel scale: linear (3 mels per 200 Hz) below 1 kHz, logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
     linear = 3.0 * hz / 200.0
@@ -33,7 +33,7 @@ def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
     return np.where(hz >= 1000.0, logarithmic, linear)
 
 
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+def _mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
     linear = 200.0 * mel / 3.0
     logarithmic = 1000.0 * np.exp((mel - 15.0) * (np.log(6.4) / 27.0))
