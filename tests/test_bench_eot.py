@@ -13,7 +13,7 @@ from duplexer.bench.eot import Point, Rule, commit_ms, frontier
 from duplexer.bench.eot_pauses import ASK_OFFSETS_MS, find_pauses
 from tests.conftest import PHRASES
 
-RULE = Rule(min_ms=300.0, default_ms=700.0, max_ms=1500.0)
+RULE = Rule(min_ms=300.0, unsure_ms=700.0, max_ms=1500.0)
 
 
 def test_with_no_estimate_the_wait_is_the_default() -> None:

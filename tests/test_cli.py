@@ -289,7 +289,7 @@ def test_every_policy_command_refuses_an_unknown_preset_with_exit_2_listing_the_
     assert main([*command, "--policy", "brisk"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("duplexer: error: --policy") and "\n" not in err
-    assert "'brisk'" in err and "live, classic, default" in err
+    assert "'brisk'" in err and "live, fast, classic, default" in err
 
 
 def test_policy_show_prints_a_chosen_preset_and_lists_them_all() -> None:
@@ -301,9 +301,10 @@ def test_policy_show_prints_a_chosen_preset_and_lists_them_all() -> None:
     plain = run_cli("policy", "show")
     assert "parameters per preset (--policy NAME selects one; live is the default):" in plain.stdout
     rows = [line.split() for line in plain.stdout.splitlines()]
-    assert ["parameter", "live", "classic"] in rows
-    assert ["resume_after_ms", str(LIVE_CALL_POLICY.resume_after_ms), "0.0"] in rows
-    assert "presets: live, classic (also: default = live)" in plain.stdout
+    assert ["parameter", "live", "fast", "classic"] in rows
+    live = str(LIVE_CALL_POLICY.resume_after_ms)
+    assert ["resume_after_ms", live, live, "0.0"] in rows
+    assert "presets: live, fast, classic (also: default = live)" in plain.stdout
 
 
 def test_sim_runs_the_chosen_preset_under_its_overrides(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from duplexer.policies.controller import (
     CONTROLLER_INPUTS,
@@ -98,12 +100,20 @@ def test_inconsistent_parameters_are_refused_by_name(field: str, value: float) -
 
 
 def test_end_of_turn_detector_moves_the_silence_within_bounds() -> None:
-    p = PolicyParams(end_of_turn_ms=700, end_of_turn_min_ms=300, end_of_turn_max_ms=1500)
+    p = PolicyParams(end_of_turn_ms=700, end_of_turn_min_ms=300, end_of_turn_unsure_ms=700, end_of_turn_max_ms=1500)
     assert p.effective_end_of_turn_ms(None) == 700
     assert p.effective_end_of_turn_ms(0.5) == 700
     assert p.effective_end_of_turn_ms(1.0) == 300
     assert p.effective_end_of_turn_ms(0.0) == 1500
     assert 300 <= p.effective_end_of_turn_ms(0.9) < 700 < p.effective_end_of_turn_ms(0.2) <= 1500
+
+
+@given(st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_the_wait_falls_as_the_detector_grows_surer_and_stays_within_bounds(p: float, q: float) -> None:
+    """Unsure above max is capped: no probability asks for more than max or less than min."""
+    params = PolicyParams(end_of_turn_min_ms=400, end_of_turn_unsure_ms=3000, end_of_turn_max_ms=2000)
+    low, high = sorted((p, q))
+    assert 400 <= params.effective_end_of_turn_ms(high) <= params.effective_end_of_turn_ms(low) <= 2000
 
 
 def test_ticks_in_silence_do_nothing() -> None:

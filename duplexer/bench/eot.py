@@ -57,19 +57,22 @@ Schedule = list[tuple[float, float]]
 
 @dataclass(frozen=True)
 class Rule:
-    """The three parameters the controller's end-of-turn rule reads."""
+    """The end-of-turn rule's parameters swept: the waits at p=1, p=0.5 and p=0 (silence alone: one wait)."""
 
     min_ms: float
-    default_ms: float
+    unsure_ms: float
     max_ms: float
 
     def policy(self, base: PolicyParams = LIVE_CALL_POLICY) -> PolicyParams:
         return dataclasses.replace(
             base,
             end_of_turn_min_ms=self.min_ms,
-            end_of_turn_ms=self.default_ms,
+            end_of_turn_ms=self.unsure_ms
+            if self.min_ms == self.max_ms
+            else min(max(base.end_of_turn_ms, self.min_ms), self.max_ms),
+            end_of_turn_unsure_ms=self.unsure_ms,
             end_of_turn_max_ms=self.max_ms,
-            pause_ms=min(base.pause_ms, self.default_ms),
+            pause_ms=min(base.pause_ms, self.min_ms),
         )
 
 

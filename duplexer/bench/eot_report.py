@@ -38,7 +38,7 @@ def _row(detector: str, label: str, point: Point | None) -> tuple[str, ...]:
         f"{point.dead_air_ms:.0f}",
         _pct(point.cutoff),
         f"{r.min_ms:g}",
-        f"{r.default_ms:g}",
+        f"{r.unsure_ms:g}",
         f"{r.max_ms:g}",
     )
 
@@ -83,7 +83,7 @@ def report(
 
     audio_ms = np.array([ms for r in (*fit_recs, *report_recs) for ms in r.audio_ms])
     text_ms = np.array([r.text_ms for r in (*fit_recs, *report_recs)])
-    header = ("detector", "point", "dead air ms", "false cut-off", "min ms", "default ms", "max ms")
+    header = ("detector", "point", "dead air ms", "false cut-off", "min ms", "unsure ms", "max ms")
     rates_header = ("p > 0.5 at", "short ends", "long mid-turn pauses", "long ends")
     rates = above_half_rates(report_recs, weights)
     notes = [
@@ -103,7 +103,7 @@ def report(
         r = chosen_fused.rule
         notes.append(
             f"chosen ({fused_name}, least dead air at <= {_pct(max_cut)} false cut-offs on {fit_voices}): "
-            f"PolicyParams(end_of_turn_min_ms={r.min_ms:g}, end_of_turn_ms={r.default_ms:g}, "
+            f"PolicyParams(end_of_turn_min_ms={r.min_ms:g}, end_of_turn_unsure_ms={r.unsure_ms:g}, "
             f"end_of_turn_max_ms={r.max_ms:g}); on {voices}: {chosen_fused.dead_air_ms:.0f} ms dead air, "
             f"{_pct(chosen_fused.cutoff)} cut off"
             + (

@@ -26,12 +26,14 @@ class PolicyParams:
     speculative reply."""
     end_of_turn_ms: float = 700.0
     """Silence that ends the user's turn and commits a reply, when no detector speaks."""
-    end_of_turn_min_ms: float = 625.0
-    """Shortest end-of-turn silence a confident end-of-turn detector (p=1) may ask for. With the
-    embedded CPU models a speculative reply's first audio is ready ~650-800 ms after the user stops,
-    so committing sooner would play nothing sooner and only leave the user less time to go on (and
-    speculation less time to save)."""
-    end_of_turn_max_ms: float = 1500.0
+    end_of_turn_min_ms: float = 500.0
+    """Shortest end-of-turn silence a confident end-of-turn detector (p=1) may ask for."""
+    end_of_turn_unsure_ms: float = 2200.0
+    """The silence an undecided detector (p=0.5) asks for (capped at end_of_turn_max_ms); between
+    p=0.5 and p=1 the wait falls linearly to end_of_turn_min_ms. Chosen with ``duplexer bench eot``
+    on VAP voices A, B, C (Smart Turn fused with the text detector): the least dead air at true ends
+    that takes over at most 5% of mid-turn hesitations (docs/benchmarks.md)."""
+    end_of_turn_max_ms: float = 2200.0
     """Longest end-of-turn silence a doubtful end-of-turn detector (p=0) may ask for."""
     min_barge_in_ms: float = 500.0
     """User speech during bot speech needed to interrupt; shorter speech is a backchannel."""
@@ -74,6 +76,11 @@ class PolicyParams:
             raise ValueError(
                 f"policy parameter pause_ms ({self.pause_ms}) must be > 0 and <= end_of_turn_ms ({self.end_of_turn_ms})"
             )
+        if self.end_of_turn_unsure_ms < self.end_of_turn_min_ms:
+            raise ValueError(
+                f"policy parameter end_of_turn_unsure_ms ({self.end_of_turn_unsure_ms}) must be >= "
+                f"end_of_turn_min_ms ({self.end_of_turn_min_ms})"
+            )
         if not self.end_of_turn_min_ms <= self.end_of_turn_ms <= self.end_of_turn_max_ms:
             raise ValueError(
                 "policy parameters need end_of_turn_min_ms <= end_of_turn_ms <= end_of_turn_max_ms, "
@@ -112,30 +119,49 @@ class PolicyParams:
         return replace(self, **changes)
 
     def effective_end_of_turn_ms(self, probability: float | None) -> float:
-        """End-of-turn silence for a detector's probability: p=0 -> max, p=0.5 -> default, p=1 -> min."""
+        """End-of-turn silence for a detector's probability: no estimate -> end_of_turn_ms; p=0 -> max,
+        p=0.5 -> unsure (capped at max), p=1 -> min, linear in between."""
         if probability is None:
             return self.end_of_turn_ms
         p = min(1.0, max(0.0, probability))
+        unsure = min(self.end_of_turn_unsure_ms, self.end_of_turn_max_ms)
         if p >= 0.5:
-            return self.end_of_turn_ms + (p - 0.5) * 2.0 * (self.end_of_turn_min_ms - self.end_of_turn_ms)
-        return self.end_of_turn_max_ms + p * 2.0 * (self.end_of_turn_ms - self.end_of_turn_max_ms)
+            return unsure + (p - 0.5) * 2.0 * (self.end_of_turn_min_ms - unsure)
+        return self.end_of_turn_max_ms + p * 2.0 * (unsure - self.end_of_turn_max_ms)
 
 
 LIVE_CALL_POLICY = PolicyParams()
 """The live-call policy: the defaults themselves (the name stays for code that asks for it)."""
 
 CLASSIC_POLICY = PolicyParams(
-    pause_ms=200.0, end_of_turn_min_ms=300.0, backchannel_pause_playout=False, resume_after_ms=0.0
+    pause_ms=200.0,
+    end_of_turn_min_ms=300.0,
+    end_of_turn_unsure_ms=700.0,
+    end_of_turn_max_ms=1500.0,
+    backchannel_pause_playout=False,
+    resume_after_ms=0.0,
+    onset_hold_max_ms=0.0,
+    resume_after_commit_ms=0.0,
 )
 """The first defaults, before the live-call values became them: bot audio plays on through
 overlapping speech until min_barge_in_ms of it stops the reply, speculation waits 200 ms of silence,
-and a confident end-of-turn detector may commit after 300 ms. For comparing with earlier figures."""
+a confident end-of-turn detector may commit after 300 ms, and a commit neither waits for a VAD onset
+candidate nor is taken back when the user goes on. For comparing with earlier figures."""
+
+FAST_POLICY = PolicyParams(end_of_turn_min_ms=300.0, end_of_turn_unsure_ms=1500.0, end_of_turn_max_ms=2500.0)
+"""The live policy with a quicker end of turn: the knee of ``duplexer bench eot``'s curve for the
+fused detector (about 550 ms of silence at p50 of finished questions on VAP voices E, F, against
+~850 for ``live``), at the price of taking over ~12% of mid-turn hesitations instead of ~4%."""
 
 DEFAULT_PRESET = "live"
 """The preset every command runs unless ``--policy NAME`` chooses another: :class:`PolicyParams`'s
 own defaults."""
 
-POLICY_PRESETS: dict[str, PolicyParams] = {DEFAULT_PRESET: LIVE_CALL_POLICY, "classic": CLASSIC_POLICY}
+POLICY_PRESETS: dict[str, PolicyParams] = {
+    DEFAULT_PRESET: LIVE_CALL_POLICY,
+    "fast": FAST_POLICY,
+    "classic": CLASSIC_POLICY,
+}
 """Named parameter sets, selected with ``--policy NAME`` on every command that runs a policy."""
 
 PRESET_ALIASES: dict[str, str] = {"default": DEFAULT_PRESET}

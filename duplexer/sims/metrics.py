@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from duplexer.actors.tool_calls import ToolStatus
+from duplexer.policies.reply import RESUMED_AFTER_COMMIT
 from duplexer.runtime.events import (
     CancelReply,
     CommitReply,
@@ -46,6 +47,10 @@ from duplexer.sims.turn_metrics import (
     score_turns,
     summarize_turns,
 )
+
+USER_STOPPED_REASONS = frozenset({"barge_in", RESUMED_AFTER_COMMIT})
+"""Cancel reasons that mean the user's speech stopped the reply: a barge-in, or speech just after
+the commit that continued the user's turn."""
 
 
 def _round(value: float) -> float:
@@ -178,7 +183,7 @@ def _tool_facts(run: SimRun, facts: TurnFacts) -> None:
             status = ToolStatus(event.status)
             facts.tool_failures += status.failed
             if status is ToolStatus.PREVENTED:
-                if cancel_reasons.get(event.reply_id) == "barge_in":
+                if cancel_reasons.get(event.reply_id) in USER_STOPPED_REASONS:
                     facts.side_effects_prevented_barge_in += 1
                 else:
                     facts.side_effects_prevented_other += 1
