@@ -70,12 +70,13 @@ def test_a_system_prompt_is_compared_in_the_first_person() -> None:
     assert first_person(normalize_words("You are Robin, your friend")) == ("i", "am", "robin", "my", "friend")
 
 
-def test_an_opening_is_held_while_it_runs_inside_a_reference() -> None:
+def test_an_opening_is_held_while_it_is_how_a_reference_opens() -> None:
     check = RepeatCheck([normalize_words(EARLIER)], match_words=6)
     assert check.verdict(("i", "am", "a"), finished=False) is Verdict.HOLD
     assert check.verdict(("i", "am", "a", "helpful", "voice", "assistant"), finished=False) is Verdict.REPEAT
     assert check.verdict(("i", "am", "not"), finished=False) is Verdict.RELEASE
     assert check.verdict(("i", "am"), finished=True) is Verdict.RELEASE  # shorter and not equal: an answer
+    assert check.verdict(("am", "a"), finished=False) is Verdict.RELEASE  # not an opening of the reference
 
 
 def test_a_short_reply_equal_to_a_short_earlier_one_is_a_repeat() -> None:
@@ -85,9 +86,15 @@ def test_a_short_reply_equal_to_a_short_earlier_one_is_a_repeat() -> None:
 
 
 def test_the_references_are_earlier_replies_prompt_replies_and_the_echoed_system_prompt() -> None:
-    messages = (("system", "You are Robin."), ("assistant", "Sadly no."), ("user", "Hi"))
+    messages = (("system", "You are Robin."), ("assistant", "Sadly no. Sorry!"), ("user", "Hi"))
     refs = references_of(messages, ["Earlier one."])
-    assert refs == [("earlier", "one"), ("sadly", "no"), ("you", "are", "robin"), ("i", "am", "robin")]
+    assert refs == [
+        ("earlier", "one"),
+        ("sadly", "no", "sorry"),
+        ("sorry",),  # a copy may open with any sentence of a reference
+        ("you", "are", "robin"),
+        ("i", "am", "robin"),
+    ]
 
 
 def test_retries_leave_out_first_the_replies_then_the_history() -> None:
@@ -114,7 +121,7 @@ def test_a_repeated_reply_is_regenerated_before_a_word_of_it_is_released() -> No
 
 
 def test_an_echo_of_the_system_prompt_is_a_repeat() -> None:
-    engine = Replies(["You are a helpful voice assistant. Answer now.", "I am Robin."])
+    engine = Replies(["Answer in one or two short spoken sentences, okay?", "I am Robin."])
     text, outcome = collect(engine, [])
     assert text == "I am Robin." and outcome.retries == 1
 

@@ -2,9 +2,10 @@
 is caught before any of its words are released to TTS, and generated again.
 
 A small model (SmolLM2-135M) answers a personal question with its system prompt and then copies its
-own previous turn from the history. The guard holds a reply's opening words while they still run
-inside a reference text (an earlier reply, or the system prompt turned into the first person); once
-``match_words`` of them do, the reply is a repeat and is dropped unspoken. As soon as the opening
+own previous turn from the history. The guard holds a reply's opening words while they are still how
+a reference text opens (an earlier reply or the system prompt, from any of its sentence starts; the
+system prompt also in the first person); once ``match_words`` of them are, the reply is a repeat and
+is dropped unspoken. As soon as the opening
 leaves every reference, all held text is released and the rest streams through untouched, so the
 cost is the few tokens it takes the opening to differ (measured by ``duplexer bench replies``).
 
@@ -23,6 +24,7 @@ from duplexer.actors.engines import Message
 
 _CONTRACTIONS = (("n't", " not"), ("'m", " am"), ("'re", " are"), ("'ve", " have"), ("'ll", " will"), ("'d", " would"))
 _WORD = re.compile(r"[a-z0-9]+")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
 _SECOND_TO_FIRST_PERSON = {"you": "i", "your": "my", "yours": "mine", "yourself": "myself"}
 
 
@@ -59,14 +61,15 @@ def first_person(words: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _contains(reference: tuple[str, ...], run: tuple[str, ...]) -> bool:
-    n = len(run)
-    return any(reference[i : i + n] == run for i in range(len(reference) - n + 1))
+def sentence_openings(text: str) -> list[str]:
+    """``text`` from each of its sentence starts on: a copy may open with any sentence of a reference."""
+    sentences = _SENTENCE_BREAK.split(text.strip())
+    return [" ".join(sentences[i:]) for i in range(len(sentences))]
 
 
 class Verdict(enum.Enum):
     HOLD = "hold"
-    """The opening still runs inside a reference: wait for more words."""
+    """The opening is still how a reference opens: wait for more words."""
     RELEASE = "release"
     """The reply differs from every reference: speak it."""
     REPEAT = "repeat"
@@ -76,9 +79,10 @@ class Verdict(enum.Enum):
 @dataclass(frozen=True)
 class ReplyGuardParams:
     match_words: int = 6
-    """An opening of this many words found inside an earlier reply (or the echoed system prompt) is a
-    repeat. Six words catch "I'm a helpful voice assistant. I can..." while common openings of two or
-    three words ("No, I'm not") are released as soon as the next word differs."""
+    """An opening of this many words that is how an earlier reply (or the echoed system prompt) opens,
+    from any of its sentence starts, is a repeat. Six words catch "I'm a helpful voice assistant. I
+    can..." while common openings of two or three words ("No, I'm not") are released as soon as the
+    next word differs."""
     max_retries: int = 2
     """Generations after the first (:func:`attempt_messages`); each leaves out more of what the model copies."""
     fallback_replies: tuple[str, ...] = (
@@ -101,7 +105,7 @@ class RepeatCheck:
         if not words:
             return Verdict.RELEASE if finished else Verdict.HOLD
         head = words[: self.match_words]
-        if not any(_contains(ref, head) for ref in self.references):
+        if not any(ref[: len(head)] == head for ref in self.references):
             return Verdict.RELEASE
         if len(head) >= self.match_words:
             return Verdict.REPEAT
@@ -111,13 +115,14 @@ class RepeatCheck:
 
 
 def references_of(messages: Sequence[Message], earlier_replies: Sequence[str]) -> list[tuple[str, ...]]:
-    """What a reply must not repeat: earlier replies, the prompt's assistant turns (examples, kept
-    history) and its system prompt, as written and in the first person."""
-    refs = [normalize_words(text) for text in earlier_replies]
-    refs += [normalize_words(text) for role, text in messages if role == "assistant"]
+    """What a reply must not open like, from each sentence start on: earlier replies, the prompt's
+    assistant turns (examples, kept history) and its system prompt, as written and in the first person."""
+    texts = [*earlier_replies, *(text for role, text in messages if role == "assistant")]
+    refs = [normalize_words(opening) for text in texts for opening in sentence_openings(text)]
     for role, text in messages:
         if role == "system":
-            refs += [normalize_words(text), first_person(normalize_words(text))]
+            for opening in sentence_openings(text):
+                refs += [normalize_words(opening), first_person(normalize_words(opening))]
     return refs
 
 
