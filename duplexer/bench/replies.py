@@ -66,6 +66,8 @@ class ReplyRecord:
     answer: str
     first_token_ms: float
     first_clause_ms: float
+    hold_ms: float
+    """From the spoken attempt's first generated piece to its release: what the guard's check costs."""
     retries: int
     fallback: bool
 
@@ -116,18 +118,29 @@ def first_clause_done(text: str, max_words: int) -> bool:
     return bool(clauses) or split_opening(rest, max_words)[0] is not None
 
 
+async def _marked(stream: AsyncIterator[str], marks: list[float], start: float) -> AsyncIterator[str]:
+    """``stream``, noting when its first piece came (ms after ``start``)."""
+    first = True
+    async for piece in stream:
+        if first:
+            marks.append(1000.0 * (time.perf_counter() - start))
+            first = False
+        yield piece
+
+
 async def answer(
     llm: LlmEngine, messages: Sequence[Message], earlier: Sequence[str], guard: ReplyGuardParams | None, reply_id: str
-) -> tuple[str, float, float, GuardOutcome]:
-    """One reply as the LLM actor produces it: its text, ms to first piece and to first clause."""
+) -> tuple[str, float, float, float, GuardOutcome]:
+    """One reply as the LLM actor produces it: its text, ms to first piece, to first clause, and held."""
     outcome = GuardOutcome()
-    pieces: AsyncIterator[str]
-    if guard is None:
-        pieces = llm.stream(messages, reply_id)
-    else:
-        pieces = guarded_stream(lambda chosen: llm.stream(chosen, reply_id), messages, earlier, guard, outcome)
-    max_words = TtsParams().first_clause_max_words
     start = time.perf_counter()
+    marks: list[float] = []
+
+    def generate(chosen: Sequence[Message]) -> AsyncIterator[str]:
+        return _marked(llm.stream(chosen, reply_id), marks, start)
+
+    pieces = generate(messages) if guard is None else guarded_stream(generate, messages, earlier, guard, outcome)
+    max_words = TtsParams().first_clause_max_words
     text, first_token_ms, first_clause_ms = "", float("nan"), float("nan")
     async for piece in pieces:
         now_ms = 1000.0 * (time.perf_counter() - start)
@@ -138,7 +151,8 @@ async def answer(
             first_clause_ms = now_ms
     if first_clause_ms != first_clause_ms:
         first_clause_ms = 1000.0 * (time.perf_counter() - start)
-    return text.strip(), first_token_ms, first_clause_ms, outcome
+    hold_ms = first_token_ms - marks[-1] if marks and not outcome.fallback else float("nan")
+    return text.strip(), first_token_ms, first_clause_ms, hold_ms, outcome
 
 
 async def run_conversation(
@@ -154,10 +168,12 @@ async def run_conversation(
     result = ConversationResult(voice, variant.name)
     for i, question in enumerate(questions):
         reply_id = f"{voice}{i}"
-        text, token_ms, clause_ms, outcome = await answer(
+        text, token_ms, clause_ms, hold_ms, outcome = await answer(
             llm, context.prompt(question), context.replies, variant.guard, reply_id
         )
-        result.records.append(ReplyRecord(question, text, token_ms, clause_ms, outcome.retries, outcome.fallback))
+        result.records.append(
+            ReplyRecord(question, text, token_ms, clause_ms, hold_ms, outcome.retries, outcome.fallback)
+        )
         context.add("user", question)
         context.add("assistant", text)
     return result
@@ -178,6 +194,8 @@ def summary_row(result: ConversationResult) -> list[object]:
         sum(r.fallback for r in records),
         _p50([r.first_token_ms for r in records]),
         _p50([r.first_clause_ms for r in records]),
+        _p50([r.hold_ms for r in records]),
+        f"{np.nanmax(np.asarray([r.hold_ms for r in records], dtype=float)):.0f}",
     ]
 
 
@@ -190,6 +208,8 @@ HEADER = (
     "fallbacks",
     "first token p50 ms",
     "first clause p50 ms",
+    "guard hold p50 ms",
+    "guard hold max ms",
 )
 
 
@@ -233,8 +253,9 @@ def main(argv: Sequence[str]) -> int:
         f"{len(voices)} conversation(s) of {len(conversations[voices[0]])} VAP transcripts each, in name order",
         "distinct: different replies after normalising case, punctuation and contractions; verbatim repeats: "
         "replies equal to an earlier reply of the conversation",
-        "first token: request to the first released piece; first clause: to the text TTS starts on; CPU time, "
-        "noisy when other processes share the cores",
+        "first token: request to the first released piece; first clause: to the text TTS starts on; guard hold: "
+        "from the spoken attempt's first generated piece to its release; CPU time, noisy when other processes "
+        "share the cores",
         f"replies of voice {results[0].voice} ({results[0].variant}):",
         *[f"  {pair}" for pair in pairs],
     ]
