@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from duplexer.actors.context import ContextActor, ContextManager, _Spoken
 from duplexer.runtime.clock import LoopClock, run_virtual
-from duplexer.runtime.events import CommitReply, Event, HistoryUpdated, StartReply, TruncateHistory, TtsAudio
+from duplexer.runtime.events import (
+    CommitReply,
+    Event,
+    HistoryUpdated,
+    PromptReady,
+    StartReply,
+    TruncateHistory,
+    TtsAudio,
+)
 from duplexer.runtime.session import Session
 
 
@@ -70,3 +78,60 @@ def test_an_interrupted_reply_enters_history_under_the_turn_it_answered() -> Non
 
     history = run_virtual(conversation())
     assert [(e.role, e.text, e.turn_id) for e in history] == [("user", "recommend a book", 2), ("assistant", "Read", 2)]
+
+
+def test_the_prompt_keeps_every_question_but_only_the_recent_replies_cut_to_a_sentence() -> None:
+    from duplexer.actors.context import trim_history
+
+    history = [
+        ("user", "q1"),
+        ("assistant", "Old reply. More."),
+        ("user", "q2"),
+        ("assistant", 'Let me look. <tool_call>{"name": "f"}</tool_call>'),
+        ("tool", "result"),
+        ("assistant", "Last reply. And more."),
+        ("user", "q3"),
+    ]
+    assert trim_history(history, None) == history
+    assert trim_history(history, 0) == [("user", "q1"), ("user", "q2"), ("user", "q3")]
+    assert trim_history(history, 1) == [("user", "q1"), ("user", "q2"), ("assistant", "Last reply."), ("user", "q3")]
+    assert trim_history(history, 2) == [
+        ("user", "q1"),
+        ("user", "q2"),
+        history[3],  # a tool call is kept whole, with its result
+        ("tool", "result"),
+        ("assistant", "Last reply."),
+        ("user", "q3"),
+    ]
+
+
+def test_the_default_prompt_shows_example_turns_and_the_manager_keeps_every_reply() -> None:
+    from duplexer.actors.context import DEFAULT_EXAMPLES
+
+    cm = ContextManager()
+    cm.add("user", "do you study")
+    cm.add("assistant", "No, I don't.")
+    prompt = cm.prompt("are you a student")
+    assert prompt[1 : 1 + len(DEFAULT_EXAMPLES)] == DEFAULT_EXAMPLES
+    assert prompt[-2:] == (("user", "do you study"), ("user", "are you a student"))
+    assert cm.replies == ["No, I don't."]
+    assert ContextManager(system_prompt="Be a pirate.").prompt("hi") == (("system", "Be a pirate."), ("user", "hi"))
+
+
+def test_a_prompt_carries_the_conversation_s_earlier_replies_for_the_guard() -> None:
+    async def conversation() -> list[Event]:
+        clock = LoopClock()
+        async with Session("s", clock=clock) as session:
+            heard = session.bus.subscribe("test", (PromptReady,), maxsize=100)
+            manager = ContextManager()
+            manager.add("assistant", "Hello there.")
+            session.add(ContextActor(session.ctx, manager))
+            session.ctx.emit(StartReply, turn_id=1, reply_id="t1r1", user_text="hi", speculative=False)
+            await clock.sleep_ms(10.0)
+            events: list[Event] = []
+            while (event := heard.get_nowait()) is not None:
+                events.append(event)
+        return events
+
+    (prompt,) = run_virtual(conversation())
+    assert isinstance(prompt, PromptReady) and prompt.earlier_replies == ("Hello there.",)

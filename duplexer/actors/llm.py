@@ -12,10 +12,11 @@ preface: TTS and playout just go on. :class:`LlmDone` comes only after the last 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from duplexer.actors.engines import Message
+from duplexer.actors.reply_guard import GuardOutcome, ReplyGuardParams, guarded_stream
 from duplexer.actors.tool_calls import (
     ParsedToolCall,
     ToolCallingLlmEngine,
@@ -56,6 +57,9 @@ class LlmParams:
     """Spoken when a tool does not answer within its timeout."""
     tool_wait_ms: float = 60_000.0
     """Safety net: the longest a reply waits for its calls' results (each tool also has a timeout)."""
+    reply_guard: ReplyGuardParams | None = None
+    """With it, a reply's first pass repeating an earlier reply is regenerated before it is spoken
+    (:mod:`duplexer.actors.reply_guard`); the real models' settings turn it on."""
 
 
 @dataclass
@@ -122,6 +126,7 @@ class LlmActor(Actor):
 
         messages: tuple[Message, ...] = tuple(prompt.messages)
         n_generated = 0
+        n_rounds = 0
         try:
             # Each pass that calls tools needs a successful result to go on, and the tool actor
             # refuses calls beyond its per-reply limit, so a model that keeps calling stops.
@@ -130,13 +135,19 @@ class LlmActor(Actor):
                 if not self.tools:
                     current.refuse_calls = "no tools are configured in this session"
                 parser = ToolCallStreamParser()
-                async for piece in self.engine.stream(messages, reply_id):
+                guard = GuardOutcome()
+                first, n_rounds = n_rounds == 0, n_rounds + 1
+                async for piece in self._pieces(messages, prompt, guard, first):
                     n_generated += 1
                     self.token_counts[reply_id] = n_generated
                     for item in parser.feed(piece):
                         self._take(item, current, spoken, say, prompt)
                 for item in parser.finish():
                     self._take(item, current, spoken, say, prompt)
+                if guard.repeats:
+                    self.log.info(
+                        "llm_repeat_regenerated", reply_id=reply_id, retries=guard.retries, fallback=guard.fallback
+                    )
                 if not current.calls:
                     break
                 if current.dropped_text:
@@ -171,6 +182,20 @@ class LlmActor(Actor):
         self.running.pop(reply_id, None)
         self.token_counts.pop(reply_id, None)
         self.emit(LlmDone, turn_id=turn_id, reply_id=reply_id, text="".join(spoken), n_tokens=n_generated)
+
+    def _pieces(
+        self, messages: Sequence[Message], prompt: PromptReady, guard: GuardOutcome, first: bool
+    ) -> AsyncIterator[str]:
+        """The engine's pieces; a reply's first pass goes through the reply guard when one is configured."""
+        if self.params.reply_guard is None or not first:
+            return self.engine.stream(messages, prompt.reply_id)
+        return guarded_stream(
+            lambda chosen: self.engine.stream(chosen, prompt.reply_id),
+            messages,
+            prompt.earlier_replies,
+            self.params.reply_guard,
+            guard,
+        )
 
     def _take(
         self,

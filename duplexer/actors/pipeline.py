@@ -57,7 +57,8 @@ def pipeline_specs(
     """
     cfg = config or PipelineConfig()
     if tools is not None and context is None:
-        context = ContextManager(system_prompt=DEFAULT_SYSTEM_PROMPT + "\n\n" + tools.prompt())
+        # Past rounds stay in the prompt: a follow-up ("and tomorrow?") needs the earlier results.
+        context = ContextManager(system_prompt=DEFAULT_SYSTEM_PROMPT + "\n\n" + tools.prompt(), recent_replies=None)
     specs = [
         ActorSpec.of(ControllerActor, cfg.policy, strict=cfg.strict_policy),
         ActorSpec.of(ContextActor, context),

@@ -113,7 +113,14 @@ async def measure_in_process(args: argparse.Namespace) -> Side:
     from duplexer.actors.models.llama_llm import LlamaLlm, LlamaParams
 
     side = Side()
-    params = LlamaParams(max_tokens=args.max_tokens, temperature=0.0, repeat_penalty=REPEAT_PENALTY)
+    params = LlamaParams(  # sampled as the server is: no sentence limit, no presence or frequency penalty
+        max_tokens=args.max_tokens,
+        max_sentences=0,
+        temperature=0.0,
+        repeat_penalty=REPEAT_PENALTY,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+    )
     params = replace(params, n_threads=args.threads)
     llm = LlamaLlm(params=params)
     try:

@@ -265,6 +265,9 @@ class PromptReady(Event):
 
     reply_id: str
     messages: tuple[tuple[str, str], ...]  # (role, content)
+    earlier_replies: tuple[str, ...] = ()
+    """The conversation's earlier replies, including those the prompt leaves out: the reply guard's
+    references (a reply must not repeat one)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

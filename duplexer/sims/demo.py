@@ -20,7 +20,9 @@ import numpy as np
 from duplexer.actors.asr import AsrParams
 from duplexer.actors.context import ContextManager
 from duplexer.actors.engines import AudioSink
+from duplexer.actors.llm import LlmParams
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
+from duplexer.actors.reply_guard import ReplyGuardParams
 from duplexer.actors.tts import TtsParams
 from duplexer.actors.vad import VadParams
 from duplexer.policies.controller import PolicyParams
@@ -107,7 +109,8 @@ def build_user_side(
 def demo_config(persona: Persona | None, policy: PolicyParams | None = None) -> PipelineConfig:
     """Real models' settings, with ``policy`` (the default policy when None)."""
     tts = TtsParams(default_instructions=persona.tts_instructions if persona else ())
-    return PipelineConfig(policy=policy or PolicyParams(), vad=VadParams(), asr=WHISPER_ASR, tts=tts)
+    llm = LlmParams(reply_guard=ReplyGuardParams())
+    return PipelineConfig(policy=policy or PolicyParams(), vad=VadParams(), asr=WHISPER_ASR, llm=llm, tts=tts)
 
 
 def _reply_for_step(run: SimRun, index: int) -> str | None:

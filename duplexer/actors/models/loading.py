@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from duplexer.actors.context import DEFAULT_SYSTEM_PROMPT
+from duplexer.actors.context import ContextManager
 from duplexer.actors.engines import AudioSink, Engines, TurnDetectorEngine
 from duplexer.actors.models.compute_gate import ComputeGate, Urgency, gated
 from duplexer.actors.models.llama_llm import LlamaLlm, LlamaParams
@@ -57,12 +57,12 @@ class LoadedModels:
         """One small call per model at load, so the first user turn does not pay first-call costs
         (llama.cpp touches its memory-mapped weights, onnxruntime and CTranslate2 allocate):
         SmolLM2's first token took 290 ms cold against 20 ms warm. The LLM's call leaves the
-        default system prompt in its KV cache, so a session's first reply evaluates only the
+        default system prompt and example turns in its KV cache, so a session's first reply evaluates only the
         user's words (llama.cpp reuses the longest prefix of the last prompt)."""
         self.asr.transcribe_audio(np.zeros(INPUT_SAMPLE_RATE_HZ, dtype=np.float32))
         with self.llm.lock, gated(self.llm.gate, Urgency.LLM):
             self.llm.model.create_chat_completion(
-                messages=[{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": "Hi"}],
+                messages=[{"role": role, "content": text} for role, text in ContextManager().prompt("Hi")],
                 max_tokens=WARM_UP_LLM_TOKENS,
                 temperature=0.0,
             )
