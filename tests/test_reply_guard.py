@@ -22,6 +22,7 @@ from duplexer.actors.reply_guard import (
     references_of,
     without_history,
 )
+from duplexer.actors.tool_calls import ToolCallChunk
 
 SYSTEM = "You are a helpful voice assistant. Answer in one or two short spoken sentences."
 EARLIER = "I'm a helpful voice assistant. I can help with anything, from cooking to sports!"
@@ -213,3 +214,17 @@ def test_a_llama_reply_ends_after_its_last_allowed_sentence() -> None:
     assert sentences_end_at("No. I can't. Sorry", 2) == len("No. I can't.")
     assert sentences_end_at("No. I can't.", 2) is None  # the stop may still be "3.5": wait for what follows
     assert sentences_end_at("Wow!! Really? Yes", 1) == len("Wow!!")
+
+
+def test_a_structured_tool_call_passes_the_guard_after_the_words_it_held() -> None:
+    chunk = ToolCallChunk(index=0, name="get_weather", arguments="{}")
+
+    async def stream(messages: Sequence[Message]) -> AsyncIterator[str | ToolCallChunk]:
+        yield "Let me "
+        yield chunk
+        yield "check."
+
+    async def run() -> list[str | ToolCallChunk]:
+        return [p async for p in guarded_stream(stream, (("system", SYSTEM), ("user", "weather?")), [EARLIER])]
+
+    assert asyncio.run(run()) == ["Let me ", chunk, "check."]

@@ -19,6 +19,7 @@ from duplexer.actors.engines import Message
 from duplexer.actors.reply_guard import GuardOutcome, ReplyGuardParams, guarded_stream
 from duplexer.actors.tool_calls import (
     ParsedToolCall,
+    ToolCallChunk,
     ToolCallingLlmEngine,
     ToolCallStreamParser,
     ToolStatus,
@@ -185,7 +186,7 @@ class LlmActor(Actor):
 
     def _pieces(
         self, messages: Sequence[Message], prompt: PromptReady, guard: GuardOutcome, first: bool
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str | ToolCallChunk]:
         """The engine's pieces; a reply's first pass goes through the reply guard when one is configured."""
         if self.params.reply_guard is None or not first:
             return self.engine.stream(messages, prompt.reply_id)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from duplexer.actors.engines import Message
+from duplexer.actors.tool_calls import ToolCallChunk
 
 _CONTRACTIONS = (("n't", " not"), ("'m", " am"), ("'re", " are"), ("'ve", " have"), ("'ll", " will"), ("'d", " would"))
 _WORD = re.compile(r"[a-z0-9]+")
@@ -161,12 +162,12 @@ class GuardOutcome:
 
 
 async def guarded_stream(
-    generate: Callable[[Sequence[Message]], AsyncIterator[str]],
+    generate: Callable[[Sequence[Message]], AsyncIterator[str | ToolCallChunk]],
     messages: Sequence[Message],
     earlier_replies: Sequence[str] = (),
     params: ReplyGuardParams | None = None,
     outcome: GuardOutcome | None = None,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | ToolCallChunk]:
     """The pieces of a reply that repeats no reference; ``generate`` is called again for a repeat.
 
     Attempts use the prompts of :func:`attempt_messages`. When all repeat, the first fallback reply
@@ -181,6 +182,12 @@ async def guarded_stream(
         try:
             async for piece in stream:
                 if verdict is Verdict.RELEASE:
+                    yield piece
+                    continue
+                if not isinstance(piece, str):  # a structured tool call repeats no spoken reply
+                    verdict = Verdict.RELEASE
+                    if held:
+                        yield held
                     yield piece
                     continue
                 held += piece

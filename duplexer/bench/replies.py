@@ -144,6 +144,8 @@ async def answer(
     text, first_token_ms, first_clause_ms = "", float("nan"), float("nan")
     async for piece in pieces:
         now_ms = 1000.0 * (time.perf_counter() - start)
+        if not isinstance(piece, str):  # the embedded model writes tool calls as text, never as chunks
+            continue
         if not text:
             first_token_ms = now_ms
         text += piece

@@ -17,9 +17,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 
+from duplexer.actors.asr import AsrParams
 from duplexer.actors.energy_vad import EnergyVad
 from duplexer.actors.engines import AudioSink, Engines
+from duplexer.actors.llm import LlmParams
+from duplexer.actors.pipeline import PipelineConfig
+from duplexer.actors.reply_guard import ReplyGuardParams
 from duplexer.actors.scripted import CannedAsr, ScriptedLlm, ScriptedTts, echo_reply
+from duplexer.actors.tts import TtsParams
+from duplexer.actors.vad import VadParams
+from duplexer.policies.params import PolicyParams
 from duplexer.runtime.clock import Clock
 
 EngineFactory = Callable[[Clock, AudioSink], Engines]
@@ -104,6 +111,19 @@ def scripted_engines(
         )
 
     return build
+
+
+WHISPER_ASR = AsrParams(partial_interval_ms=float("inf"))
+"""No partials with Whisper: each call transcribes the whole segment again (~0.1-0.15 s with its short
+window), so partials cannot make the final cheaper, and on 2 cores a running partial delays the
+final, which starts at the VAD's speech stop, by up to one call."""
+
+
+def real_pipeline(policy: PolicyParams, tts: TtsParams | None = None) -> PipelineConfig:
+    """The actors' settings for the real models, on every command that runs them: Whisper without
+    partials, and the reply guard (SmolLM2-135M repeats its own replies and echoes its prompt)."""
+    llm = LlmParams(reply_guard=ReplyGuardParams())
+    return PipelineConfig(policy=policy, vad=VadParams(), asr=WHISPER_ASR, llm=llm, tts=tts or TtsParams())
 
 
 def real_engines() -> EngineFactory:

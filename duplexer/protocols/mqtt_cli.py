@@ -69,7 +69,7 @@ async def _serve(bridge: Any, preflight: Any) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from duplexer.actors.pipeline import PipelineConfig
-    from duplexer.protocols.engine_factory import EnginesUnavailable, real_engines, scripted_engines
+    from duplexer.protocols.engine_factory import EnginesUnavailable, real_engines, real_pipeline, scripted_engines
     from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
     from duplexer.protocols.mqtt_bridge import BridgeConfig, MqttBridge
     from duplexer.protocols.mqtt_connection import broker_settings
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         topics=topics,
         device_id=args.device_id,
         bridge_id=args.bridge_id,
-        pipeline=PipelineConfig(policy=policy),
+        pipeline=real_pipeline(policy) if args.engines == "real" else PipelineConfig(policy=policy),
         make_session=executor.make_session,
     )
     bridge = MqttBridge(broker, executor.engines, config)

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         EnginesUnavailable,
         preload_real_models,
         real_engines,
+        real_pipeline,
         scripted_engines,
     )
     from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
@@ -81,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--connect-timeout and --media-timeout must be positive seconds")
         share_request(args)  # checked here too, so every bad option stops the command before Ray starts
         settings = CallSettings(
-            pipeline=PipelineConfig(policy=chosen_policy(args)),
+            pipeline=real_pipeline(chosen_policy(args))
+            if args.engines == "real"
+            else PipelineConfig(policy=chosen_policy(args)),
             connect_timeout_s=args.connect_timeout,
             media_timeout_s=args.media_timeout,
             debug=args.debug,

@@ -17,15 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from duplexer.actors.asr import AsrParams
 from duplexer.actors.context import ContextManager
 from duplexer.actors.engines import AudioSink
-from duplexer.actors.llm import LlmParams
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
-from duplexer.actors.reply_guard import ReplyGuardParams
 from duplexer.actors.tts import TtsParams
-from duplexer.actors.vad import VadParams
 from duplexer.policies.controller import PolicyParams
+from duplexer.protocols.engine_factory import real_pipeline
 from duplexer.runtime.clock import LoopClock
 from duplexer.runtime.events import (
     FRAME_MS,
@@ -46,11 +43,6 @@ from duplexer.sims.persona import Persona
 from duplexer.sims.scenario import Backchannel, Noise, Say, Scenario, Segment, Silence, Start
 from duplexer.sims.simulator import RECORDED_EVENTS, BotInterval, SimRun, StepRecord
 from duplexer.sims.speech_segments import speech_segments_pcm
-
-WHISPER_ASR = AsrParams(partial_interval_ms=float("inf"))
-"""No partials with Whisper: each call transcribes the whole segment again (~0.1-0.15 s with its short
-window), so partials cannot make the final cheaper, and on 2 cores a running partial delays the
-final, which starts at the VAD's speech stop, by up to one call."""
 
 USER_LENGTH_SCALE = 1.1
 """The demo's user speaks a little slower than the bot, in the same voice."""
@@ -109,8 +101,7 @@ def build_user_side(
 def demo_config(persona: Persona | None, policy: PolicyParams | None = None) -> PipelineConfig:
     """Real models' settings, with ``policy`` (the default policy when None)."""
     tts = TtsParams(default_instructions=persona.tts_instructions if persona else ())
-    llm = LlmParams(reply_guard=ReplyGuardParams())
-    return PipelineConfig(policy=policy or PolicyParams(), vad=VadParams(), asr=WHISPER_ASR, llm=llm, tts=tts)
+    return real_pipeline(policy or PolicyParams(), tts)
 
 
 def _reply_for_step(run: SimRun, index: int) -> str | None:
