@@ -100,21 +100,27 @@ class ScriptedAsr:
 
 
 class CannedAsr:
-    """Scripted ASR for real audio: the n-th final transcript is ``texts[n]`` (then ``default``)."""
+    """Scripted ASR for real audio: the n-th segment's final transcript is ``texts[n]`` (then
+    ``default``). Segments are told apart by their start, so a final asked for twice (an early one
+    the VAD's stop did not confirm, then the real one) gets the same text."""
 
     def __init__(
         self, clock: Clock, texts: Sequence[str] = (), default: str = "hello", final_latency_ms: float = 150.0
     ) -> None:
         self.clock, self.texts, self.default = clock, list(texts), default
         self.final_latency_ms = final_latency_ms
-        self.finals = 0
+        self.segments: dict[float, int] = {}
+
+    @property
+    def finals(self) -> int:
+        """Segments given a final transcript so far."""
+        return len(self.segments)
 
     async def transcribe(self, pcm: bytes, start_ms: float, end_ms: float, final: bool) -> str:
         await self.clock.sleep_ms(self.final_latency_ms if final else 0.0)
-        index = self.finals
         if not final:
             return ""
-        self.finals += 1
+        index = self.segments.setdefault(start_ms, len(self.segments))
         return self.texts[index] if index < len(self.texts) else self.default
 
 
