@@ -33,6 +33,11 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "webrtc": ("duplexer.bench.webrtc", "main", "barge-in stop latency over WebRTC vs in process"),
     "asr": ("duplexer.bench.asr", "main", "Whisper short window vs 30 s window: word accuracy, time per call"),
     "executors": ("duplexer.bench.executors", "main", "local vs Ray executor: event hop latency, sessions"),
+    "conversation": (
+        "duplexer.bench.conversation",
+        "main",
+        "recorded questions through the live pipeline, real models: latency, takeover, barge-in, stages",
+    ),
 }
 
 
