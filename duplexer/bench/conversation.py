@@ -187,7 +187,7 @@ def table_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
                 name,
                 f"{_fmt(sh['p10'])}/{_fmt(sh['p50'])}/{_fmt(sh['p90'])}",
                 f"{_fmt(lo['p50'])}/{_fmt(lo['p90'])}",
-                _fmt(s["pause_takeover_rate"]),
+                s["pause_takeovers"],
                 f"{s['talk_over_long']['count']}/{_fmt(s['talk_over_long']['total_ms'])} ms",
                 f"{_fmt(stop['p50'])}/{_fmt(stop['p90'])} ({s['barge_ins']})",
                 f"{spec['committed']}/{spec['started']}",
@@ -201,7 +201,7 @@ def table_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
 
 def stage_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
     return [
-        [f"{name} p50 (ms)", *(_fmt(s["stages_p50_ms"][stage]) for stage in STAGES)]
+        [f"{name} ({s['staged_turns']} turns)", *(_fmt(s["stages_p50_ms"][stage]) for stage in STAGES)]
         for name, s in summary.items()
         if name.startswith("ALL")
     ]

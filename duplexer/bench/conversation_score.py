@@ -216,12 +216,14 @@ def summarize(rows: Sequence[dict[str, Any]], runs: Sequence[LiveRun]) -> dict[s
     texts = [reply_texts(run) for run in runs]
     staged = [r["stages_ms"] for r in plain if "stages_ms" in r]
     return {
+        "staged_turns": len(staged),
         "turns": len(rows),
         "heard": len(heard),
         "unanswered": sum(1 for r in plain if r["response_latency_ms"] is None),
         "response_latency_short_ms": percentiles(_values(short, "response_latency_ms"), (10, 50, 90)),
         "response_latency_long_ms": percentiles(_values(long, "response_latency_ms"), (10, 50, 90)),
         "pause_takeover_rate": rate(sum(r["pause_taken_over"] for r in paused), len(paused)),
+        "pause_takeovers": f"{sum(r['pause_taken_over'] for r in paused)}/{len(paused)}",
         "talk_over_long": {
             "count": sum(r["talk_over_count"] for r in long),
             "total_ms": round(sum(r["talk_over_ms"] for r in long), 1),
