@@ -74,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--gap-ms",
         type=_non_negative_ms,
         default=DEFAULT_GAP_MS,
-        help=f"silence after each turn (default {DEFAULT_GAP_MS:.0f})",
+        help=f"silence between the bot's reply and the next turn (default {DEFAULT_GAP_MS:.0f})",
+    )
+    parser.add_argument(
+        "--fixed-gap",
+        action="store_true",
+        help="start each turn --gap-ms after the previous turn, whether or not the reply is over "
+        "(the same input for every configuration; long replies then meet the next turn as barge-ins)",
     )
     parser.add_argument(
         "--pause-ms",
@@ -126,6 +132,7 @@ async def run_conversations(
     gap_ms: float = DEFAULT_GAP_MS,
     baseline: bool = True,
     on_done: Callable[[str, LiveRun], None] | None = None,
+    fixed_gap: bool = False,
 ) -> dict[str, list[tuple[Conversation, LiveRun]]]:
     """Each conversation live with speculation on and (``baseline``) off; which runs first alternates
     from one conversation to the next, so neither always meets the warmer caches."""
@@ -133,7 +140,7 @@ async def run_conversations(
 
     runs: dict[str, list[tuple[Conversation, LiveRun]]] = {"on": [], "off": []}
     for k, conversation in enumerate(conversations):
-        scenario, clips = scenario_of(conversation, gap_ms)
+        scenario, clips = scenario_of(conversation, gap_ms, fixed_gap=fixed_gap)
         modes = ["on", "off"] if baseline else ["on"]
         for mode in modes if k % 2 == 0 else modes[::-1]:
             chosen = config if mode == "on" else without_speculation(config)
@@ -249,7 +256,13 @@ def main(argv: Sequence[str]) -> int:
     began = time.monotonic()
     runs = asyncio.run(
         run_conversations(
-            conversations, make_engines, demo_config(None, policy), args.gap_ms, not args.no_speculation_baseline, done
+            conversations,
+            make_engines,
+            demo_config(None, policy),
+            args.gap_ms,
+            not args.no_speculation_baseline,
+            done,
+            args.fixed_gap,
         )
     )
     elapsed_s = time.monotonic() - began
@@ -265,9 +278,10 @@ def main(argv: Sequence[str]) -> int:
     say(f"wrote {args.out / 'conversation.json'} and the stereo wavs (user left, bot right); {elapsed_s:.0f} s")
     qa = [f"{c}: {p['user']!r} -> {p['bot']!r}" for c, pairs in result["exchanges"].items() for p in pairs[:5]]
     notes = (
-        f"policy {args.policy}; gap {args.gap_ms:.0f} ms; long-form mid-turn pause {args.pause_ms:.0f} ms; "
-        f"every {args.interrupt_every}th turn interrupts {BARGE_IN_AFTER_MS:.0f} ms into a reply; "
-        f"{elapsed_s:.0f} s wall",
+        f"policy {args.policy}; next turn {args.gap_ms:.0f} ms after "
+        f"{'the previous turn' if args.fixed_gap else 'the reply ends'}; long-form mid-turn pause "
+        f"{args.pause_ms:.0f} ms; interrupt every {args.interrupt_every} turns, "
+        f"{BARGE_IN_AFTER_MS:.0f} ms into a reply; {elapsed_s:.0f} s wall",
         "latency from audio (bot audible onset - user's last audible sample), ms; pause TO: long forms the bot "
         "talked into; stop: barge-in stop latency (interruptions that landed over the bot); spec commit: speculative "
         "replies committed/started; saved: the same turn off minus on; CPU figures are noisy on a shared machine",

@@ -7,9 +7,11 @@ play basketball | on Thursdays?"); the WaveNet voices go on without a break, so 
 of ``pause_ms`` is put where the short form ends (found from the annotation's word starts): the
 point where a detector that hears only words would take the floor.
 
-Each turn starts a fixed gap after the previous one ends, except every ``interrupt_every``-th,
-which starts ``barge_in_after_ms`` after the bot begins its reply to the turn before: the user
-cuts into a reply that is playing.
+Each turn starts ``gap_ms`` after the bot's reply to the previous one has been heard out (or, with
+``fixed_gap``, that long after the previous turn), except every ``interrupt_every``-th, which starts
+``barge_in_after_ms`` after the bot begins its reply to the turn before: the user cuts into a reply
+that is playing. Waiting for the reply keeps the other turns free of barge-ins however long the
+replies run; a fixed gap plays the same input to every configuration.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ VAP_PHRASES_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 """The shared VAP phrase recordings, next to a checkout (``../shared/data/vap_phrases``)."""
 DEFAULT_VOICES: tuple[str, ...] = ("E", "F")
 """The VAP voices held out from end-of-turn calibration (A, B and C calibrate)."""
-DEFAULT_GAP_MS = 4000.0
-"""Silence after a turn before the next: long enough for a short reply to be heard out."""
+DEFAULT_GAP_MS = 1500.0
+"""Silence between the bot's reply and the next turn (with ``fixed_gap``: between the user's turns)."""
+REPLY_WAIT_MS = 20_000.0
+"""How long after a turn the user waits for the reply to start (an interruption) or end (the next
+turn) before going on regardless."""
 BARGE_IN_AFTER_MS = 1000.0
 """An interrupting turn starts this long after the bot's reply to the turn before began."""
 DEFAULT_INTERRUPT_EVERY = 3
@@ -178,7 +183,10 @@ def limited(conversation: Conversation, limit: int | None) -> Conversation:
 
 
 def scenario_of(
-    conversation: Conversation, gap_ms: float = DEFAULT_GAP_MS, barge_in_after_ms: float = BARGE_IN_AFTER_MS
+    conversation: Conversation,
+    gap_ms: float = DEFAULT_GAP_MS,
+    barge_in_after_ms: float = BARGE_IN_AFTER_MS,
+    fixed_gap: bool = False,
 ) -> tuple[Scenario, list[bytes]]:
     """The conversation as a live user: one step and one clip per turn."""
     steps: list[Say | Backchannel | Noise | Silence] = []
@@ -186,12 +194,14 @@ def scenario_of(
         if i == 0:
             start = Start(at_ms=500.0)
         elif turn.interrupts:
-            start = Start(after="bot_start", gap_ms=barge_in_after_ms, wait_ms=gap_ms)
-        else:
+            start = Start(after="bot_start", gap_ms=barge_in_after_ms, wait_ms=REPLY_WAIT_MS)
+        elif fixed_gap:
             start = Start(after="previous", gap_ms=gap_ms)
+        else:
+            start = Start(after="bot_done", gap_ms=gap_ms, wait_ms=REPLY_WAIT_MS)
         segment = Segment(start_ms=0.0, end_ms=max(turn.duration_ms, 1.0))
         steps.append(Say(say=turn.text or turn.name, segments=[segment], start=start))
-    total_ms = sum(t.duration_ms + gap_ms + barge_in_after_ms for t in conversation.turns)
+    total_ms = sum(t.duration_ms + gap_ms + REPLY_WAIT_MS for t in conversation.turns)
     scenario = Scenario(
         name=conversation.name, script=steps, tail_ms=TAIL_MS, max_duration_ms=total_ms + TAIL_MS + 60_000.0
     )
