@@ -35,6 +35,11 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "eot": ("duplexer.bench.eot", "main", "end of turn: dead air vs false cut-offs, silence/text/audio/fused"),
     "executors": ("duplexer.bench.executors", "main", "local vs Ray executor: event hop latency, sessions"),
     "replies": ("duplexer.bench.replies", "main", "embedded LLM on VAP conversations: distinct replies, repeat guard"),
+    "conversation": (
+        "duplexer.bench.conversation",
+        "main",
+        "recorded questions through the live pipeline, real models: latency, takeover, barge-in, stages",
+    ),
 }
 
 

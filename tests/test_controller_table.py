@@ -205,8 +205,9 @@ def test_one_default_policy_the_live_one_and_the_first_defaults_kept_by_name() -
     classic = preset("classic")
     assert (classic.pause_ms, classic.end_of_turn_min_ms, classic.backchannel_pause_playout) == (200.0, 300.0, False)
     assert classic.resume_after_ms == 0.0
-    with pytest.raises(ValueError, match="unknown policy preset 'fast' \\(known: live, classic, default\\)"):
-        preset("fast")
+    assert preset("fast").end_of_turn_min_ms < LIVE_CALL_POLICY.end_of_turn_min_ms
+    with pytest.raises(ValueError, match="unknown policy preset 'brisk' \\(known: live, fast, classic, default\\)"):
+        preset("brisk")
 
 
 def test_the_policy_decides_whether_tts_renders_a_speculative_reply_before_its_commit() -> None:

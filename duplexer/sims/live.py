@@ -191,13 +191,15 @@ async def run_live(
     greeting: str = "",
     recording: bytes | None = None,
     quiet_wait_ms: float | None = QUIET_WAIT_MS,
+    extra_events: tuple[type[Event], ...] = (),
 ) -> LiveRun:
     """Play ``scenario`` in real time, speaking ``utterances`` (one per speech span, in order), or,
     given a ``recording``, streaming it verbatim from time 0 as the microphone (the scenario then only
     records the user's turns). The run lasts past the scenario and the whole recording until the bot
     is quiet, so the reply in progress is heard to its end; at most ``quiet_wait_ms`` longer. With
     ``quiet_wait_ms=None`` it ends with the input, as a benchmark whose outputs must be exactly the
-    input's length needs."""
+    input's length needs. ``extra_events``: more event types to keep in the run's events (a stage
+    breakdown needs the VAD's, ASR's, LLM's and TTS's own; they are many, so only on request)."""
     clock = LoopClock()
     track = MicTrack(recording or b"")
     input_ms = 1000.0 * len(track.samples) / INPUT_SAMPLE_RATE_HZ
@@ -206,7 +208,9 @@ async def run_live(
     engines = make_engines(clock, sink)
     context = ContextManager(system_prompt) if system_prompt else ContextManager()
     session = Session(session_id=scenario.name, clock=clock)
-    recorder = session.bus.subscribe("live-recorder", (*RECORDED_EVENTS, HistoryUpdated), maxsize=1_000_000)
+    recorder = session.bus.subscribe(
+        "live-recorder", (*RECORDED_EVENTS, HistoryUpdated, *extra_events), maxsize=1_000_000
+    )
     actors = start_pipeline(session, engines, config, context)
     watch = _BotWatch()
     replies = _ReplyWatch(watch)
