@@ -4,6 +4,7 @@ continues the user's turn at once instead of being talked over until a barge-in.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ from duplexer.runtime.events import (
     AudioFrame,
     CancelReply,
     CommitReply,
+    EndOfTurnProbability,
     Event,
     PlayoutStarted,
     StartReply,
@@ -169,3 +171,29 @@ def test_the_vad_offers_a_speech_end_once_per_silence_before_it_stops() -> None:
     assert len(offers) == 1  # a one-frame dip is not 40 ms of silence
     assert offers[0].speech_end_ms == stop.speech_end_ms == 12 * FRAME_MS
     assert events.index(offers[0]) < events.index(stop)
+
+
+def test_a_resumed_turn_forgets_the_end_of_turn_estimate_made_before_the_commit() -> None:
+    d = Driver(LIVE_CALL_POLICY)
+    _paused_with_words(d)
+    d.send(EndOfTurnProbability, probability=0.99)
+    d.wait(LIVE_CALL_POLICY.end_of_turn_max_ms)
+    ((commit_ms, commit),) = _commits(d)
+    d.send(PlayoutStarted, reply_id=commit.reply_id)
+    d.segment += 1
+    d.send(VadSpeechStart, segment_id=d.segment, probability=0.9, speech_start_ms=commit_ms + 100.0)
+    assert d.c.phase is Phase.USER_SPEAKING and d.c.state.eot_probability is None
+
+
+def test_without_a_resume_window_speech_after_a_commit_is_an_overlap() -> None:
+    params = replace(LIVE_CALL_POLICY, resume_after_commit_ms=0.0)
+    d = Driver(params)
+    _paused_with_words(d)
+    while not _commits(d):
+        d.wait(FRAME_MS)
+    ((_, commit),) = _commits(d)
+    d.send(PlayoutStarted, reply_id=commit.reply_id)
+    d.segment += 1
+    d.send(VadSpeechStart, segment_id=d.segment, probability=0.9, speech_start_ms=d.now - 20.0)
+    assert d.c.phase is Phase.USER_OVERLAP
+    assert not any(isinstance(a, CancelReply) for _, a in d.actions)

@@ -93,8 +93,7 @@ def test_the_references_are_earlier_replies_prompt_replies_and_the_echoed_system
         ("earlier", "one"),
         ("sadly", "no", "sorry"),
         ("sorry",),  # a copy may open with any sentence of a reference
-        ("you", "are", "robin"),
-        ("i", "am", "robin"),
+        ("you", "are", "robin"),  # not in the first person: "I am Robin" is the bot's identity to give
     ]
 
 
@@ -228,3 +227,23 @@ def test_a_structured_tool_call_passes_the_guard_after_the_words_it_held() -> No
         return [p async for p in guarded_stream(stream, (("system", SYSTEM), ("user", "weather?")), [EARLIER])]
 
     assert asyncio.run(run()) == ["Let me ", chunk, "check."]
+
+
+def test_the_bot_may_give_its_identity_but_not_recite_its_instructions() -> None:
+    system = "You are Robin, a friendly voice assistant. Answer what was asked in one or two short sentences."
+    messages: tuple[Message, ...] = (("system", system), ("user", "who are you?"))
+
+    async def first(reply: str) -> tuple[str, GuardOutcome]:
+        outcome = GuardOutcome()
+
+        async def stream(_: Sequence[Message]) -> AsyncIterator[str]:
+            for piece in pieces_of(reply):
+                yield piece
+
+        text = "".join([p async for p in guarded_stream(stream, messages, [], None, outcome)])  # type: ignore[misc]
+        return text, outcome
+
+    text, outcome = asyncio.run(first("I'm Robin, a friendly voice assistant."))
+    assert text == "I'm Robin, a friendly voice assistant." and outcome.retries == 0
+    _, recited = asyncio.run(first("Answer what was asked in one or two short sentences."))
+    assert recited.retries > 0 or recited.fallback

@@ -84,6 +84,24 @@ class Counting:
         return self.p
 
 
+def test_the_fused_engine_asks_each_detector_once_per_input_and_reads_no_words_as_undecided() -> None:
+    text, audio = Counting(0.9), Counting(0.2)
+    fused = FusedTurnDetector(text, audio, FusionWeights(bias=0.0, text=1.0, audio=1.0))
+    pause = b"\x00\x01\x00\x00"
+
+    async def main() -> list[float]:
+        return [
+            await fused.end_of_turn_probability("", (), pause),  # the pause starts before its transcript
+            await fused.end_of_turn_probability("so do you", (), pause),  # the final lands in the same pause
+        ]
+
+    out = asyncio.run(main())
+    assert text.calls == [("so do you", b"")]  # the text detector is not given audio
+    assert audio.calls == [("", pause)]  # the pause's audio is heard once
+    assert out[0] == pytest.approx(FusionWeights(0.0, 1.0, 1.0).probability(0.5, 0.2))
+    assert out[1] == pytest.approx(FusionWeights(0.0, 1.0, 1.0).probability(0.9, 0.2))
+
+
 def test_the_fused_engine_asks_the_text_detector_once_per_transcript_and_the_audio_one_every_time() -> None:
     text, audio = Counting(0.9), Counting(0.2)
     fused = FusedTurnDetector(text, audio, FusionWeights(bias=0.0, text=1.0, audio=1.0))

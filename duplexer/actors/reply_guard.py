@@ -117,13 +117,18 @@ class RepeatCheck:
 
 def references_of(messages: Sequence[Message], earlier_replies: Sequence[str]) -> list[tuple[str, ...]]:
     """What a reply must not open like, from each sentence start on: earlier replies, the prompt's
-    assistant turns (examples, kept history) and its system prompt, as written and in the first person."""
+    assistant turns (examples, kept history) and its system prompt, as written and in the first person,
+    except its first sentence in the first person: that is the identity ("You are Robin, ..."), which
+    the bot may give when asked who it is (once: then it is an earlier reply)."""
     texts = [*earlier_replies, *(text for role, text in messages if role == "assistant")]
     refs = [normalize_words(opening) for text in texts for opening in sentence_openings(text)]
     for role, text in messages:
         if role == "system":
-            for opening in sentence_openings(text):
-                refs += [normalize_words(opening), first_person(normalize_words(opening))]
+            for i, opening in enumerate(sentence_openings(text)):
+                words = normalize_words(opening)
+                refs.append(words)
+                if i > 0:  # the first opening starts with the identity
+                    refs.append(first_person(words))
     return refs
 
 

@@ -117,6 +117,8 @@ class TurnDetectorActor(Actor):
         self.estimated_in_turn = False
         self.audio: deque[tuple[float, bytes]] = deque()
         """(start ms, PCM16 16 kHz) frames, the last :data:`TURN_AUDIO_MAX_MS` of them at most."""
+        self.pause_audio: bytes | None = None
+        """The turn's audio when the current pause began (None while the user speaks)."""
         self.audio_ms = 0.0
         self.turn_audio_from_ms = -math.inf
         """Frames that end before this (session ms) are from before the user's turn."""
@@ -161,6 +163,7 @@ class TurnDetectorActor(Actor):
                 self.turn_id, self.segments = event.turn_id, {}
                 self.revision += 1
                 self.pause += 1
+                self.pause_audio = None
                 self.estimated_in_turn = False
                 self._start_turn_audio(event.ts_ms)
             self.state = event.new_state
@@ -169,13 +172,16 @@ class TurnDetectorActor(Actor):
                 self.last_bot_text = event.text
         elif isinstance(event, VadSpeechStart):
             self.pause += 1
+            self.pause_audio = None
             if self.in_user_turn and (self.segments or self.estimated_in_turn):
                 self.revision += 1
                 self.emit(EndOfTurnProbability, turn_id=self.turn_id, probability=NEUTRAL_PROBABILITY)
         elif isinstance(event, VadSpeechStop):
             if self.in_user_turn:
                 self.pause += 1
-                self._ask(f"eot-stop-{event.segment_id}")
+                self.pause_audio = self.turn_audio()
+                # the segment that just ended has no transcript yet: the words are left to its final
+                self._ask(f"eot-stop-{event.segment_id}", transcript="")
                 for offset_ms in self.params.pause_offsets_ms:
                     self.spawn(self._ask_later(self.pause, offset_ms), f"eot-pause-{event.segment_id}-{offset_ms:g}")
         elif isinstance(event, AsrFinal):
@@ -185,17 +191,21 @@ class TurnDetectorActor(Actor):
             self.revision += 1
             self._ask(f"eot-{event.segment_id}")
 
-    def _ask(self, name: str) -> None:
+    def _ask(self, name: str, audio: bytes | None = None, transcript: str | None = None) -> None:
+        """Estimate with the transcript so far and ``audio``: by default the audio heard when the pause
+        began (a final landing in the pause changes the words, not what the pause sounded like, so the
+        audio model's answer for it stands), else the turn's audio so far."""
         self.requested += 1
         self.estimated_in_turn = True
-        self.spawn(
-            self._estimate(self.turn_id, self.revision, self.requested, self.transcript(), self.turn_audio()), name
-        )
+        if audio is None:
+            audio = self.pause_audio if self.pause_audio is not None else self.turn_audio()
+        words = self.transcript() if transcript is None else transcript
+        self.spawn(self._estimate(self.turn_id, self.revision, self.requested, words, audio), name)
 
     async def _ask_later(self, pause: int, offset_ms: float) -> None:
         await self.ctx.clock.sleep_ms(offset_ms)
         if pause == self.pause and self.in_user_turn:
-            self._ask(f"eot-pause-{offset_ms:g}")
+            self._ask(f"eot-pause-{offset_ms:g}", self.turn_audio())
 
     def _context(self) -> tuple[Message, ...]:
         words = self.last_bot_text.split()[-self.params.context_max_words :] if self.params.context_max_words else []

@@ -103,20 +103,30 @@ class FusedTurnDetector:
         self.weights = weights
         self._text_key: tuple[str, tuple[Message, ...]] | None = None
         self._text_p = 0.5
+        self._audio_key: bytes | None = None
+        self._audio_p = 0.5
         self.last_parts: tuple[float, float] = (0.5, 0.5)
         """(p_text, p_audio) of the latest call, for benchmarks and logs."""
 
     async def _text_probability(self, transcript: str, context: tuple[Message, ...]) -> float:
+        if not transcript.strip():  # the pause began before its transcript: no words to read yet
+            return 0.5
         key = (transcript, context)
         if key != self._text_key:
             self._text_p = float(await self.text.end_of_turn_probability(transcript, context))
             self._text_key = key
         return self._text_p
 
+    async def _audio_probability(self, transcript: str, context: Sequence[Message], audio: bytes) -> float:
+        if audio != self._audio_key:
+            self._audio_p = float(await self.audio.end_of_turn_probability(transcript, context, audio))
+            self._audio_key = audio
+        return self._audio_p
+
     async def end_of_turn_probability(self, transcript: str, context: Sequence[Message], audio: bytes = b"") -> float:
         p_text, p_audio = await asyncio.gather(
             self._text_probability(transcript, tuple(context)),
-            self.audio.end_of_turn_probability(transcript, context, audio),
+            self._audio_probability(transcript, context, audio),
         )
         self.last_parts = (float(p_text), float(p_audio))
         return self.weights.probability(*self.last_parts)

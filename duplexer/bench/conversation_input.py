@@ -42,8 +42,11 @@ BARGE_IN_AFTER_MS = 1000.0
 """An interrupting turn starts this long after the bot's reply to the turn before began."""
 DEFAULT_INTERRUPT_EVERY = 3
 """Every third VAP phrase's short form (every third file of a folder) interrupts a reply."""
-DEFAULT_PAUSE_MS = 500.0
-"""The mid-turn pause put into each long form: a hesitation, shorter than the end-of-turn wait."""
+DEFAULT_PAUSE_MS = 800.0
+"""The mid-turn pause put into each long form (the VAP recordings have none the VAD can hear): a
+hesitation longer than the shortest end-of-turn wait of every preset (live 500 ms, fast 300 ms), near
+the 80th percentile of the hesitations ``bench eot`` models, so a policy that trusts a detector too
+much takes it over."""
 PAUSE_QUIET_DB = -35.0
 """The pause goes in where the audio before the continuation's first word falls this far below the
 clip's loudest 10 ms frame, so the cut lands in the quiet between words, not inside one."""

@@ -91,14 +91,18 @@ def _resumes_after_commit(step: Step, ev: VadSpeechStart) -> bool:
     """Speech within resume_after_commit_ms of a commit: the user was not done. The reply stops at
     once and is taken back, and the speech joins the user's turn; False for any other speech."""
     s, params = step.state, step.params
-    if s.committed_at_ms is None or s.reply is None or ev.probability < params.min_speech_probability:
+    if params.resume_after_commit_ms <= 0 or s.committed_at_ms is None or s.reply is None:
+        return False
+    if ev.probability < params.min_speech_probability:
         return False
     if ev.speech_start_ms - s.committed_at_ms > params.resume_after_commit_ms:
         return False
     reply = s.reply
     step.emit(StopPlayout, reply_id=reply.reply_id)
     step.emit(CancelReply, reply_id=reply.reply_id, reason=RESUMED_AFTER_COMMIT)
-    step.set(reply=None, stopping_reply_id=reply.reply_id, committed_at_ms=None, speculative_calls=0)
+    step.set(
+        reply=None, stopping_reply_id=reply.reply_id, committed_at_ms=None, speculative_calls=0, eot_probability=None
+    )
     _speech_joins_turn(step, ev)
     step.goto(Phase.USER_SPEAKING, "user resumed after commit")
     return True
@@ -260,7 +264,7 @@ def _check_barge_in(step: Step) -> bool:
 
 
 def _bot_speaks_first(step: Step, ev: SpeakRequest) -> None:
-    step.set(reply=Reply(reply_id=ev.reply_id, user_text=""))
+    step.set(reply=Reply(reply_id=ev.reply_id, user_text=""), committed_at_ms=None)
     step.emit(SpeakText, reply_id=ev.reply_id, text=ev.text)
     step.emit(StartPlayout, reply_id=ev.reply_id)
     step.goto(Phase.BOT_REPLYING, "bot speaks first")
@@ -313,7 +317,7 @@ def _late_playout_stopped(step: Step, ev: PlayoutStopped) -> None:
 
 def _reply_played(step: Step, ev: PlayoutDone) -> None:
     if not _stop_reached(step, ev.reply_id) and _is_live(step, ev.reply_id):
-        step.set(reply=None)
+        step.set(reply=None, committed_at_ms=None)
         step.goto(Phase.SILENCE, "reply played")
 
 

@@ -31,8 +31,8 @@ class Urgency(enum.IntEnum):
     """A reply's tokens: its first clause holds up the first audio; a token (~20 ms) is short
     enough to wait for the steps above."""
     TURN_DETECTOR = 3
-    """Its answer is needed only when the end-of-turn silence could end (>= 600 ms after the
-    user stops), so it lets a reply's first tokens go first, but for at most
+    """Its answer is needed only when the end-of-turn silence could end (>= 500 ms after the
+    user stops under the live policy), so it lets a reply's first tokens go first, but for at most
     :data:`TURN_DETECTOR_MAX_WAIT_S`: then it goes before the LLM's next token."""
 
 
