@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,17 @@ def chosen_policy(args: argparse.Namespace) -> PolicyParams:
         return preset(args.policy)
     except ValueError as exc:
         raise ValueError(f"--policy: {exc}") from None
+
+
+def non_negative_ms(text: str) -> float:
+    """argparse type: a finite number of milliseconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:

@@ -167,3 +167,13 @@ def test_the_bench_runs_the_real_models_on_two_turns(tmp_path: Path) -> None:
             assert list(row["stages_ms"]) == list(STAGES)
     for name in ("E_spec_on.wav", "E_spec_off.wav"):
         assert (out / name).stat().st_size > 2 * 2 * INPUT_SAMPLE_RATE_HZ  # stereo, over a second
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "soon"])
+def test_a_gap_that_is_no_finite_non_negative_number_exits_2_naming_the_option(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "conversation", "--no-log", "--gap-ms", value])
+    assert exit_info.value.code == 2
+    assert "argument --gap-ms" in capsys.readouterr().err

@@ -30,21 +30,11 @@ from duplexer.bench.conversation_input import (
     vap_conversation,
 )
 from duplexer.bench.conversation_score import STAGE_EVENTS, STAGES, exchanges, saved_latency, summarize, turn_rows
-from duplexer.cli_support import add_policy_argument, chosen_policy, fail, positive_int, unwritable
+from duplexer.cli_support import add_policy_argument, chosen_policy, fail, non_negative_ms, positive_int, unwritable
 from duplexer.runtime.console import progress, say
 
 if TYPE_CHECKING:  # the pipeline loads only when a run starts
     from duplexer.sims.live import EngineFactory, LiveRun
-
-
-def _non_negative_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--gap-ms",
-        type=_non_negative_ms,
+        type=non_negative_ms,
         default=DEFAULT_GAP_MS,
         help=f"silence between the bot's reply and the next turn (default {DEFAULT_GAP_MS:.0f})",
     )
@@ -84,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--pause-ms",
-        type=_non_negative_ms,
+        type=non_negative_ms,
         default=DEFAULT_PAUSE_MS,
         help="mid-turn pause put into each VAP long form where its short form ends "
         f"(default {DEFAULT_PAUSE_MS:.0f}; 0: none)",
