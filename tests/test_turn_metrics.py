@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from duplexer.sims.metrics import turn_facts
-from duplexer.sims.report import make_params
 from duplexer.sims.scenario import load_scenario
 from duplexer.sims.simulator import simulate
 from duplexer.sims.turn_metrics import (
@@ -116,14 +115,18 @@ def test_talk_over_never_exceeds_the_turn_and_latency_is_never_negative(
         assert scored.pause_taken_over is False  # one segment per turn: no pauses
 
 
-def test_an_end_of_turn_timer_firing_just_after_the_user_resumes_is_reported_as_talk_over() -> None:
+def test_an_end_of_turn_timer_firing_just_after_the_user_resumes_is_talk_over_that_live_no_longer_makes() -> None:
+    from duplexer.policies.params import CLASSIC_POLICY, LIVE_CALL_POLICY
+
     scenario = load_scenario(SCENARIOS / "end_of_turn_just_after_resume.yaml")
-    facts = turn_facts(simulate(scenario, make_params({}), 0))
-    (turn,) = facts.turns
+    classic = turn_facts(simulate(scenario, CLASSIC_POLICY, 0))  # commits inside the VAD's onset lag
+    (turn,) = classic.turns
     assert turn.pauses == 1
     assert turn.talk_over_count >= 1 and turn.talk_over_ms > 0.0
-    assert turn.pause_taken_over
-    assert facts.pause_takeovers == 1
+    assert turn.pause_taken_over and classic.pause_takeovers == 1
+    live = turn_facts(simulate(scenario, LIVE_CALL_POLICY, 0))  # holds the commit on the onset candidate
+    (turn,) = live.turns
+    assert turn.talk_over_count == 0 and not turn.pause_taken_over
 
 
 def test_the_demo_reports_latency_from_the_audible_onset_and_the_first_chunk_beside_it() -> None:
