@@ -75,23 +75,8 @@ def bot_said(text: str) -> HistoryUpdated:
 
 def drive(engine: FakeDetector, events: Sequence[Event | float]) -> list[Event]:
     """Feed events to the actor (a float waits that long, in seconds); return what it emitted."""
-
-    async def main() -> list[Event]:
-        bus = Bus(S, LoopClock())
-        out = bus.subscribe("out", (EndOfTurnProbability, ErrorEvent))
-        actor = TurnDetectorActor(SessionContext(S, bus, LoopClock()), engine)
-        for item in events:
-            if isinstance(item, float):
-                await asyncio.sleep(item)
-            else:
-                await actor.handle(item)
-        await asyncio.sleep(1.0)
-        got = []
-        while (event := out.get_nowait()) is not None:
-            got.append(event)
-        return got
-
-    return run_virtual(main())  # type: ignore[return-value]
+    got, _ = drive_actor(engine, events)
+    return got  # type: ignore[no-any-return]
 
 
 def probabilities(events: Sequence[Event]) -> list[float]:
@@ -433,7 +418,8 @@ def stop(segment_id: int) -> VadSpeechStop:
 
 
 def drive_actor(engine: object, events: Sequence[Event | float], params: TurnDetectorParams | None = None):  # type: ignore[no-untyped-def]
-    """Like :func:`drive`, but also returns the actor (to look at its audio)."""
+    """Feed events to the actor (a float waits that long, in seconds); return what it emitted, and
+    the actor (to look at its audio)."""
 
     async def main():  # type: ignore[no-untyped-def]
         bus = Bus(S, LoopClock())
