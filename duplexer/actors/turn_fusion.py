@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from duplexer.actors.engines import Message, TurnDetectorEngine
+from duplexer.actors.turn_detector import NEUTRAL_PROBABILITY
 
 _P_CLIP = 1e-4
 """Probabilities are clipped to [1e-4, 1 - 1e-4] before the logit: a saturated model output must
@@ -102,15 +103,15 @@ class FusedTurnDetector:
         self.audio = audio
         self.weights = weights
         self._text_key: tuple[str, tuple[Message, ...]] | None = None
-        self._text_p = 0.5
+        self._text_p = NEUTRAL_PROBABILITY
         self._audio_key: bytes | None = None
-        self._audio_p = 0.5
-        self.last_parts: tuple[float, float] = (0.5, 0.5)
+        self._audio_p = NEUTRAL_PROBABILITY
+        self.last_parts: tuple[float, float] = (NEUTRAL_PROBABILITY, NEUTRAL_PROBABILITY)
         """(p_text, p_audio) of the latest call, for benchmarks and logs."""
 
     async def _text_probability(self, transcript: str, context: tuple[Message, ...]) -> float:
         if not transcript.strip():  # the pause began before its transcript: no words to read yet
-            return 0.5
+            return NEUTRAL_PROBABILITY
         key = (transcript, context)
         if key != self._text_key:
             self._text_p = float(await self.text.end_of_turn_probability(transcript, context))
