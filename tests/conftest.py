@@ -60,3 +60,41 @@ def ray_instance() -> Iterator[None]:
 
     serve.shutdown()
     ray.shutdown()
+
+
+FUZZ_EXAMPLES_DEFAULT = 60
+FUZZ_EXAMPLES_LONG = 2000
+"""Examples per fuzzing property: bounded in the default run, many more with ``--long``."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="also run tests marked 'long' (the long fuzzing and soak runs); off by default",
+    )
+
+
+_FUZZ_EXAMPLES_ENV = "DUPLEXER_FUZZ_EXAMPLES"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An environment variable, not a global: test modules may import a second copy of conftest.
+    count = FUZZ_EXAMPLES_LONG if config.getoption("--long") else FUZZ_EXAMPLES_DEFAULT
+    os.environ[_FUZZ_EXAMPLES_ENV] = str(count)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="a long run: pass --long to run it")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
+def fuzz_settings() -> settings:
+    """Hypothesis settings for a fuzzing property: the bounded default number of examples,
+    or the long count under ``--long`` (read when the test module is imported, after configure)."""
+    count = int(os.environ.get(_FUZZ_EXAMPLES_ENV, FUZZ_EXAMPLES_DEFAULT))
+    return settings(max_examples=count)
