@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.inbound_audio import InboundAudio
 from duplexer.protocols.webrtc_audio import BotAudioTrack
+from duplexer.protocols.webrtc_guard import MAX_DATA_CHANNEL_MESSAGE_BYTES
 from duplexer.protocols.webrtc_messages import (
     FORWARDED_EVENTS,
     PROTOCOL_VERSION,
@@ -63,6 +63,7 @@ from duplexer.runtime.events import (
 )
 from duplexer.runtime.executors import SessionMaker, local_session
 from duplexer.runtime.logging import get_logger
+from duplexer.runtime.untrusted import UntrustedInputError, load_json
 
 MAX_UNSENT_MESSAGES = 2000
 """Messages held while the data channel is not open yet; the oldest go first beyond this."""
@@ -233,6 +234,8 @@ class Call:
         self.unsent: deque[str] = deque(maxlen=MAX_UNSENT_MESSAGES)
         self.sent_log: deque[dict[str, Any]] = deque(maxlen=settings.log_limit)
         self.client_log: list[dict[str, Any]] = []
+        self.client_log_bytes = 0
+        self.client_log_dropped = 0
         self.client_stats: dict[str, Any] = {}
         self.messages_sent = 0
         self.connected = asyncio.Event()
@@ -274,13 +277,15 @@ class Call:
         )
         try:
             await pc.setRemoteDescription(offer)
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except Exception as exc:  # aiortc raises whatever the offer provokes
             raise OfferRejected(f"the offer SDP cannot be used: {exc or type(exc).__name__}") from None
         if not any(t.kind == "audio" for t in pc.getTransceivers()):
             raise OfferRejected("the offer has no audio section; add a microphone track before createOffer")
         pc.addTrack(self.track)
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)
+        try:  # an offer aiortc accepted can still break its answer (AttributeError on a repeated a=mid)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            raise OfferRejected(f"the offer SDP cannot be used: {type(exc).__name__}: {exc}") from None
         self._watchdog = asyncio.create_task(self._watch(), name=f"{self.id}:webrtc:watchdog")
         self.log.info("webrtc_call_answered")
         local = pc.localDescription
@@ -324,8 +329,8 @@ class Call:
 
     def _on_client_message(self, data: str | bytes) -> None:
         try:
-            message = json.loads(data)
-        except (ValueError, TypeError):
+            message = load_json(data, "a data channel message", MAX_DATA_CHANNEL_MESSAGE_BYTES)
+        except UntrustedInputError:
             message = None
         if isinstance(message, dict) and message.get("type") == "hangup":
             self.request_close("hangup")

@@ -11,9 +11,10 @@ from typing import Any
 
 from duplexer.cli_support import add_policy_argument, chosen_policy, fail
 from duplexer.protocols.executor_cli import add_transport_executor_arguments
+from duplexer.protocols.turn_credentials import TURN_TTL_S
 
 TOKEN_ENV = "DUPLEXER_TOKEN"
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+TURN_SECRET_ENV = "DUPLEXER_TURN_SECRET"
 BASE_WORKERS = 8
 WORKERS_PER_CALL = 8
 
@@ -67,11 +68,21 @@ def run(args: argparse.Namespace) -> int:
     )
     from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
     from duplexer.protocols.webrtc_call import CallSettings
+    from duplexer.protocols.webrtc_guard import is_loopback, normalised_origin
     from duplexer.protocols.webrtc_server import IceServer, ServerConfig, WebRtcServer
     from duplexer.runtime.logging import configure_logging, get_logger
 
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    turn_secret = args.turn_secret if args.turn_secret is not None else os.environ.get(TURN_SECRET_ENV)
+    if not is_loopback(args.host) and token is None and not args.insecure:
+        return fail(
+            f"--host {args.host} lets other machines call: set --token (or {TOKEN_ENV}), "
+            "or pass --insecure to serve without one"
+        )
+    if turn_secret is not None and (args.ice_username is not None or args.ice_credential is not None):
+        return fail("--turn-secret makes the TURN credentials; drop --ice-username and --ice-credential")
     try:
+        origins = tuple(normalised_origin(origin) for origin in args.allow_origin)
         ice = tuple(
             IceServer(url, args.ice_username, args.ice_credential)
             if url.startswith(("turn:", "turns:"))
@@ -97,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
             max_sessions=args.max_sessions,
             ice_servers=ice,
             call=settings,
+            allow_origins=origins,
+            turn_secret=turn_secret,
+            turn_ttl_s=args.turn_ttl,
         )
     except ValueError as exc:
         return fail(str(exc))
@@ -118,11 +132,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as exc:  # a bad option, no Ray, no cluster, a failed deployment
         return fail(one_line(exc))
     config = replace(config, call=replace(settings, make_session=executor.make_session))
-    if args.host not in LOOPBACK_HOSTS and token is None:
+    if not is_loopback(args.host) and token is None:
         get_logger(component="webrtc").warning(
             "webrtc_no_token",
             host=args.host,
-            hint=f"anyone who can reach the port can call; set --token or {TOKEN_ENV}",
+            hint=f"--insecure: anyone who can reach the port can call, and /config gives out no TURN server; "
+            f"set --token or {TOKEN_ENV}",
         )
     try:
         error = asyncio.run(_serve(WebRtcServer(config, executor.engines), preload))
@@ -167,6 +182,31 @@ def register(commands: Any) -> None:
     )
     serve.add_argument("--ice-username", help="user name for the turn: servers")
     serve.add_argument("--ice-credential", help="credential for the turn: servers")
+    serve.add_argument(
+        "--turn-secret",
+        help="a secret shared with the turn: servers (coturn's static-auth-secret): each caller gets a "
+        f"user name and password valid for --turn-ttl seconds instead of fixed ones (or set {TURN_SECRET_ENV})",
+    )
+    serve.add_argument(
+        "--turn-ttl",
+        type=int,
+        default=TURN_TTL_S,
+        metavar="S",
+        help=f"life of those credentials (default: {TURN_TTL_S})",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web page origin besides the server's own that may use the API, e.g. https://app.example.org "
+        "(repeatable; default: only the page this server serves). Browsers sending any other Origin get 403",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a --host other than loopback without --token (anyone who can reach the port can call)",
+    )
     serve.add_argument(
         "--connect-timeout", type=float, default=30.0, metavar="S", help="end calls not connected by then"
     )

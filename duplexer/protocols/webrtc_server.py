@@ -11,14 +11,19 @@ Routes (docs/webrtc.md has the details):
   received log and stats) and ``POST /calls/{id}/client-log`` (the page reports what it received).
 
 With a token, every route but the page and /health needs ``Authorization: Bearer TOKEN``.
+Every request first passes the validation layer (:mod:`duplexer.protocols.webrtc_guard`, run by
+one middleware): Host and Origin, the token, and for bodies the Content-Type, size, read deadline
+and JSON limits. Every refusal is a 4xx with a JSON ``{"error": ...}``; nothing a client sends
+gives a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
+import time
+import traceback
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,13 +33,32 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from duplexer.protocols.engine_factory import EngineFactory
+from duplexer.protocols.turn_credentials import TURN_TTL_S, turn_rest_credentials
 from duplexer.protocols.webrtc_call import Call, CallSettings, OfferRejected
+from duplexer.protocols.webrtc_guard import (
+    BODY_TIMEOUT_S,
+    CLIENT_LOG_GRACE_S,
+    HEADER_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    MAX_CLIENT_LOG_BYTES,
+    OriginPolicy,
+    RequestAborted,
+    RequestRefused,
+    bearer_matches,
+    is_loopback,
+    read_json,
+)
+from duplexer.protocols.webrtc_messages import encode
 from duplexer.runtime.logging import get_logger
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 ICE_URL_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 MAX_SDP_CHARS = 64_000
+MAX_STATIC_NAME_CHARS = 64
+OPEN_ROUTES = frozenset({"/", "/static/{name}", "/health"})
+"""Routes that need no token: the page (it asks for the token) and the health check."""
+CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
 PAGE_SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; media-src 'self' blob: mediastream:",
     "X-Content-Type-Options": "nosniff",
@@ -53,6 +77,10 @@ class IceServer:
     def __post_init__(self) -> None:
         if not self.url.startswith(ICE_URL_SCHEMES):
             raise ValueError(f"ICE server {self.url!r} must start with one of {', '.join(ICE_URL_SCHEMES)}")
+
+    @property
+    def is_turn(self) -> bool:
+        return self.url.startswith(("turn:", "turns:"))
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"urls": [self.url]}
@@ -73,8 +101,16 @@ class ServerConfig:
     max_sessions: int = 4
     ice_servers: tuple[IceServer, ...] = ()
     call: CallSettings = field(default_factory=CallSettings)
-    max_body_bytes: int = 256 * 1024
+    max_body_bytes: int = MAX_BODY_BYTES
     recent_calls_kept: int = 20
+    allow_origins: tuple[str, ...] = ()
+    """Browser origins besides the server's own that may use the API (normalised scheme://host[:port])."""
+    turn_secret: str | None = None
+    """A secret shared with the TURN servers: each caller then gets credentials valid for ``turn_ttl_s``."""
+    turn_ttl_s: int = TURN_TTL_S
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
+    client_log_max_bytes: int = MAX_CLIENT_LOG_BYTES
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
@@ -83,6 +119,14 @@ class ServerConfig:
             raise ValueError(f"port {self.port} is not within 0..65535")
         if self.token is not None and not self.token.strip():
             raise ValueError("the token must not be empty")
+        if self.turn_secret is not None and not self.turn_secret.strip():
+            raise ValueError("the TURN secret must not be empty")
+        if self.turn_secret is not None and not any(server.is_turn for server in self.ice_servers):
+            raise ValueError("a TURN secret needs a turn: or turns: --ice-server to hand credentials for")
+        if self.turn_ttl_s < 60:
+            raise ValueError(f"TURN credentials must live at least 60 s, got {self.turn_ttl_s}")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise ValueError("the header and body read timeouts must be positive seconds")
 
 
 def rtc_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration:
@@ -95,13 +139,9 @@ class BadRequest(ValueError):
     """A request a client got wrong; the message says what to send instead."""
 
 
-def parse_offer(body: str) -> RTCSessionDescription:
-    """The offer in a signalling request body; raises BadRequest naming what is wrong."""
+def parse_offer(data: Any) -> RTCSessionDescription:
+    """The offer in a decoded signalling request body; raises BadRequest naming what is wrong."""
     hint = 'send {"type": "offer", "sdp": "<the offer SDP>"}'
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise BadRequest(f"the request body is not JSON ({exc}); {hint}") from None
     if not isinstance(data, dict):
         raise BadRequest(f"the request body must be a JSON object; {hint}")
     sdp, kind = data.get("sdp"), data.get("type")
@@ -117,6 +157,9 @@ def parse_offer(body: str) -> RTCSessionDescription:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser raises whatever the bad line provokes
         raise BadRequest(f"malformed SDP: {type(exc).__name__}: {exc}") from None
+    mids = [media.rtp.muxId for media in parsed.media if media.rtp.muxId]
+    if len(mids) != len(set(mids)):
+        raise BadRequest("malformed SDP: two media sections share one a=mid; each section needs its own")
     kinds = [media.kind for media in parsed.media if media.port != 0]
     if "audio" not in kinds:
         raise BadRequest("the offer has no audio section; add a microphone track before createOffer")
@@ -136,6 +179,9 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 class WebRtcServer:
     """Serves the call page and answers offers, one session of actors per call."""
 
@@ -143,8 +189,10 @@ class WebRtcServer:
         self.config = config
         self.engines = engines
         self.settings = replace(config.call, rtc_configuration=rtc_configuration(config.ice_servers))
+        self.origins = OriginPolicy(config.host, config.allow_origins)
         self.calls: dict[str, Call] = {}
         self.recent: OrderedDict[str, Call] = OrderedDict()
+        self.ended_at_s: dict[str, float] = {}
         self.log = get_logger(component="webrtc")
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
@@ -153,7 +201,7 @@ class WebRtcServer:
     # ------------------------------------------------------------ lifecycle
 
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._guard])
         app.router.add_get("/", self.page)
         app.router.add_get("/static/{name}", self.static)
         app.router.add_get("/config", self.client_config)
@@ -168,7 +216,11 @@ class WebRtcServer:
 
     async def start(self) -> None:
         """Listen on the configured host and port (port 0 picks a free one, see ``port``)."""
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        # aiohttp's keep-alive timer runs from the connection's start and from each answer until a whole
+        # request head has arrived, so it is the header read deadline too (a slowloris is closed by it).
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, keepalive_timeout=self.config.header_timeout_s
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
@@ -199,34 +251,89 @@ class WebRtcServer:
     def _closed(self, call: Call) -> None:
         self.calls.pop(call.id, None)
         self.recent[call.id] = call
+        self.ended_at_s[call.id] = time.monotonic()
         while len(self.recent) > self.config.recent_calls_kept:
-            self.recent.popitem(last=False)
+            gone, _ = self.recent.popitem(last=False)
+            self.ended_at_s.pop(gone, None)
 
-    # ------------------------------------------------------------ helpers
+    # ------------------------------------------------------------ the validation layer
 
-    def _authorized(self, request: web.Request) -> bool:
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every request passes here: Host/Origin, CORS preflight, token; refusals become 4xx JSON."""
+        try:
+            self.origins.check(request)
+            foreign = self.origins.foreign_origin(request)
+            if request.method == "OPTIONS" and foreign is not None:
+                return web.Response(status=204, headers=self._cors_headers(foreign, preflight=True))
+            route = request.match_info.route.resource
+            if route is not None and route.canonical not in OPEN_ROUTES:
+                self._check_token(request)
+            response = await handler(request)
+        except RequestRefused as exc:
+            response = _error(exc.status, exc.message, **exc.headers)
+        except BadRequest as exc:
+            response = _error(400, str(exc))
+        except RequestAborted as exc:
+            self.log.info("webrtc_request_aborted", path=request.path[:200], error=str(exc))
+            return _error(400, "the request was aborted")
+        except web.HTTPException as exc:  # aiohttp's own: no such route, wrong method
+            if exc.status < 400:
+                raise
+            response = _error(exc.status, f"{exc.reason}: {request.method} {request.path[:200]}")
+        except Exception as exc:  # a bug: one line with where it happened, never a traceback to the client
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            self.log.error(
+                "webrtc_internal_error",
+                path=request.path[:200],
+                error=repr(exc)[:300],
+                where=f"{Path(frame.filename).name}:{frame.lineno}",
+            )
+            response = _error(500, "internal error; the server log has the details")
+        foreign = self.origins.foreign_origin(request)
+        if foreign is not None:
+            response.headers.update(self._cors_headers(foreign, preflight=False))
+        return response
+
+    @staticmethod
+    def _cors_headers(origin: str, preflight: bool) -> dict[str, str]:
+        headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        if preflight:
+            headers["Access-Control-Allow-Methods"] = "GET, POST"
+            headers["Access-Control-Allow-Headers"] = CORS_ALLOWED_HEADERS
+            headers["Access-Control-Max-Age"] = "600"
+        return headers
+
+    def _check_token(self, request: web.Request) -> None:
         token = self.config.token
-        if token is None:
-            return True
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
-
-    def _unauthorized(self, request: web.Request) -> web.Response:
-        missing = "Authorization" not in request.headers
-        why = "missing" if missing else "wrong"
-        return _error(
+        if token is None or bearer_matches(request.headers.get("Authorization", ""), token):
+            return
+        why = "missing" if "Authorization" not in request.headers else "wrong"
+        raise RequestRefused(
             401,
             f"{why} bearer token: send the header 'Authorization: Bearer <token>' with the server's --token",
-            **{"WWW-Authenticate": 'Bearer realm="duplexer"'},
+            {"WWW-Authenticate": 'Bearer realm="duplexer"'},
         )
 
-    def _too_large(self) -> web.Response:
-        limit = self.config.max_body_bytes
-        return _error(413, f"the request body is over {limit} bytes; an offer is a few kilobytes")
+    async def _json_body(self, request: web.Request, what: str) -> Any:
+        return await read_json(request, what, self.config.max_body_bytes, self.config.body_timeout_s)
 
-    def _find(self, call_id: str) -> Call | None:
-        return self.calls.get(call_id) or self.recent.get(call_id)
+    def _find(self, call_id: str) -> Call:
+        call = self.calls.get(call_id) or self.recent.get(call_id)
+        if call is None:
+            raise RequestRefused(404, f"no call {call_id[:100]!r}")
+        return call
+
+    def _ice_servers(self) -> tuple[IceServer, ...]:
+        """The ICE servers for a new call, with fresh short-lived TURN credentials under a shared secret."""
+        secret = self.config.turn_secret
+        if secret is None:
+            return self.config.ice_servers
+        username, password = turn_rest_credentials(secret, time.time(), self.config.turn_ttl_s)
+        return tuple(
+            replace(server, username=username, credential=password) if server.is_turn else server
+            for server in self.config.ice_servers
+        )
 
     # ------------------------------------------------------------ page and config
 
@@ -237,10 +344,13 @@ class WebRtcServer:
         return self._file(request.match_info["name"])
 
     def _file(self, name: str) -> web.StreamResponse:
+        shown = name[:MAX_STATIC_NAME_CHARS]
+        if len(name) > MAX_STATIC_NAME_CHARS or "/" in name or "\\" in name or "\x00" in name or name.startswith("."):
+            return _error(404, f"no such file: {shown}")
         path = WEB_DIR / name
         suffix = path.suffix
-        if "/" in name or name.startswith(".") or suffix not in CONTENT_TYPES or not path.is_file():
-            return _error(404, f"no such file: {name}")
+        if suffix not in CONTENT_TYPES or not path.is_file():
+            return _error(404, f"no such file: {shown}")
         return web.Response(
             body=path.read_bytes(),
             content_type=CONTENT_TYPES[suffix],
@@ -249,11 +359,12 @@ class WebRtcServer:
         )
 
     async def client_config(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._unauthorized(request)
+        servers = self._ice_servers()
+        if self.config.token is None and not is_loopback(self.config.host):
+            servers = tuple(server for server in servers if not server.is_turn)  # TURN only to token holders
         return web.json_response(
             {
-                "ice_servers": [server.as_json() for server in self.config.ice_servers],
+                "ice_servers": [server.as_json() for server in servers],
                 "debug": self.settings.debug,
                 "engines": self.settings.engines_name,
             }
@@ -267,17 +378,11 @@ class WebRtcServer:
     # ------------------------------------------------------------ signalling
 
     async def offer(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._unauthorized(request)
         try:
-            offer = parse_offer(await request.text())
-        except web.HTTPRequestEntityTooLarge:
-            return self._too_large()
-        except BadRequest as exc:
-            self.log.warning("webrtc_bad_offer", error=str(exc))
-            return _error(400, str(exc))
-        except UnicodeDecodeError:
-            return _error(400, "the request body is not UTF-8 text; send the offer as JSON")
+            offer = parse_offer(await self._json_body(request, "the offer body"))
+        except (BadRequest, RequestRefused) as exc:
+            self.log.warning("webrtc_bad_offer", error=str(exc)[:300])
+            raise
         if len(self.calls) >= self.config.max_sessions:
             self.log.warning("webrtc_full", sessions=len(self.calls))
             return _error(
@@ -285,7 +390,8 @@ class WebRtcServer:
                 f"the server is at its limit of {self.config.max_sessions} concurrent calls; try again later",
                 **{"Retry-After": "5"},
             )
-        call = Call(self.settings, self.engines, on_closed=self._closed)
+        settings = replace(self.settings, rtc_configuration=rtc_configuration(self._ice_servers()))
+        call = Call(settings, self.engines, on_closed=self._closed)
         self.calls[call.id] = call
         try:
             answer = await call.answer(offer)
@@ -293,7 +399,7 @@ class WebRtcServer:
             await call.close("bad_offer")
             return _error(400, str(exc))
         except Exception as exc:
-            self.log.exception("webrtc_answer_failed", error=repr(exc))
+            self.log.error("webrtc_answer_failed", error=repr(exc)[:300])
             await call.close("answer_failed")
             return _error(500, f"the call could not be started: {type(exc).__name__}: {exc}")
         return web.json_response(
@@ -301,25 +407,18 @@ class WebRtcServer:
         )
 
     async def hangup(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._unauthorized(request)
-        call_id = request.match_info["call_id"]
-        call = self._find(call_id)
-        if call is None:
-            return _error(404, f"no call {call_id!r}")
+        call = self._find(request.match_info["call_id"])
         await call.close("hangup")
         return web.json_response({"session_id": call.id, "closed": True, "reason": call.close_reason})
 
     # ------------------------------------------------------------ debug
 
-    def _debug_off(self) -> web.Response:
-        return _error(404, "the call log endpoints are off; start the server with --debug")
+    def _require_debug(self) -> None:
+        if not self.settings.debug:
+            raise RequestRefused(404, "the call log endpoints are off; start the server with --debug")
 
     async def list_calls(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._unauthorized(request)
-        if not self.settings.debug:
-            return self._debug_off()
+        self._require_debug()
         return web.json_response(
             {
                 "active": [call.summary() for call in self.calls.values()],
@@ -328,37 +427,36 @@ class WebRtcServer:
         )
 
     async def call_detail(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._unauthorized(request)
-        if not self.settings.debug:
-            return self._debug_off()
+        self._require_debug()
         call = self._find(request.match_info["call_id"])
-        if call is None:
-            return _error(404, f"no call {request.match_info['call_id']!r}")
         detail = call.summary()
         detail.update(sent=list(call.sent_log), client_log=call.client_log, client_stats=call.client_stats)
         return web.json_response(detail)
 
     async def client_log(self, request: web.Request) -> web.Response:
-        """The page's report of the messages it received and its RTP stats (debug only)."""
-        if not self._authorized(request):
-            return self._unauthorized(request)
-        if not self.settings.debug:
-            return self._debug_off()
+        """The page's report of the messages it received and its RTP stats (debug only).
+
+        A call keeps at most ``client_log_max_bytes`` of it; posts come until shortly after the call ends
+        (the page posts its last events on ``bye``), later ones are refused."""
+        self._require_debug()
         call = self._find(request.match_info["call_id"])
-        if call is None:
-            return _error(404, f"no call {request.match_info['call_id']!r}")
-        try:
-            data = json.loads(await request.text())
-        except web.HTTPRequestEntityTooLarge:
-            return self._too_large()
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, 'the client log must be JSON: {"events": [...], "stats": {...}}')
+        ended_at_s = self.ended_at_s.get(call.id)
+        if ended_at_s is not None and time.monotonic() - ended_at_s > CLIENT_LOG_GRACE_S:
+            raise RequestRefused(409, f"call {call.id} has ended; its log is closed")
+        shape = 'the client log must be JSON: {"events": [...], "stats": {...}}'
+        data = await self._json_body(request, "the client log")
         events = data.get("events") if isinstance(data, dict) else None
         stats = data.get("stats", {}) if isinstance(data, dict) else None
         if not isinstance(events, list) or not isinstance(stats, dict):
-            return _error(400, 'the client log must be JSON: {"events": [...], "stats": {...}}')
-        room = max(0, self.settings.log_limit - len(call.client_log))
-        call.client_log.extend(event for event in events[:room] if isinstance(event, dict))
+            raise RequestRefused(400, shape)
+        dropped = 0
+        for event in events:
+            size = len(encode(event).encode("utf-8")) if isinstance(event, dict) else 0
+            if size == 0 or call.client_log_bytes + size > self.config.client_log_max_bytes:
+                dropped += 1
+                continue
+            call.client_log.append(event)
+            call.client_log_bytes += size
+        call.client_log_dropped += dropped
         call.client_stats = stats
-        return web.json_response({"received": len(call.client_log)})
+        return web.json_response({"received": len(call.client_log), "dropped": call.client_log_dropped})
