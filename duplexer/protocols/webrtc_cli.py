@@ -162,7 +162,8 @@ def register(commands: Any) -> None:
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080; 0 picks a free one)")
     serve.add_argument(
         "--token",
-        help=f"require 'Authorization: Bearer TOKEN' on the API (or set {TOKEN_ENV}, which keeps it out of ps)",
+        help=f"require 'Authorization: Bearer TOKEN' on the API (or set {TOKEN_ENV}, which keeps it out of ps); "
+        "needed for a --host other than loopback unless --insecure is given",
     )
     serve.add_argument("--max-sessions", type=int, default=4, metavar="N", help="concurrent calls (default: 4)")
     serve.add_argument(
@@ -184,6 +185,7 @@ def register(commands: Any) -> None:
     serve.add_argument("--ice-credential", help="credential for the turn: servers")
     serve.add_argument(
         "--turn-secret",
+        metavar="SECRET",
         help="a secret shared with the turn: servers (coturn's static-auth-secret): each caller gets a "
         f"user name and password valid for --turn-ttl seconds instead of fixed ones (or set {TURN_SECRET_ENV})",
     )
