@@ -55,6 +55,11 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
         (["--broker", "mqtt://h", "--all-devices", "--ca-file", "/no/such.pem", *SCRIPTED], "/no/such.pem"),
         (["--broker", "mqtt://h", "--all-devices", "--scripted-lead-silence-ms", "250"], "--engines scripted"),
         (["--broker", "mqtt://h", "--all-devices", "--scripted-lead-silence-ms", "-5", *SCRIPTED], "0-5000"),
+        (["--broker", "mqtt://h", "--all-devices", "--device-idle-timeout", "nan", *SCRIPTED], "--device-idle"),
+        (["--broker", "mqtt://h", "--all-devices", "--device-idle-timeout", "0", *SCRIPTED], "--device-idle"),
+        (["--broker", "mqtt://h", "--all-devices", "--device-rate-limit", "inf", *SCRIPTED], "--device-rate"),
+        (["--broker", "mqtt://h", "--all-devices", "--device-rate-limit", "-1", *SCRIPTED], "--device-rate"),
+        (["--broker", "mqtt://h", "--all-devices", "--device-tokens", "/no/such.json", *SCRIPTED], "/no/such.json"),
     ],
 )
 def test_bad_options_exit_2_with_one_line_naming_the_fix(
@@ -62,6 +67,35 @@ def test_bad_options_exit_2_with_one_line_naming_the_fix(
 ) -> None:
     assert main(["mqtt", *argv]) == 2
     assert needle in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("robot1 s3cret", "not valid JSON"),
+        ('["robot1"]', "JSON object"),
+        ("{}", "JSON object"),
+        ('{"two words": "s3cret"}', "not a valid device id"),
+        ('{"robot1": 7}', "must be a string"),
+        ('{"robot1": " "}', "empty"),
+        ('{"robot1": "' + "x" * 300 + '"}', "at most 256"),
+        ("[" * 1000 + "]" * 1000, "nested"),
+    ],
+)
+def test_a_bad_device_tokens_file_exits_2_naming_it(
+    text: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(text)
+    assert main(["mqtt", "--broker", "mqtt://h", "--all-devices", "--device-tokens", str(tokens), *SCRIPTED]) == 2
+    err = one_line_error(capsys)
+    assert needle in err and "tokens.json" in err
+
+
+def test_a_bad_broker_url_exits_2_without_echoing_its_password(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["mqtt", "--broker", "mqtt://robot:hunter2@h:70000", "--all-devices", *SCRIPTED]) == 2
+    err = one_line_error(capsys)
+    assert "hunter2" not in err and "robot:***@h:70000" in err
 
 
 def test_a_device_id_or_all_devices_is_required() -> None:

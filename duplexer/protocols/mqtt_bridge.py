@@ -48,7 +48,13 @@ from duplexer.actors.pipeline import PipelineConfig
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.inbound_audio import DEFAULT_REORDER_WINDOW_FRAMES, MAX_CONCEAL_MS
 from duplexer.protocols.mqtt_connection import Backoff, BrokerSettings, is_auth_failure, make_client
-from duplexer.protocols.mqtt_guard import BoundedTable, token_matches
+from duplexer.protocols.mqtt_guard import (
+    DEFAULT_DEVICE_BURST_MESSAGES,
+    DEFAULT_DEVICE_IDLE_TIMEOUT_S,
+    DEFAULT_DEVICE_MESSAGES_PER_S,
+    BoundedTable,
+    token_matches,
+)
 from duplexer.protocols.mqtt_link import DeviceLink
 from duplexer.protocols.mqtt_outbox import Outbox, Outgoing
 from duplexer.protocols.mqtt_topics import (
@@ -102,13 +108,13 @@ class BridgeConfig:
     max_devices: int = 1000
     """Devices the bridge keeps at once; past it, one with no session is forgotten to make room, and
     only when every one holds a session is a new device refused (``too_many_devices``)."""
-    device_idle_timeout_s: float = 60.0
+    device_idle_timeout_s: float = DEFAULT_DEVICE_IDLE_TIMEOUT_S
     """A session ends after this long without a live message from its device (one that vanished without
     a last will); a device without a session is forgotten after as long."""
-    device_messages_per_s: float = 250.0
+    device_messages_per_s: float = DEFAULT_DEVICE_MESSAGES_PER_S
     """Inbound messages handled per device per second, on average; the excess is dropped (``rate_limited``)."""
-    device_burst_messages: int = 1500
-    """Inbound messages a device may send at once: 10 s of 10 ms frames held through an outage, and more."""
+    device_burst_messages: int = DEFAULT_DEVICE_BURST_MESSAGES
+    """Inbound messages a device may send at once, e.g. the frames it held through an outage."""
     device_tokens: Mapping[str, str] | None = None
     """Device id to token: a config must carry its device's token (else ``unauthorized``). None: no tokens."""
     max_retained_formats: int = 10_000

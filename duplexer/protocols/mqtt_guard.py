@@ -19,6 +19,12 @@ from typing import Generic, TypeVar
 from duplexer.protocols.mqtt_topics import MAX_TOKEN_CHARS, valid_device_id
 from duplexer.runtime.untrusted import UntrustedInputError, bounded_text, load_json
 
+DEFAULT_DEVICE_IDLE_TIMEOUT_S = 60.0
+"""A session ends after this long without a live message from its device; a device without one is forgotten."""
+DEFAULT_DEVICE_MESSAGES_PER_S = 250.0
+"""Inbound messages per device per second: 100 frames of 10 ms, with room for control messages."""
+DEFAULT_DEVICE_BURST_MESSAGES = 1500
+"""Inbound messages a device may send at once: 10 s of 10 ms frames held through an outage, and more."""
 MAX_TOKEN_FILE_BYTES = 4 * 1024 * 1024
 """Largest --device-tokens file: about 20,000 devices with long tokens."""
 
