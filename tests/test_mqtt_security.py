@@ -24,6 +24,7 @@ from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.protocols.mqtt_connection import broker_settings, make_client
 from duplexer.protocols.mqtt_topics import Channel, Topics, encode_json
 from duplexer.runtime.logging import configure_logging
+from tests.conftest import REPO
 from tests.mqtt_broker import SHORT_REPLY, device, ensure_mosquitto, running_bridge, running_broker, speech, until
 
 pytestmark = pytest.mark.slow
@@ -253,3 +254,83 @@ def test_audio_without_a_frame_is_refused_not_counted_as_speech(broker: Loopback
     done, bad, replied = run(scenario())
     assert done["played_ms"] > 0 and replied
     assert bad == {"unknown_format": 50, "bad_control": 5}
+
+
+def documented_acl() -> str:
+    """The mosquitto ACL that docs/mqtt.md recommends, exactly as printed there."""
+    docs = (REPO / "docs" / "mqtt.md").read_text()
+    blocks = docs.split("```")[1::2]
+    (acl,) = [block for block in blocks if block.lstrip("\n").startswith("# duplexer mqtt: the bridge")]
+    return acl.lstrip("\n")
+
+
+def test_the_documented_acl_lets_the_bridge_work_and_keeps_each_device_to_its_own_topics(tmp_path: Path) -> None:
+    passwd = shutil.which("mosquitto_passwd")
+    assert passwd, "mosquitto_passwd comes with mosquitto"
+    password_file, acl_file = tmp_path / "passwd", tmp_path / "duplexer.acl"
+    users = {"bridge": "bridge-secret", "robot1": "robot1-secret", "robot2": "robot2-secret"}
+    for i, (user, password) in enumerate(users.items()):
+        create = ["-c"] if i == 0 else []
+        subprocess.run([passwd, *create, "-b", str(password_file), user, password], check=True, capture_output=True)
+    password_file.chmod(0o600)
+    acl_file.write_text(documented_acl())
+    broker = LoopbackBroker(
+        tmp_path / "broker", binary=ensure_mosquitto(), password_file=password_file, acl_file=acl_file
+    )
+
+    def login(user: str) -> Any:
+        return broker_settings(broker.url, username=user, password=users[user])
+
+    async def scenario() -> tuple[Any, ...]:
+        async with (
+            running_bridge(broker, settings=login("bridge")) as bridge,
+            device(broker, "robot1", settings=login("robot1")) as dev,
+        ):
+            dev.control("start")
+            await dev.wait_type("session", 5, state="started")
+            speaking = asyncio.create_task(answered(dev))
+            # robot2 tries robot1's topics, and a device that is not its own, and to listen in.
+            intruder = make_client(login("robot2"), "robot2-intruder")
+            overheard: list[str] = []
+            async with intruder:
+                await intruder.subscribe(TOPICS.device("robot1", Channel.EVENTS), 1)
+                await intruder.subscribe(TOPICS.device("robot1", Channel.CONFIG), 1)
+                for target, payload in [
+                    (TOPICS.device("robot1", Channel.CONTROL), b'{"type": "stop"}'),
+                    (TOPICS.device("robot1", Channel.CONFIG), b'{"sample_rate_hz": 8000}'),
+                    (TOPICS.device("robot1", Channel.AUDIO_IN), b"junk"),
+                    (TOPICS.device("robot3", Channel.CONTROL), b'{"type": "start"}'),
+                    (TOPICS.device("robot1", Channel.EVENTS), b'{"type": "session", "state": "stopped"}'),
+                ]:
+                    await intruder.publish(target, payload, qos=1)
+                # robot2 on its own topics is heard: its link appears.
+                await intruder.publish(TOPICS.device("robot2", Channel.CONTROL), b'{"type": "stats"}', qos=1)
+                await until(lambda: "robot2" in bridge.links, 5, "robot2's own message")
+
+                async def listen() -> None:
+                    async for message in intruder.messages:
+                        overheard.append(str(message.topic))
+
+                listener = asyncio.create_task(listen())
+                done = await speaking
+                listener.cancel()
+            link = bridge.links["robot1"]
+            return done, dict(link.bad), link.fmt, set(bridge.links), overheard, dev.of_type("session")
+
+    with broker:
+        done, bad, fmt, links, overheard, sessions = run(scenario())
+
+        async def anonymous_login() -> bool:
+            try:
+                async with make_client(broker_settings(broker.url), "anonymous"):
+                    return True
+            except Exception:
+                return False
+
+        anonymous_admitted = run(anonymous_login())
+    assert done["played_ms"] > 0  # the bridge works under the ACL
+    assert [s["state"] for s in sessions] == ["started"]  # robot2's stop never reached the bridge
+    assert bad == {} and fmt is not None and fmt.sample_rate_hz == 24_000
+    assert links == {"robot1", "robot2"}  # robot3 was never heard of
+    assert overheard == []  # robot2 hears neither robot1's events nor its config (and token)
+    assert not anonymous_admitted
