@@ -180,6 +180,17 @@ def test_a_deep_or_huge_status_is_a_bad_status(payload: bytes) -> None:
     assert caught.value.code is ErrorCode.BAD_STATUS
 
 
+def test_a_refusal_names_a_few_unknown_fields_and_never_echoes_the_payload() -> None:
+    junk = {f"{i}-" + "x" * 500: 1 for i in range(20)}
+    with pytest.raises(WireError) as caught:
+        parse_control(json.dumps({"type": "stats", **junk}).encode())
+    assert caught.value.code is ErrorCode.BAD_CONTROL
+    assert "and 17 more" in caught.value.message and len(caught.value.message) < 300
+    with pytest.raises(WireError) as caught:
+        parse_control(b'{"type": "policy", "policy": {"\\n": "fast"}}')
+    assert caught.value.code is ErrorCode.BAD_POLICY and "\n" not in caught.value.message
+
+
 def test_status_is_plain_text_or_json() -> None:
     assert parse_status(b"online") == "online"
     assert parse_status(b'{"state": "OFFLINE"}') == "offline"

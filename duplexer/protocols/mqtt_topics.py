@@ -262,10 +262,17 @@ def _json_object(payload: bytes, what: str, code: ErrorCode, number_code: ErrorC
     return value
 
 
+MAX_QUOTED_FIELDS = 3
+MAX_QUOTED_CHARS = 40
+"""An error names at most this many of the fields it refuses, each cut to this length: it never echoes a payload."""
+
+
 def _reject_unknown(obj: dict[str, Any], allowed: set[str], what: str, code: ErrorCode) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise WireError(code, f"{what} has unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+        shown = ", ".join(repr(name[:MAX_QUOTED_CHARS]) for name in unknown[:MAX_QUOTED_FIELDS])
+        more = f" and {len(unknown) - MAX_QUOTED_FIELDS} more" if len(unknown) > MAX_QUOTED_FIELDS else ""
+        raise WireError(code, f"{what} has unknown field(s) {shown}{more}; allowed: {sorted(allowed)}")
 
 
 def _int_field(obj: dict[str, Any], name: str, default: int, low: int, high: int, range_code: ErrorCode) -> int:
@@ -398,7 +405,7 @@ def _overrides(value: Any) -> PolicyOverrides:
         for name, item in value.items():
             bounded_text(name, "a policy parameter name", MAX_POLICY_NAME_CHARS)
             if not isinstance(item, bool):
-                finite_number(item, f"policy parameter {name}", -MAX_POLICY_MAGNITUDE, MAX_POLICY_MAGNITUDE)
+                finite_number(item, f"policy parameter {name!r}", -MAX_POLICY_MAGNITUDE, MAX_POLICY_MAGNITUDE)
             overrides[name] = item
     except UntrustedInputError as exc:
         raise WireError(ErrorCode.BAD_POLICY, f"{exc}; policy values are finite numbers or booleans") from None
