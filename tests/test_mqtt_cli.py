@@ -128,8 +128,12 @@ def test_a_refused_login_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_the_cli_bridge_and_the_example_device_hold_a_conversation(broker: LoopbackBroker, tmp_path: Path) -> None:
     question = SPEECH_DIR / "basketball_short_female_en-US-Wavenet-E.wav"
     reply = tmp_path / "reply.wav"
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"robot7": "robot7-long-secret"}')
+    limits = ["--device-tokens", str(tokens), "--device-idle-timeout", "30", "--device-rate-limit", "200"]
+    command = [sys.executable, "-m", "duplexer.cli", "mqtt", "--broker", broker.url, "--device-id", "robot7"]
     bridge = subprocess.Popen(
-        [sys.executable, "-m", "duplexer.cli", "mqtt", "--broker", broker.url, "--device-id", "robot7", *SCRIPTED],
+        [*command, *SCRIPTED, *limits],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -137,7 +141,8 @@ def test_the_cli_bridge_and_the_example_device_hold_a_conversation(broker: Loopb
     try:
         example = subprocess.run(
             [sys.executable, str(REPO / "examples" / "mqtt_device.py"), "--broker", broker.url,
-             "--device-id", "robot7", "--input", str(question), "--output", str(reply), "--timeout-s", "20"],
+             "--device-id", "robot7", "--input", str(question), "--output", str(reply), "--timeout-s", "20",
+             "--token", "robot7-long-secret"],
             capture_output=True,
             text=True,
             timeout=90,
