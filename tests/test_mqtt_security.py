@@ -334,3 +334,27 @@ def test_the_documented_acl_lets_the_bridge_work_and_keeps_each_device_to_its_ow
     assert links == {"robot1", "robot2"}  # robot3 was never heard of
     assert overheard == []  # robot2 hears neither robot1's events nor its config (and token)
     assert not anonymous_admitted
+
+
+def test_a_megabyte_message_never_reaches_the_bridge_and_long_bad_ids_cost_it_little(broker: LoopbackBroker) -> None:
+    async def scenario() -> tuple[Any, ...]:
+        async with running_bridge(broker, error_repeat_s=0.0) as bridge, device(broker, "good") as good:
+            good.control("start")
+            await good.wait_type("session", 5)
+            stop = b'{"type": "stop", "pad": "' + b"x" * 1_000_000 + b'"}'
+            messages = [(TOPICS.device("good", Channel.CONTROL), stop, False)]  # over the bridge's packet size
+            messages += [(f"{TOPICS.prefix}/{'x' * 1000 * i}/control", b"{}", False) for i in range(1, 30)]
+            messages.append((TOPICS.device("other", Channel.CONTROL), b"{" + b" " * 40_000 + b"}", False))
+            await publish_all(broker, messages)
+            await until(lambda: "other" in bridge.links and bool(bridge.links["other"].bad), 5, "the 40 KB control")
+            await asyncio.sleep(0.2)
+            longest_key = max(len(device_id) for device_id, _ in bridge.errors._last)
+            bad = {device_id: dict(link.bad) for device_id, link in bridge.links.items()}
+            return good.of_type("session"), bridge.counters, bad["other"], bad["good"], longest_key
+
+    sessions, counters, other_bad, good_bad, longest_key = run(scenario())
+    assert [s["state"] for s in sessions] == ["started"]
+    assert good_bad == {}  # the megabyte stop was dropped by the broker: the bridge never read it
+    assert counters["connections"] == 1 and counters["refused_bad_device_id"] == 29
+    assert other_bad == {"oversized": 1}
+    assert longest_key <= 80

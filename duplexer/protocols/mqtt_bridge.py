@@ -58,6 +58,7 @@ from duplexer.protocols.mqtt_guard import (
 from duplexer.protocols.mqtt_link import DeviceLink
 from duplexer.protocols.mqtt_outbox import Outbox, Outgoing
 from duplexer.protocols.mqtt_topics import (
+    MAX_INBOUND_PACKET_BYTES,
     OFFLINE,
     ONLINE,
     QOS_EVENTS,
@@ -125,6 +126,10 @@ class BridgeConfig:
     Ray processes with the bridge's engine factory."""
     ready_timeout_s: float = 120.0
     """How long a Ray session's hosts may take to start before the session is given up."""
+
+
+MAX_GATE_KEY_CHARS = 80
+"""Characters of a refused device id kept by the error gate: its memory stays small whatever ids arrive."""
 
 
 class BrokerLoginRefused(RuntimeError):
@@ -222,6 +227,7 @@ class MqttBridge:
                 will=aiomqtt.Will(self.status_topic, OFFLINE, QOS_STATUS, retain=True),
                 clean_start=not self._ever_connected,
                 session_expiry_s=cfg.session_expiry_s,
+                max_packet_bytes=MAX_INBOUND_PACKET_BYTES,
             )
             try:
                 async with client:
@@ -446,7 +452,8 @@ class MqttBridge:
 
     def _refuse(self, device_id: str, code: ErrorCode, message: str) -> None:
         self.counters[f"refused_{code.value}"] += 1
-        allowed, suppressed = self.errors.allow((device_id, code.value), self.now_s())
+        gate_key = (device_id[:MAX_GATE_KEY_CHARS], code.value)  # a 60 KB id must not cost 60 KB per key
+        allowed, suppressed = self.errors.allow(gate_key, self.now_s())
         if not allowed:
             return
         self.log.warning("mqtt_bad_input", device_id=device_id[:80], code=code.value, message=message)

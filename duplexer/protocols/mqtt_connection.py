@@ -128,11 +128,15 @@ def make_client(
     clean_start: bool = True,
     session_expiry_s: int = 0,
     max_queued_incoming: int = 0,
+    max_packet_bytes: int = 0,
 ) -> aiomqtt.Client:
-    """An MQTT 5 client; with ``session_expiry_s`` the broker keeps its QoS 1 messages across a blip."""
+    """An MQTT 5 client; with ``session_expiry_s`` the broker keeps its QoS 1 messages across a blip,
+    and with ``max_packet_bytes`` it sends the client no larger packet (it drops such messages)."""
     properties = Properties(PacketTypes.CONNECT)
     if session_expiry_s > 0:
         properties.SessionExpiryInterval = session_expiry_s
+    if max_packet_bytes > 0:
+        properties.MaximumPacketSize = max_packet_bytes
     client = aiomqtt.Client(
         settings.host,
         settings.port,

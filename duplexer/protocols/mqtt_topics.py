@@ -49,6 +49,9 @@ MAX_AUDIO_PAYLOAD_BYTES = 32 * 1024
 """Largest audio/in message accepted: 100 ms of 48 kHz PCM16 is 9,608 bytes with its header."""
 MAX_JSON_PAYLOAD_BYTES = 16 * 1024
 """Largest config, control or status message accepted."""
+MAX_INBOUND_PACKET_BYTES = 64 * 1024
+"""The bridge's MQTT 5 maximum packet size: the broker drops anything larger instead of sending it,
+so a megabyte message costs the bridge nothing (messages up to it are refused as ``oversized``)."""
 MAX_TOKEN_CHARS = 256
 """Longest device token a config message may carry."""
 MAX_POLICY_OVERRIDES = 64
