@@ -139,7 +139,7 @@ def test_acceptance_a_device_holding_its_session_among_retained_litter_starts_an
 def test_a_device_that_vanishes_without_a_last_will_ends_its_session_and_is_forgotten(
     broker: LoopbackBroker,
 ) -> None:
-    async def scenario() -> tuple[Any, ...]:
+    async def scenario() -> list[dict[str, Any]]:
         async with running_bridge(broker, device_idle_timeout_s=0.5) as bridge:
             listener = make_client(broker_settings(broker.url), "listener")
             async with listener:
