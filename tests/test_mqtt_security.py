@@ -90,18 +90,26 @@ def test_a_retained_stop_does_not_stop_the_devices_future_sessions(broker: Loopb
 
 
 def test_retained_online_litter_does_not_fill_the_bridge_across_restarts(broker: LoopbackBroker) -> None:
+    log = io.StringIO()
+    configure_logging("INFO", stream=log)
+
     async def scenario() -> tuple[Any, ...]:
         await publish_all(broker, retained_litter(20, "nobody"))
         started = []
         for _ in range(2):  # the litter stays on the broker; a restarted bridge sees it again
-            async with running_bridge(broker, max_devices=10) as bridge, device(broker, "robot1") as dev:
+            bridge_options = {"max_devices": 10, "stats_interval_s": 0.2}
+            async with running_bridge(broker, **bridge_options) as bridge, device(broker, "robot1") as dev:
                 dev.control("start")
                 started.append(await dev.wait_type("session", 5, state="started"))
                 links = set(bridge.links)
+                await asyncio.sleep(0.5)
         return started, links
 
     started, links = run(scenario())
     assert len(started) == 2 and links == {"robot1"}
+    lines = [json.loads(line) for line in log.getvalue().splitlines() if line.startswith("{")]
+    reported = sum(line["retained_ignored"] for line in lines if line.get("event") == "mqtt_ignored")
+    assert reported >= 2 * 21  # 20 statuses and a stop replayed to each bridge (and robot1's own status)
 
 
 def test_acceptance_a_device_holding_its_session_among_retained_litter_starts_and_talks(

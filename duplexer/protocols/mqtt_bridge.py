@@ -177,6 +177,8 @@ class MqttBridge:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._down_since_s: float | None = None
         self._ever_connected = False
+        self._reported: Counter[str] = Counter()
+        self._reported_s = 0.0
 
     # -- helpers
 
@@ -351,6 +353,18 @@ class MqttBridge:
                     link.log.error("mqtt_housekeeping_failed", error=repr(exc))
                 if link.forgettable(now_s) and self.outbox.connected:
                     self._forget(link, "idle")
+            if now_s - self._reported_s >= self.config.stats_interval_s:
+                self._report_ignored(now_s)
+
+    def _report_ignored(self, now_s: float) -> None:
+        """Log what the bridge ignored since the last report (retained replays, statuses of unknown
+        devices, refused retained configs), so that litter on the broker shows in the log."""
+        self._reported_s = now_s
+        kinds = ("retained_ignored", "status_unknown_device", "retained_config_refused")
+        new = {kind: self.counters[kind] - self._reported[kind] for kind in kinds}
+        if any(new.values()):
+            self.log.info("mqtt_ignored", **new, totals={kind: self.counters[kind] for kind in kinds})
+            self._reported.update(new)
 
     def _forget(self, link: DeviceLink, reason: str) -> None:
         """Drop a device without a session; its format is kept, so it can come back without a config."""
