@@ -311,6 +311,14 @@ def test_a_real_bridge_answers_fuzzed_messages_with_documented_codes_and_a_good_
         publish()
         done, good_errors, counted = live.call(live.finish(), 40)
         errors = list(live.errors)
+
+    async def replayed() -> tuple[dict[str, int], set[str]]:
+        """A bridge started now gets every retained message the fuzzing left: none may make a device."""
+        async with running_bridge(broker) as bridge:
+            await asyncio.sleep(0.5)
+            return dict(bridge.counters), set(bridge.links)
+
+    replay_counters, replay_links = asyncio.run(replayed())
     codes = Counter(str(e.get("code")) for e in errors)
     print(f"fuzzed the live bridge with {live.messages} messages in {live.examples} examples; errors: {codes}")
     assert live.examples > 0 and errors  # the hostile client hears its refusals
@@ -326,3 +334,4 @@ def test_a_real_bridge_answers_fuzzed_messages_with_documented_codes_and_a_good_
     assert inbound["frames"] == inbound["delivered"] > 80
     assert inbound["lost"] == inbound["late"] == inbound["resets"] == 0
     assert stats["bad_messages"] == {}
+    assert replay_links == set() and replay_counters["retained_ignored"] > 0
