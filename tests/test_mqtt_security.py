@@ -97,8 +97,8 @@ def test_retained_online_litter_does_not_fill_the_bridge_across_restarts(broker:
         await publish_all(broker, retained_litter(20, "nobody"))
         started = []
         for _ in range(2):  # the litter stays on the broker; a restarted bridge sees it again
-            bridge_options = {"max_devices": 10, "stats_interval_s": 0.2}
-            async with running_bridge(broker, **bridge_options) as bridge, device(broker, "robot1") as dev:
+            bridged = running_bridge(broker, max_devices=10, stats_interval_s=0.2)
+            async with bridged as bridge, device(broker, "robot1") as dev:
                 dev.control("start")
                 started.append(await dev.wait_type("session", 5, state="started"))
                 links = set(bridge.links)
