@@ -59,7 +59,9 @@ def write_speaker(path: Path, pcm: bytes, rate_hz: int) -> None:
 async def talk(args: argparse.Namespace, pcm: bytes, rate_hz: int) -> int:
     broker = broker_settings(args.broker, args.username, args.password, args.tls, args.ca_file)
     fmt = AudioFormat(sample_rate_hz=rate_hz, frame_ms=FRAME_MS)
-    device = DeviceClient(broker, args.device_id, fmt, on_event=lambda e: print(json.dumps(e), flush=True))
+    device = DeviceClient(
+        broker, args.device_id, fmt, on_event=lambda e: print(json.dumps(e), flush=True), token=args.token
+    )
     async with device:
         await device.wait_for_bridge(timeout_s=10.0)
         device.control("start")
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--password")
     parser.add_argument("--tls", action="store_true")
     parser.add_argument("--ca-file", type=Path)
+    parser.add_argument("--token", help="this device's token, for a bridge started with --device-tokens")
     args = parser.parse_args(argv)
     try:
         if not valid_device_id(args.device_id):

@@ -55,6 +55,11 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
         (["--broker", "mqtt://h", "--all-devices", "--ca-file", "/no/such.pem", *SCRIPTED], "/no/such.pem"),
         (["--broker", "mqtt://h", "--all-devices", "--scripted-lead-silence-ms", "250"], "--engines scripted"),
         (["--broker", "mqtt://h", "--all-devices", "--scripted-lead-silence-ms", "-5", *SCRIPTED], "0-5000"),
+        (["--broker", "mqtt://h", "--all-devices", "--device-idle-timeout", "nan", *SCRIPTED], "--device-idle"),
+        (["--broker", "mqtt://h", "--all-devices", "--device-idle-timeout", "0", *SCRIPTED], "--device-idle"),
+        (["--broker", "mqtt://h", "--all-devices", "--device-rate-limit", "inf", *SCRIPTED], "--device-rate"),
+        (["--broker", "mqtt://h", "--all-devices", "--device-rate-limit", "-1", *SCRIPTED], "--device-rate"),
+        (["--broker", "mqtt://h", "--all-devices", "--device-tokens", "/no/such.json", *SCRIPTED], "/no/such.json"),
     ],
 )
 def test_bad_options_exit_2_with_one_line_naming_the_fix(
@@ -62,6 +67,35 @@ def test_bad_options_exit_2_with_one_line_naming_the_fix(
 ) -> None:
     assert main(["mqtt", *argv]) == 2
     assert needle in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("robot1 s3cret", "not valid JSON"),
+        ('["robot1"]', "JSON object"),
+        ("{}", "JSON object"),
+        ('{"two words": "s3cret"}', "not a valid device id"),
+        ('{"robot1": 7}', "must be a string"),
+        ('{"robot1": " "}', "empty"),
+        ('{"robot1": "' + "x" * 300 + '"}', "at most 256"),
+        ("[" * 1000 + "]" * 1000, "nested"),
+    ],
+)
+def test_a_bad_device_tokens_file_exits_2_naming_it(
+    text: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(text)
+    assert main(["mqtt", "--broker", "mqtt://h", "--all-devices", "--device-tokens", str(tokens), *SCRIPTED]) == 2
+    err = one_line_error(capsys)
+    assert needle in err and "tokens.json" in err
+
+
+def test_a_bad_broker_url_exits_2_without_echoing_its_password(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["mqtt", "--broker", "mqtt://robot:hunter2@h:70000", "--all-devices", *SCRIPTED]) == 2
+    err = one_line_error(capsys)
+    assert "hunter2" not in err and "robot:***@h:70000" in err
 
 
 def test_a_device_id_or_all_devices_is_required() -> None:
@@ -94,8 +128,12 @@ def test_a_refused_login_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_the_cli_bridge_and_the_example_device_hold_a_conversation(broker: LoopbackBroker, tmp_path: Path) -> None:
     question = SPEECH_DIR / "basketball_short_female_en-US-Wavenet-E.wav"
     reply = tmp_path / "reply.wav"
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"robot7": "robot7-long-secret"}')
+    limits = ["--device-tokens", str(tokens), "--device-idle-timeout", "30", "--device-rate-limit", "200"]
+    command = [sys.executable, "-m", "duplexer.cli", "mqtt", "--broker", broker.url, "--device-id", "robot7"]
     bridge = subprocess.Popen(
-        [sys.executable, "-m", "duplexer.cli", "mqtt", "--broker", broker.url, "--device-id", "robot7", *SCRIPTED],
+        [*command, *SCRIPTED, *limits],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -103,7 +141,8 @@ def test_the_cli_bridge_and_the_example_device_hold_a_conversation(broker: Loopb
     try:
         example = subprocess.run(
             [sys.executable, str(REPO / "examples" / "mqtt_device.py"), "--broker", broker.url,
-             "--device-id", "robot7", "--input", str(question), "--output", str(reply), "--timeout-s", "20"],
+             "--device-id", "robot7", "--input", str(question), "--output", str(reply), "--timeout-s", "20",
+             "--token", "robot7-long-secret"],
             capture_output=True,
             text=True,
             timeout=90,

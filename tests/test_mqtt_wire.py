@@ -13,7 +13,7 @@ from duplexer.protocols.inbound_audio import (
     RESYNC_LAG_MS,
     InboundAudio,
 )
-from duplexer.protocols.mqtt_connection import Backoff, broker_settings
+from duplexer.protocols.mqtt_connection import Backoff, broker_settings, redact_url
 from duplexer.protocols.mqtt_topics import (
     AUDIO_HEADER_BYTES,
     FLAG_DELAYED,
@@ -132,6 +132,65 @@ def test_a_bad_control_is_refused_with_a_code(payload: bytes, code: ErrorCode) -
     assert caught.value.code is code
 
 
+DEEP = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b'{"type": "policy", "policy": {"pause_ms": ' + b"9" * 400 + b"}}", ErrorCode.BAD_POLICY),
+        (b'{"type": "start", "policy": {"pause_ms": -' + b"9" * 400 + b".5}}", ErrorCode.BAD_POLICY),
+        (b'{"type": "policy", "policy": {"pause_ms": 1e400}}', ErrorCode.BAD_POLICY),
+        (b'{"type": "policy", "policy": {"pause_ms": Infinity}}', ErrorCode.BAD_POLICY),
+        (b'{"type": "policy", "policy": {"' + b"k" * 5000 + b'": 1}}', ErrorCode.BAD_POLICY),
+        (b'{"type": "policy", "policy": {"pause_ms": {"deeper": [1]}}}', ErrorCode.BAD_POLICY),
+        (b'{"type": "policy", "policy": ' + DEEP + b"}", ErrorCode.MALFORMED_JSON),
+        (DEEP, ErrorCode.MALFORMED_JSON),
+        (b'{"type": "stop"' + b', "a": [' * 40 + b"]" * 40 + b"}", ErrorCode.MALFORMED_JSON),
+    ],
+)
+def test_huge_numbers_and_deep_nesting_in_a_control_get_their_documented_codes(payload: bytes, code: ErrorCode) -> None:
+    with pytest.raises(WireError) as caught:
+        parse_control(payload)
+    assert caught.value.code is code
+    assert len(caught.value.message) < 400  # one readable line, not the payload echoed back
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b'{"sample_rate_hz": ' + b"1" * 400 + b"}", ErrorCode.BAD_CONFIG),
+        (b'{"sample_rate_hz": 16000, "frame_ms": 2e400}', ErrorCode.BAD_CONFIG),
+        (b'{"sample_rate_hz": 16000.0}', ErrorCode.BAD_CONFIG),
+        (b'{"sample_rate_hz": 16000, "frame_ms": true}', ErrorCode.BAD_CONFIG),
+        (DEEP, ErrorCode.MALFORMED_JSON),
+        (b'{"sample_rate_hz": 16000, "x": ' + DEEP + b"}", ErrorCode.MALFORMED_JSON),
+    ],
+)
+def test_huge_numbers_and_deep_nesting_in_a_config_get_their_documented_codes(payload: bytes, code: ErrorCode) -> None:
+    with pytest.raises(WireError) as caught:
+        parse_config(payload)
+    assert caught.value.code is code
+
+
+@pytest.mark.parametrize("payload", [b"{" + b'"a": {' * 2000 + b"}" * 2001, b'{"state": ' + b"9" * 400 + b"}"])
+def test_a_deep_or_huge_status_is_a_bad_status(payload: bytes) -> None:
+    with pytest.raises(WireError) as caught:
+        parse_status(payload)
+    assert caught.value.code is ErrorCode.BAD_STATUS
+
+
+def test_a_refusal_names_a_few_unknown_fields_and_never_echoes_the_payload() -> None:
+    junk = {f"{i}-" + "x" * 500: 1 for i in range(20)}
+    with pytest.raises(WireError) as caught:
+        parse_control(json.dumps({"type": "stats", **junk}).encode())
+    assert caught.value.code is ErrorCode.BAD_CONTROL
+    assert "and 17 more" in caught.value.message and len(caught.value.message) < 300
+    with pytest.raises(WireError) as caught:
+        parse_control(b'{"type": "policy", "policy": {"\\n": "fast"}}')
+    assert caught.value.code is ErrorCode.BAD_POLICY and "\n" not in caught.value.message
+
+
 def test_status_is_plain_text_or_json() -> None:
     assert parse_status(b"online") == "online"
     assert parse_status(b'{"state": "OFFLINE"}') == "offline"
@@ -155,6 +214,33 @@ def test_broker_url_gives_host_port_tls_and_credentials() -> None:
 def test_a_bad_broker_url_names_the_expected_form(url: str) -> None:
     with pytest.raises(ValueError, match="mqtt"):
         broker_settings(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://robot:hunter2@h",
+        "mqtt://robot:hunter2@h:99999",
+        "mqtt://robot:hunter2@h/topic",
+        "mqtt://robot:hunter2@h?x=1",
+        "mqtt://robot:p@hunter2@h:99999",
+        "mqtt://:hunter2@h:abc",
+        "mqtt://robot:hunter2@",
+    ],
+)
+def test_a_bad_broker_url_never_echoes_its_password(url: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        broker_settings(url)
+    assert "hunter2" not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+def test_a_broker_url_is_redacted_for_messages_and_logs() -> None:
+    assert redact_url("mqtt://robot:hunter2@h:1883") == "mqtt://robot:***@h:1883"
+    assert redact_url("mqtts://robot:p%40ss@w@h") == "mqtts://robot:***@h"
+    assert redact_url("mqtt://robot@h") == "mqtt://robot@h"
+    assert redact_url("mqtt://h:1883") == "mqtt://h:1883"
+    assert redact_url("no scheme:at:all@x") == "no scheme:at:all@x"
 
 
 def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:

@@ -15,12 +15,19 @@ the broker is reachable.
 
 Bad input is refused per message: it becomes an ``error`` event on the device's
 ``events`` topic (rate-limited) and a structured log line, and never touches
-other devices. When the broker goes away the sessions keep running and keep
-their state; the bridge reconnects with backoff. While it is away, bot audio
-cannot reach anyone, so the reply playing is stopped (history keeps what was
-heard) and queued audio is dropped and counted; events are queued and sent after
-reconnecting, followed by an ``outage`` report. Audio the device held during the
-outage comes back flagged and in sequence, and is fed to the pipeline in order.
+other devices. Any client the broker admits may publish on a device's topics, so
+the bridge trusts nothing replayed: retained control, status and audio messages
+are ignored, and retained configs only teach it formats (a bounded table), so
+litter left on the broker neither stops nor creates devices. Each device has a
+message budget (:mod:`duplexer.protocols.mqtt_guard`), an optional token, and an
+idle timeout that ends the session of a device that vanished without a last will.
+
+When the broker goes away the sessions keep running and keep their state; the
+bridge reconnects with backoff. While it is away, bot audio cannot reach anyone,
+so the reply playing is stopped (history keeps what was heard) and queued audio
+is dropped and counted; events are queued and sent after reconnecting, followed
+by an ``outage`` report. Audio the device held during the outage comes back
+flagged and in sequence, and is fed to the pipeline in order.
 
 The wire contract is in :mod:`duplexer.protocols.mqtt_topics` and docs/mqtt.md.
 """
@@ -31,7 +38,7 @@ import asyncio
 import contextlib
 import secrets
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,17 +48,28 @@ from duplexer.actors.pipeline import PipelineConfig
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.inbound_audio import DEFAULT_REORDER_WINDOW_FRAMES, MAX_CONCEAL_MS
 from duplexer.protocols.mqtt_connection import Backoff, BrokerSettings, is_auth_failure, make_client
+from duplexer.protocols.mqtt_guard import (
+    DEFAULT_DEVICE_BURST_MESSAGES,
+    DEFAULT_DEVICE_IDLE_TIMEOUT_S,
+    DEFAULT_DEVICE_MESSAGES_PER_S,
+    BoundedTable,
+    token_matches,
+)
 from duplexer.protocols.mqtt_link import DeviceLink
 from duplexer.protocols.mqtt_outbox import Outbox, Outgoing
 from duplexer.protocols.mqtt_topics import (
+    MAX_INBOUND_PACKET_BYTES,
     OFFLINE,
     ONLINE,
     QOS_EVENTS,
     QOS_STATUS,
+    AudioFormat,
     Channel,
     ErrorCode,
     Topics,
+    WireError,
     encode_json,
+    parse_device_config,
     valid_device_id,
 )
 from duplexer.runtime.executors import SessionMaker, local_session
@@ -89,12 +107,29 @@ class BridgeConfig:
     error_repeat_s: float = 1.0
     """At most one error event per device and error code in this period; the rest are counted."""
     max_devices: int = 1000
+    """Devices the bridge keeps at once; past it, one with no session is forgotten to make room, and
+    only when every one holds a session is a new device refused (``too_many_devices``)."""
+    device_idle_timeout_s: float = DEFAULT_DEVICE_IDLE_TIMEOUT_S
+    """A session ends after this long without a live message from its device (one that vanished without
+    a last will); a device without a session is forgotten after as long."""
+    device_messages_per_s: float = DEFAULT_DEVICE_MESSAGES_PER_S
+    """Inbound messages handled per device per second, on average; the excess is dropped (``rate_limited``)."""
+    device_burst_messages: int = DEFAULT_DEVICE_BURST_MESSAGES
+    """Inbound messages a device may send at once, e.g. the frames it held through an outage."""
+    device_tokens: Mapping[str, str] | None = None
+    """Device id to token: a config must carry its device's token (else ``unauthorized``). None: no tokens."""
+    max_retained_formats: int = 10_000
+    """Formats learnt from retained configs of devices not (yet) heard live; past it the oldest are forgotten."""
     make_session: SessionMaker = local_session
     """Makes each device's session: ``local_session`` (default), or a Ray executor's
     (:func:`duplexer.runtime.executors.session_maker`), which builds the placed actors' engines in
     Ray processes with the bridge's engine factory."""
     ready_timeout_s: float = 120.0
     """How long a Ray session's hosts may take to start before the session is given up."""
+
+
+MAX_GATE_KEY_CHARS = 80
+"""Characters of a refused device id kept by the error gate: its memory stays small whatever ids arrive."""
 
 
 class BrokerLoginRefused(RuntimeError):
@@ -131,6 +166,8 @@ class MqttBridge:
         self.client_id = f"duplexer-bridge-{self.config.bridge_id}-{secrets.token_hex(3)}"
         self.status_topic = self.topics.bridge_status(self.config.bridge_id)
         self.links: dict[str, DeviceLink] = {}
+        self.retained_formats: BoundedTable[str, AudioFormat] = BoundedTable(self.config.max_retained_formats)
+        """Formats from retained configs (checked, token included) of devices the bridge has no link for."""
         self.outbox = Outbox(self.config.max_queued, self._dropped)
         self.errors = _ErrorGate(self.config.error_repeat_s)
         self.counters: Counter[str] = Counter()
@@ -140,6 +177,8 @@ class MqttBridge:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._down_since_s: float | None = None
         self._ever_connected = False
+        self._reported: Counter[str] = Counter()
+        self._reported_s = 0.0
 
     # -- helpers
 
@@ -190,6 +229,7 @@ class MqttBridge:
                 will=aiomqtt.Will(self.status_topic, OFFLINE, QOS_STATUS, retain=True),
                 clean_start=not self._ever_connected,
                 session_expiry_s=cfg.session_expiry_s,
+                max_packet_bytes=MAX_INBOUND_PACKET_BYTES,
             )
             try:
                 async with client:
@@ -311,6 +351,28 @@ class MqttBridge:
                     link.housekeep(now_s)
                 except Exception as exc:  # upkeep of one device must not stop the others'
                     link.log.error("mqtt_housekeeping_failed", error=repr(exc))
+                if link.forgettable(now_s) and self.outbox.connected:
+                    self._forget(link, "idle")
+            if now_s - self._reported_s >= self.config.stats_interval_s:
+                self._report_ignored(now_s)
+
+    def _report_ignored(self, now_s: float) -> None:
+        """Log what the bridge ignored since the last report (retained replays, statuses of unknown
+        devices, refused retained configs), so that litter on the broker shows in the log."""
+        self._reported_s = now_s
+        kinds = ("retained_ignored", "status_unknown_device", "retained_config_refused")
+        new = {kind: self.counters[kind] - self._reported[kind] for kind in kinds}
+        if any(new.values()):
+            self.log.info("mqtt_ignored", **new, totals={kind: self.counters[kind] for kind in kinds})
+            self._reported.update(new)
+
+    def _forget(self, link: DeviceLink, reason: str) -> None:
+        """Drop a device without a session; its format is kept, so it can come back without a config."""
+        del self.links[link.device_id]
+        if link.fmt is not None:
+            self.retained_formats.put(link.device_id, link.fmt)
+        self.counters[f"forgotten_{reason}"] += 1
+        link.log.info("mqtt_device_forgotten", reason=reason)
 
     async def _stop_sessions(self, reason: str) -> None:
         stopping = [link.end_session(reason) for link in self.links.values()]
@@ -319,15 +381,27 @@ class MqttBridge:
     # -- dispatch
 
     def dispatch(self, topic: str, payload: bytes, retained: bool = False) -> None:
-        """Route one incoming message to its device; never raises."""
+        """Route one incoming message to its device; never raises.
+
+        ``retained`` is the retain flag on delivery: set only for what the broker replays on
+        subscribing, never for a message published while the bridge listens."""
         self.counters["messages"] += 1
         parsed = self.topics.parse(topic)
         if parsed is None:
             self.counters["foreign_topic"] += 1
             return
         device_id, channel = parsed
+        if retained and channel is not Channel.CONFIG:
+            self.counters["retained_ignored"] += 1  # a replay, maybe left by anyone: stop, offline, old audio
+            return
+        if (retained or channel is Channel.STATUS) and device_id not in self.links:
+            self._unheard(device_id, channel, payload)
+            return
         link = self._link(device_id)
         if link is None:
+            return
+        now_s = self.now_s()
+        if not retained and not link.admit(now_s):
             return
         try:
             if not retained and channel is not Channel.STATUS:
@@ -344,6 +418,27 @@ class MqttBridge:
             link.log.exception("mqtt_dispatch_failed", channel=channel.value, error=repr(exc))
             link.error(ErrorCode.INTERNAL, f"the bridge failed on a {channel.value} message: {exc!r}")
 
+    def _unheard(self, device_id: str, channel: Channel, payload: bytes) -> None:
+        """A retained config, or a status, of a device the bridge has no link for: neither makes one.
+
+        A retained config that is valid (with its token, where tokens are set) is remembered, so the
+        device's audio is understood when it speaks; a status of an unknown device changes nothing."""
+        if channel is not Channel.CONFIG:
+            self.counters["status_unknown_device"] += 1
+            return
+        if not payload or not valid_device_id(device_id):
+            self.retained_formats.pop(device_id)
+            return
+        try:
+            config = parse_device_config(payload)
+        except WireError:
+            self.counters["retained_config_refused"] += 1
+            return
+        if not token_matches(self.config.device_tokens, device_id, config.token):
+            self.counters["retained_config_refused"] += 1
+            return
+        self.retained_formats.put(device_id, config.fmt)
+
     def _link(self, device_id: str) -> DeviceLink | None:
         link = self.links.get(device_id)
         if link is not None:
@@ -357,18 +452,22 @@ class MqttBridge:
             )
             return None
         if len(self.links) >= self.config.max_devices:
-            self._refuse(
-                device_id,
-                ErrorCode.TOO_MANY_DEVICES,
-                f"this bridge serves at most {self.config.max_devices} devices",
-            )
-            return None
-        link = self.links[device_id] = DeviceLink(self, device_id)
+            idle = [link for link in self.links.values() if link.session is None]
+            if not idle:
+                self._refuse(
+                    device_id,
+                    ErrorCode.TOO_MANY_DEVICES,
+                    f"this bridge serves at most {self.config.max_devices} devices, all in a session",
+                )
+                return None
+            self._forget(min(idle, key=lambda link: link.last_heard_s), "room")
+        link = self.links[device_id] = DeviceLink(self, device_id, self.retained_formats.pop(device_id))
         return link
 
     def _refuse(self, device_id: str, code: ErrorCode, message: str) -> None:
         self.counters[f"refused_{code.value}"] += 1
-        allowed, suppressed = self.errors.allow((device_id, code.value), self.now_s())
+        gate_key = (device_id[:MAX_GATE_KEY_CHARS], code.value)  # a 60 KB id must not cost 60 KB per key
+        allowed, suppressed = self.errors.allow(gate_key, self.now_s())
         if not allowed:
             return
         self.log.warning("mqtt_bad_input", device_id=device_id[:80], code=code.value, message=message)

@@ -48,6 +48,7 @@ class LoopbackBroker:
         binary: str | None = None,
         password_file: Path | None = None,
         tls_cert: tuple[Path, Path] | None = None,
+        acl_file: Path | None = None,
     ) -> None:
         found = binary or find_mosquitto()
         if found is None:
@@ -57,6 +58,8 @@ class LoopbackBroker:
         self.port = port or free_loopback_port()
         self.password_file = password_file
         self.tls_cert = tls_cert
+        self.acl_file = acl_file
+        """mosquitto's per-user topic rules (``acl_file``), as docs/mqtt.md shows for the bridge and devices."""
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -78,6 +81,8 @@ class LoopbackBroker:
         ]
         if self.password_file:
             lines.append(f"password_file {self.password_file}")
+        if self.acl_file:
+            lines.append(f"acl_file {self.acl_file}")
         if self.tls_cert:
             certfile, keyfile = self.tls_cert
             lines += [f"certfile {certfile}", f"keyfile {keyfile}"]

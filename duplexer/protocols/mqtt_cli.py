@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 from pathlib import Path
@@ -11,8 +12,24 @@ from typing import Any
 
 from duplexer.cli_support import add_policy_argument, chosen_policy, fail
 from duplexer.protocols.executor_cli import add_transport_executor_arguments
+from duplexer.protocols.mqtt_guard import (
+    DEFAULT_DEVICE_BURST_MESSAGES,
+    DEFAULT_DEVICE_IDLE_TIMEOUT_S,
+    DEFAULT_DEVICE_MESSAGES_PER_S,
+    load_device_tokens,
+)
 
 PASSWORD_ENV = "DUPLEXER_MQTT_PASSWORD"
+IDLE_TIMEOUT_RANGE_S = (1.0, 86_400.0)
+RATE_LIMIT_RANGE_PER_S = (1.0, 100_000.0)
+
+
+def _in_range(value: float, option: str, bounds: tuple[float, float], unit: str) -> str | None:
+    """None when ``value`` is finite and within ``bounds``; else the one-line error for ``option``."""
+    low, high = bounds
+    if math.isfinite(value) and low <= value <= high:
+        return None
+    return f"{option} must be a number of {unit} from {low:g} to {high:g}, got {value:g}"
 
 
 def parse_policy_sets(items: list[str]) -> dict[str, float | int | bool]:
@@ -83,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         broker = broker_settings(args.broker, args.username, password, args.tls, args.ca_file, args.tls_insecure)
         topics = Topics(args.prefix)
         overrides = parse_policy_sets(args.set)
+        tokens = load_device_tokens(args.device_tokens) if args.device_tokens is not None else None
         base_policy = chosen_policy(args)
         share_request(args)  # checked here too, so every bad option stops the command before Ray starts
     except ValueError as exc:
@@ -98,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
         policy = policy_with(base_policy, overrides)
     except WireError as exc:
         return fail(f"--set: {exc.message}")
+    limits = (
+        _in_range(args.device_idle_timeout, "--device-idle-timeout", IDLE_TIMEOUT_RANGE_S, "seconds"),
+        _in_range(args.device_rate_limit, "--device-rate-limit", RATE_LIMIT_RANGE_PER_S, "messages per second"),
+    )
+    for problem in limits:
+        if problem:
+            return fail(problem)
     if args.scripted_lead_silence_ms != 0.0 and args.engines != "scripted":
         return fail("--scripted-lead-silence-ms needs --engines scripted")
     if not 0.0 <= args.scripted_lead_silence_ms <= 5000.0:
@@ -120,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
         bridge_id=args.bridge_id,
         pipeline=real_pipeline(policy) if args.engines == "real" else PipelineConfig(policy=policy),
         make_session=executor.make_session,
+        device_idle_timeout_s=args.device_idle_timeout,
+        device_messages_per_s=args.device_rate_limit,
+        device_tokens=tokens,
     )
     bridge = MqttBridge(broker, executor.engines, config)
     try:
@@ -174,6 +202,29 @@ def register(commands: Any) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="policy parameter for every session, e.g. --set end_of_turn_ms=900 (see `duplexer policy show`)",
+    )
+    mqtt.add_argument(
+        "--device-idle-timeout",
+        type=float,
+        default=DEFAULT_DEVICE_IDLE_TIMEOUT_S,
+        metavar="S",
+        help="end a device's session after this many seconds without a message from it, e.g. a device "
+        f"that vanished without a last will (default {DEFAULT_DEVICE_IDLE_TIMEOUT_S:g})",
+    )
+    mqtt.add_argument(
+        "--device-rate-limit",
+        type=float,
+        default=DEFAULT_DEVICE_MESSAGES_PER_S,
+        metavar="N",
+        help="messages per second the bridge handles for one device; the excess is dropped and reported "
+        f"as rate_limited (default {DEFAULT_DEVICE_MESSAGES_PER_S:g}, bursts of {DEFAULT_DEVICE_BURST_MESSAGES})",
+    )
+    mqtt.add_argument(
+        "--device-tokens",
+        type=Path,
+        metavar="FILE",
+        help='JSON object of device id to token, e.g. {"robot1": "a-long-secret"}: a device\'s config must '
+        "carry its token, else it gets error unauthorized and no session (see docs/mqtt.md)",
     )
     mqtt.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
     add_transport_executor_arguments(mqtt)

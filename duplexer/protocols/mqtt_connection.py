@@ -51,6 +51,20 @@ class BrokerSettings:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+def redact_url(url: str) -> str:
+    """``url`` with the password in it (``scheme://user:password@host``) replaced by ``***``, for
+    messages and logs; anything that is not such a URL comes back unchanged."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, host = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}{tail}"
+
+
 def broker_settings(
     url: str,
     username: str | None = None,
@@ -60,17 +74,21 @@ def broker_settings(
     tls_insecure: bool = False,
 ) -> BrokerSettings:
     """Settings from ``mqtt://host:port`` (or ``mqtts://``); raises ValueError with a one-line fix."""
-    parts = urlsplit(url)
+    shown = repr(redact_url(url))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError(f"broker URL {shown} is not of the form mqtt://host:1883 or mqtts://host:8883") from None
     scheme = parts.scheme.lower()
     if scheme not in PLAIN_SCHEMES + TLS_SCHEMES or not parts.hostname:
-        raise ValueError(f"broker URL {url!r} is not of the form mqtt://host:1883 or mqtts://host:8883")
+        raise ValueError(f"broker URL {shown} is not of the form mqtt://host:1883 or mqtts://host:8883")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"broker URL {url!r} has a path or query; give only mqtt://host:port")
+        raise ValueError(f"broker URL {shown} has a path or query; give only mqtt://host:port")
     use_tls = tls or scheme in TLS_SCHEMES
     try:
         port = parts.port or (DEFAULT_TLS_PORT if use_tls else DEFAULT_PORT)
     except ValueError:
-        raise ValueError(f"broker URL {url!r} has an invalid port; use 1..65535") from None
+        raise ValueError(f"broker URL {shown} has an invalid port; use 1..65535") from None
     if parts.username and username is None:
         username = unquote(parts.username)
         if parts.password and password is None:
@@ -110,11 +128,15 @@ def make_client(
     clean_start: bool = True,
     session_expiry_s: int = 0,
     max_queued_incoming: int = 0,
+    max_packet_bytes: int = 0,
 ) -> aiomqtt.Client:
-    """An MQTT 5 client; with ``session_expiry_s`` the broker keeps its QoS 1 messages across a blip."""
+    """An MQTT 5 client; with ``session_expiry_s`` the broker keeps its QoS 1 messages across a blip,
+    and with ``max_packet_bytes`` it sends the client no larger packet (it drops such messages)."""
     properties = Properties(PacketTypes.CONNECT)
     if session_expiry_s > 0:
         properties.SessionExpiryInterval = session_expiry_s
+    if max_packet_bytes > 0:
+        properties.MaximumPacketSize = max_packet_bytes
     client = aiomqtt.Client(
         settings.host,
         settings.port,

@@ -77,6 +77,7 @@ class DeviceClient:
         session_expiry_s: int = 60,
         on_audio: Callable[[ReceivedAudio], None] | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        token: str | None = None,
     ) -> None:
         self.broker = broker
         self.device_id = device_id
@@ -87,6 +88,8 @@ class DeviceClient:
         self.session_expiry_s = session_expiry_s
         """How long the broker keeps QoS 1 events for this device across a network blip."""
         self.on_audio, self.on_event = on_audio, on_event
+        self.token = token
+        """Sent in the config, for a bridge that names a token per device (``--device-tokens``)."""
         self.client_id = f"duplexer-device-{device_id}-{secrets.token_hex(3)}"
         self.events: list[dict[str, Any]] = []
         self.event_arrivals_s: list[float] = []
@@ -250,7 +253,8 @@ class DeviceClient:
         await client.subscribe(self.topic(Channel.EVENTS), QOS_EVENTS)
         await client.subscribe(self.topic(Channel.AUDIO_OUT), QOS_AUDIO)
         await client.subscribe(self.topics.bridge_status("+"), QOS_STATUS)
-        await client.publish(self.topic(Channel.CONFIG), encode_json(self.fmt.to_json()), QOS_CONFIG, retain=True)
+        config = self.fmt.to_json() if self.token is None else {**self.fmt.to_json(), "token": self.token}
+        await client.publish(self.topic(Channel.CONFIG), encode_json(config), QOS_CONFIG, retain=True)
         await client.publish(self.topic(Channel.STATUS), ONLINE, QOS_STATUS, retain=True)
         # Whatever is still queued waited out an outage, even frames queued before it was noticed.
         self._queue = deque(replace(item, delayed=item.seq is not None) for item in self._queue)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from duplexer.actors.pipeline import start_pipeline
 from duplexer.policies.controller import PolicyParams
 from duplexer.protocols.inbound_audio import InboundAudio, InboundCounts
+from duplexer.protocols.mqtt_guard import TokenBucket, token_matches
 from duplexer.protocols.mqtt_topics import (
     ENCODING_PCM16LE,
     FLAG_REPLY_START,
@@ -31,8 +32,8 @@ from duplexer.protocols.mqtt_topics import (
     WireError,
     encode_json,
     pack_audio,
-    parse_config,
     parse_control,
+    parse_device_config,
     parse_status,
     unpack_audio,
 )
@@ -152,14 +153,20 @@ class MqttLinkActor(Actor):
 class DeviceLink:
     """One device: its audio format, its session, its inbound audio state and its counters."""
 
-    def __init__(self, bridge: MqttBridge, device_id: str) -> None:
+    def __init__(self, bridge: MqttBridge, device_id: str, fmt: AudioFormat | None = None) -> None:
         self.bridge = bridge
         self.device_id = device_id
         self.config = bridge.config
         self.log = get_logger(component="mqtt", device_id=device_id)
         self.events_topic = self.config.topics.device(device_id, Channel.EVENTS)
         self.audio_topic = self.config.topics.device(device_id, Channel.AUDIO_OUT)
-        self.fmt: AudioFormat | None = None
+        self.fmt: AudioFormat | None = fmt
+        """The declared format; where the bridge has device tokens, only a config with the token sets it."""
+        self.last_heard_s = bridge.now_s()
+        """When the device last published a live message; its session ends after the idle timeout."""
+        self.budget = TokenBucket(
+            self.config.device_messages_per_s, self.config.device_burst_messages, self.last_heard_s
+        )
         self.policy: PolicyParams = self.config.pipeline.policy
         self.session: ExecutorSession | None = None
         self.inbound: InboundAudio | None = None
@@ -216,6 +223,22 @@ class DeviceLink:
         if self.bridge.outbox.put(self.audio_topic, payload, QOS_AUDIO, self.device_id, True):
             self.counters["audio_out_frames"] += 1
 
+    def admit(self, now_s: float) -> bool:
+        """A live message arrived: note it, and say whether it is within the device's message budget."""
+        self.last_heard_s = now_s
+        if self.budget.take(now_s):
+            return True
+        self.error(
+            ErrorCode.RATE_LIMITED,
+            f"more than {self.config.device_messages_per_s:g} messages per second (bursts of "
+            f"{self.config.device_burst_messages}) from this device; the excess is dropped",
+        )
+        return False
+
+    def forgettable(self, now_s: float) -> bool:
+        """No session, nothing held for it, and nothing heard from it for the idle timeout."""
+        return self.session is None and not self.held and now_s - self.last_heard_s >= self.config.device_idle_timeout_s
+
     def error(self, code: ErrorCode, message: str) -> None:
         """Refuse one message: count it, tell the device (rate-limited) and log a structured line."""
         self.bad[code.value] += 1
@@ -250,10 +273,18 @@ class DeviceLink:
                 self.end_session("config_cleared")
             return
         try:
-            fmt = parse_config(payload)
+            config = parse_device_config(payload)
         except WireError as exc:
             self.error(exc.code, exc.message)
             return
+        if not token_matches(self.config.device_tokens, self.device_id, config.token):
+            self.error(
+                ErrorCode.UNAUTHORIZED,
+                f"this bridge needs the token of device {self.device_id!r} in its config ('token'); "
+                "the config was ignored",
+            )
+            return
+        fmt = config.fmt
         if fmt != self.fmt and self.inbound is not None:
             self.inbound = self._new_inbound(fmt, self.inbound.next_frame)
         self.fmt = fmt
@@ -324,6 +355,12 @@ class DeviceLink:
             self.seen()
 
     def _control(self, control: Control) -> None:
+        if self.config.device_tokens is not None and self.fmt is None:
+            self.error(
+                ErrorCode.UNAUTHORIZED,
+                f"device {self.device_id!r} has no accepted config: publish its config with its token first",
+            )
+            return
         if control.type is ControlType.START:
             self.stopped_by_device = False
             if control.policy is not None:
@@ -484,6 +521,12 @@ class DeviceLink:
             self._feed(session, self.inbound.expire(session.clock.now_ms()))
         if self.offline_since_s is not None and now_s - self.offline_since_s >= self.config.device_offline_grace_s:
             self.end_session("device_offline")
+        elif (
+            self.offline_since_s is None
+            and self.bridge.outbox.connected
+            and now_s - self.last_heard_s >= self.config.device_idle_timeout_s
+        ):
+            self.end_session("idle")  # it vanished without a last will, or fell silent
         elif now_s - self.last_stats_s >= self.config.stats_interval_s:
             self.publish_stats()
 
@@ -523,6 +566,7 @@ class DeviceLink:
 
     def outage_ended(self, down_ms: float, now_s: float) -> None:
         """Report the outage; the device's events wait until it shows it is back, too."""
+        self.last_heard_s = now_s  # the broker's silence was not the device's
         if self.unconfirmed_since_s is not None:
             self.unconfirmed_since_s = now_s
         if self.session is None and not self.counters:

@@ -19,11 +19,20 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import re
 import struct
 from dataclasses import dataclass
 from typing import Any
+
+from duplexer.runtime.untrusted import (
+    MAX_JSON_DEPTH,
+    UntrustedInputError,
+    bounded_int,
+    bounded_text,
+    finite_number,
+    load_json,
+    nesting_depth,
+)
 
 DEFAULT_PREFIX = "duplexer"
 BRIDGE_LEVEL = "_bridge"
@@ -39,7 +48,17 @@ QOS_STATUS = 1
 MAX_AUDIO_PAYLOAD_BYTES = 32 * 1024
 """Largest audio/in message accepted: 100 ms of 48 kHz PCM16 is 9,608 bytes with its header."""
 MAX_JSON_PAYLOAD_BYTES = 16 * 1024
-"""Largest config or control message accepted."""
+"""Largest config, control or status message accepted."""
+MAX_INBOUND_PACKET_BYTES = 64 * 1024
+"""The bridge's MQTT 5 maximum packet size: the broker drops anything larger instead of sending it,
+so a megabyte message costs the bridge nothing (messages up to it are refused as ``oversized``)."""
+MAX_TOKEN_CHARS = 256
+"""Longest device token a config message may carry."""
+MAX_POLICY_OVERRIDES = 64
+"""Most parameters one control message may set; the policy has about twenty."""
+MAX_POLICY_NAME_CHARS = 64
+MAX_POLICY_MAGNITUDE = 1e6
+"""Largest policy value on the wire (a time in ms of over 16 minutes); the policy checks its own ranges."""
 
 DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -83,6 +102,8 @@ class ErrorCode(enum.StrEnum):
     SESSION_STOPPED = "session_stopped"
     TOO_MANY_DEVICES = "too_many_devices"
     ENGINE_FAILED = "engine_failed"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
     INTERNAL = "internal"
 
 
@@ -208,32 +229,65 @@ MIN_FRAME_MS = 10
 MAX_FRAME_MS = 100
 
 
-def _json_object(payload: bytes, what: str, code: ErrorCode) -> dict[str, Any]:
+def _check_size(payload: bytes, what: str) -> None:
     if len(payload) > MAX_JSON_PAYLOAD_BYTES:
         raise WireError(
             ErrorCode.OVERSIZED,
             f"{what} message of {len(payload)} bytes exceeds the {MAX_JSON_PAYLOAD_BYTES}-byte limit",
         )
+
+
+def _well_formed_but_for_numbers(payload: bytes) -> bool:
+    """Whether JSON that :func:`load_json` refused is well-formed, so that what it refused was a
+    number (too many digits, out of float range, NaN or Infinity): the fault of a field, not of the
+    syntax. Numbers are not converted here, and the depth is checked first, so this cannot raise."""
     try:
-        value = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(ErrorCode.MALFORMED_JSON, f"{what} message is not UTF-8 JSON: {exc}") from None
+        text = payload.decode("utf-8")
+        if nesting_depth(text) > MAX_JSON_DEPTH:
+            return False
+        json.loads(text, parse_int=len, parse_float=len, parse_constant=len)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _json_object(payload: bytes, what: str, code: ErrorCode, number_code: ErrorCode) -> dict[str, Any]:
+    """The message as a JSON object, within the limits of :mod:`duplexer.runtime.untrusted`:
+    bad syntax or nesting is ``malformed_json``, a refused number is ``number_code``."""
+    _check_size(payload, what)
+    try:
+        value = load_json(payload, f"{what} message", MAX_JSON_PAYLOAD_BYTES)
+    except UntrustedInputError as exc:
+        refused = number_code if _well_formed_but_for_numbers(payload) else ErrorCode.MALFORMED_JSON
+        raise WireError(refused, str(exc)) from None
     if not isinstance(value, dict):
         raise WireError(code, f"{what} message must be a JSON object, got {type(value).__name__}")
     return value
 
 
+MAX_QUOTED_FIELDS = 3
+MAX_QUOTED_CHARS = 40
+"""An error names at most this many of the fields it refuses, each cut to this length: it never echoes a payload."""
+
+
 def _reject_unknown(obj: dict[str, Any], allowed: set[str], what: str, code: ErrorCode) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise WireError(code, f"{what} has unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+        shown = ", ".join(repr(name[:MAX_QUOTED_CHARS]) for name in unknown[:MAX_QUOTED_FIELDS])
+        more = f" and {len(unknown) - MAX_QUOTED_FIELDS} more" if len(unknown) > MAX_QUOTED_FIELDS else ""
+        raise WireError(code, f"{what} has unknown field(s) {shown}{more}; allowed: {sorted(allowed)}")
 
 
-def _int_field(obj: dict[str, Any], name: str, default: int, what: str, code: ErrorCode) -> int:
+def _int_field(obj: dict[str, Any], name: str, default: int, low: int, high: int, range_code: ErrorCode) -> int:
+    """An integer config field: a wrong type is ``bad_config``, a value outside [low, high] ``range_code``."""
     value = obj.get(name, default)
+    field = f"config field {name!r}"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise WireError(code, f"{what} field {name!r} must be an integer, got {value!r}")
-    return value
+        raise WireError(ErrorCode.BAD_CONFIG, f"{field} must be an integer, got {type(value).__name__}")
+    try:
+        return bounded_int(value, field, low, high)
+    except UntrustedInputError as exc:
+        raise WireError(range_code, str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -271,39 +325,53 @@ class AudioFormat:
         }
 
 
-CONFIG_FIELDS = {"encoding", "sample_rate_hz", "channels", "frame_ms"}
+CONFIG_FIELDS = {"encoding", "sample_rate_hz", "channels", "frame_ms", "token"}
 
 
-def parse_config(payload: bytes) -> AudioFormat:
-    """A device's config message; raises WireError naming the field to fix."""
+@dataclass(frozen=True)
+class DeviceConfig:
+    """A config message: the microphone format and, where the bridge asks for one, the device's token."""
+
+    fmt: AudioFormat
+    token: str | None = None
+
+
+def parse_device_config(payload: bytes) -> DeviceConfig:
+    """A device's config message with its token; raises WireError naming the field to fix."""
     what = "config"
-    obj = _json_object(payload, what, ErrorCode.BAD_CONFIG)
+    obj = _json_object(payload, what, ErrorCode.BAD_CONFIG, ErrorCode.BAD_CONFIG)
     _reject_unknown(obj, CONFIG_FIELDS, what, ErrorCode.BAD_CONFIG)
     encoding = obj.get("encoding", ENCODING_PCM16LE)
     if encoding != ENCODING_PCM16LE:
+        shown = repr(encoding)[:40] if isinstance(encoding, str) else type(encoding).__name__
         raise WireError(
             ErrorCode.UNKNOWN_FORMAT,
-            f"audio encoding {encoding!r} is not supported; send {ENCODING_PCM16LE!r} (PCM16 little-endian)",
+            f"audio encoding {shown} is not supported; send {ENCODING_PCM16LE!r} (PCM16 little-endian)",
         )
-    channels = _int_field(obj, "channels", 1, what, ErrorCode.UNKNOWN_FORMAT)
-    if channels != 1:
-        raise WireError(ErrorCode.UNKNOWN_FORMAT, f"audio must be mono (channels 1), got channels {channels}")
+    channels = _int_field(obj, "channels", 1, 1, 1, ErrorCode.UNKNOWN_FORMAT)
     if "sample_rate_hz" not in obj:
         raise WireError(ErrorCode.BAD_CONFIG, "config needs 'sample_rate_hz', e.g. 16000")
-    rate = _int_field(obj, "sample_rate_hz", 0, what, ErrorCode.BAD_CONFIG)
-    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
-        raise WireError(
-            ErrorCode.UNKNOWN_FORMAT,
-            f"sample_rate_hz {rate} is outside {MIN_SAMPLE_RATE_HZ}..{MAX_SAMPLE_RATE_HZ}",
-        )
-    frame_ms = _int_field(obj, "frame_ms", 20, what, ErrorCode.BAD_CONFIG)
-    if not MIN_FRAME_MS <= frame_ms <= MAX_FRAME_MS or rate * frame_ms % 1000:
+    rate = _int_field(obj, "sample_rate_hz", 0, MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ, ErrorCode.UNKNOWN_FORMAT)
+    frame_ms = _int_field(obj, "frame_ms", 20, MIN_FRAME_MS, MAX_FRAME_MS, ErrorCode.BAD_CONFIG)
+    if rate * frame_ms % 1000:
         raise WireError(
             ErrorCode.BAD_CONFIG,
             f"frame_ms {frame_ms} must be within {MIN_FRAME_MS}..{MAX_FRAME_MS} and give a whole number "
             f"of samples at {rate} Hz",
         )
-    return AudioFormat(sample_rate_hz=rate, frame_ms=frame_ms, channels=channels, encoding=encoding)
+    token = obj.get("token")
+    if token is not None:
+        try:
+            token = bounded_text(token, "config field 'token'", MAX_TOKEN_CHARS)
+        except UntrustedInputError as exc:
+            raise WireError(ErrorCode.BAD_CONFIG, str(exc)) from None
+    fmt = AudioFormat(sample_rate_hz=rate, frame_ms=frame_ms, channels=channels, encoding=encoding)
+    return DeviceConfig(fmt, token)
+
+
+def parse_config(payload: bytes) -> AudioFormat:
+    """A device's config message (its format only); raises WireError naming the field to fix."""
+    return parse_device_config(payload).fmt
 
 
 class ControlType(enum.StrEnum):
@@ -325,47 +393,60 @@ class Control:
     policy: PolicyOverrides | None = None
 
 
-def _is_overrides(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(v)) for v in value.values()
-    )
+def _overrides(value: Any) -> PolicyOverrides:
+    """Policy overrides within the wire's limits (names and magnitudes); the policy checks the rest."""
+    if not isinstance(value, dict):
+        raise WireError(
+            ErrorCode.BAD_POLICY,
+            "'policy' must be an object of parameter names to finite numbers or booleans, "
+            'e.g. {"end_of_turn_ms": 900}',
+        )
+    if len(value) > MAX_POLICY_OVERRIDES:
+        raise WireError(ErrorCode.BAD_POLICY, f"'policy' sets {len(value)} parameters (at most {MAX_POLICY_OVERRIDES})")
+    overrides: PolicyOverrides = {}
+    try:
+        for name, item in value.items():
+            bounded_text(name, "a policy parameter name", MAX_POLICY_NAME_CHARS)
+            if not isinstance(item, bool):
+                finite_number(item, f"policy parameter {name!r}", -MAX_POLICY_MAGNITUDE, MAX_POLICY_MAGNITUDE)
+            overrides[name] = item
+    except UntrustedInputError as exc:
+        raise WireError(ErrorCode.BAD_POLICY, f"{exc}; policy values are finite numbers or booleans") from None
+    return overrides
 
 
 def parse_control(payload: bytes) -> Control:
     """A device's control message; raises WireError naming what to fix."""
     what = "control"
-    obj = _json_object(payload, what, ErrorCode.BAD_CONTROL)
+    obj = _json_object(payload, what, ErrorCode.BAD_CONTROL, ErrorCode.BAD_POLICY)
     kind = obj.get("type")
     try:
         control_type = ControlType(kind if isinstance(kind, str) else "")
     except ValueError:
+        shown = repr(kind)[:40] if isinstance(kind, str) else type(kind).__name__
         raise WireError(
             ErrorCode.BAD_CONTROL,
-            f"control 'type' {kind!r} is not one of {[t.value for t in ControlType]}",
+            f"control 'type' {shown} is not one of {[t.value for t in ControlType]}",
         ) from None
     allowed = {"type", "policy"} if control_type in (ControlType.START, ControlType.POLICY) else {"type"}
     _reject_unknown(obj, allowed, f"control {control_type.value!r}", ErrorCode.BAD_CONTROL)
     policy = obj.get("policy")
     if control_type is ControlType.POLICY and policy is None:
         raise WireError(ErrorCode.BAD_CONTROL, "control 'policy' needs a 'policy' object of overrides")
-    if policy is not None and not _is_overrides(policy):
-        raise WireError(
-            ErrorCode.BAD_POLICY,
-            "'policy' must be an object of parameter names to finite numbers or booleans, "
-            'e.g. {"end_of_turn_ms": 900}',
-        )
-    return Control(control_type, policy)
+    return Control(control_type, None if policy is None else _overrides(policy))
 
 
 def parse_status(payload: bytes) -> str:
     """``online`` or ``offline``, sent as plain text or as ``{"state": ...}``."""
+    _check_size(payload, "status")
     text = payload.decode("utf-8", errors="replace").strip()
     if text.startswith("{"):
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = None
-        text = str(value.get("state", "")) if isinstance(value, dict) else ""
+            value = load_json(text, "status message", MAX_JSON_PAYLOAD_BYTES)
+        except UntrustedInputError as exc:
+            raise WireError(ErrorCode.BAD_STATUS, str(exc)) from None
+        state = value.get("state") if isinstance(value, dict) else None
+        text = state if isinstance(state, str) else ""
     state = text.lower()
     if state not in (ONLINE, OFFLINE):
         raise WireError(ErrorCode.BAD_STATUS, f"status must be {ONLINE!r} or {OFFLINE!r}, got {text[:40]!r}")
