@@ -172,18 +172,18 @@ def test_a_time_written_1e3_is_a_number(tmp_path: Path) -> None:
     assert scenario.tail_ms == 1000.0
 
 
-@pytest.mark.parametrize("name", ["/tmp/escaped", "../escaped", "../../escaped", "a/b", "..", "C:\\\\x"])
+@pytest.mark.parametrize("name", ["{root}/escaped", "../escaped", "../../escaped", "a/b", "..", "C:\\\\x"])
 def test_a_scenario_name_never_writes_outside_the_report_folder(name: str, tmp_path: Path) -> None:
     from duplexer.cli import main
 
     work = tmp_path / "work"
     work.mkdir()
+    name = name.format(root=tmp_path)
     (work / "s.yaml").write_text(f'name: "{name}"\nscript:\n  - say: hi\n')
     report = work / "deep" / "report"
     assert main(["sim", str(work / "s.yaml"), "--report", str(report), "--quiet"]) == 0
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.png"))
     assert len(written) == 1 and written[0].parent == report.relative_to(tmp_path), written
-    assert not Path("/tmp/escaped.png").exists()
 
 
 def test_two_names_with_one_file_name_are_refused(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ def _talk(args: argparse.Namespace) -> int:
         return fail("talk needs a wav file, or --mic")
     try:
         pcm = read_wav(args.file, INPUT_SAMPLE_RATE_HZ, args.user_channel)
-        scenario, clips = recording_scenario(pcm, args.file.stem)
+        scenario, clips = recording_scenario(pcm, args.file.stem, source=str(args.file))
         persona, make_engines, _ = _setup(args)
     except (WavError, ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
