@@ -91,7 +91,8 @@ def test_duplicate_names_across_files_are_refused(tmp_path: Path) -> None:
 
 def _bomb() -> str:
     """A "billion laughs": nine lists of nine aliases of the one before, 9**9 values expanded."""
-    lines = ["name: x", "script:", "  - say: hi", "    reply:", "      call: {name: t}", "      tool:", "        result:"]
+    lines = ["name: x", "script:", "  - say: hi", "    reply:", "      call: {name: t}", "      tool:"]
+    lines.append("        result:")
     lines.append('          a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]')
     for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
         lines.append(f"          {name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
@@ -116,8 +117,8 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         "script[0].reply.call.name: a tool name is",
     ),
     "NUL in the name": (b'name: "a\\0b"\nscript:\n  - say: hi\n', "name: must be printable"),
-    "300-character name": (b"name: " + b"a" * 300 + b"\nscript:\n  - say: hi\n", "name: String should have at most 100"),
-    "1 MB name": (b"name: " + b"a" * 1_000_000 + b"\nscript:\n  - say: hi\n", "name: String should have at most 100"),
+    "300-character name": (b"name: " + b"a" * 300 + b"\nscript:\n  - say: hi\n", "name: String should have at most"),
+    "1 MB name": (b"name: " + b"a" * 1_000_000 + b"\nscript:\n  - say: hi\n", "name: String should have at most"),
     "NaN policy value": (
         b"name: x\npolicy: {asr_final_timeout_ms: .nan}\nscript:\n  - say: hi\n",
         "policy.asr_final_timeout_ms: Input should be a finite number",
@@ -144,7 +145,8 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         "refers to a value that holds it",
     ),
     "a tool parameter named like a model attribute": (
-        b"name: x\nscript:\n  - say: hi\n    reply:\n      call: {name: t}\n      tool: {params: {__class__: string}}\n",
+        b"name: x\nscript:\n  - say: hi\n    reply:\n      call: {name: t}\n"
+        b"      tool: {params: {__class__: string}}\n",
         "script[0].reply.tool.params",
     ),
 }
