@@ -156,6 +156,7 @@ def _talk_mic(args: argparse.Namespace) -> int:
 
 def register(commands: Any) -> None:
     from duplexer.actors.llm_select import add_llm_arguments
+    from duplexer.protocols.wav import WAV_LIMITS
 
     demo = commands.add_parser(
         "demo",
@@ -181,7 +182,7 @@ def register(commands: Any) -> None:
         "in real time as the microphone, to its end, and the session goes on until the reply in "
         "progress has been played (a bounded wait; a warning says when it ran out); turns are split "
         "at long silences. Writes OUT/NAME.wav, .json and _timeline.png like the demo. With --mic, "
-        "talk live through PyAudio.",
+        f"talk live through PyAudio. The wav: {WAV_LIMITS}; a silent one is refused.",
     )
     talk.add_argument("file", type=Path, nargs="?", help="the user's recording (wav)")
     talk.add_argument(

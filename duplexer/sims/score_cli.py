@@ -11,6 +11,7 @@ import numpy as np
 
 from duplexer.cli_support import fail, unwritable
 from duplexer.kernels.loudness import AUDIBLE_DBFS
+from duplexer.protocols.wav import WAV_LIMITS
 from duplexer.runtime.console import say
 from duplexer.sims.audio_timeline import BACKCHANNEL_MAX_MS, TURN_GAP_MS
 
@@ -25,7 +26,7 @@ pause the bot talked into), barge-in stop latency (how long the bot keeps talkin
 comes in over it), backchannel false stops, and Full-Duplex-Bench's takeover. User turns are split
 at silences of {TURN_GAP_MS / 1000:g} s or where the bot spoke and fell silent in the gap (user speech
 under {BACKCHANNEL_MAX_MS / 1000:g} s that starts over the bot is a backchannel), or given by --turns.
-Definitions: docs/metrics.md; usage: docs/score.md."""
+Definitions: docs/metrics.md; usage: docs/score.md. Wavs read: {WAV_LIMITS}."""
 
 COLUMNS_HELP = """\
 columns: start ms / end ms of the user's turn; pauses: its mid-turn pauses; latency: response
