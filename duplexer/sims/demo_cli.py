@@ -83,6 +83,7 @@ def _talk(args: argparse.Namespace) -> int:
     from duplexer.protocols.wav import WavError, read_wav
     from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
     from duplexer.runtime.logging import configure_logging
+    from duplexer.runtime.untrusted import slug
     from duplexer.sims.demo import demo_config, recording_scenario, summarize_demo, table, turn_records, write_outputs
     from duplexer.sims.live import run_live
     from duplexer.sims.persona import PersonaError
@@ -96,9 +97,10 @@ def _talk(args: argparse.Namespace) -> int:
         return _talk_mic(args)
     if args.file is None:
         return fail("talk needs a wav file, or --mic")
+    stem = slug(args.file.stem, "recording")  # output names: file-safe and short, whatever the input is called
     try:
         pcm = read_wav(args.file, INPUT_SAMPLE_RATE_HZ, args.user_channel)
-        scenario, clips = recording_scenario(pcm, args.file.stem, source=str(args.file))
+        scenario, clips = recording_scenario(pcm, stem, source=str(args.file))
         persona, make_engines, _ = _setup(args)
     except (WavError, ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
@@ -107,11 +109,11 @@ def _talk(args: argparse.Namespace) -> int:
     run = asyncio.run(run_live(scenario, clips, make_engines, config, prompt, recording=pcm))
     records = turn_records(run, None)
     summary = summarize_demo(records, run, None)
-    write_outputs(args.out, args.file.stem, run, records, summary)
+    write_outputs(args.out, stem, run, records, summary)
     say(table(records, summary))
     for error in summary["errors"]:
         progress(f"duplexer: warning: {error}")
-    say(f"wrote {args.out / (args.file.stem + '.wav')}, .json and _timeline.png")
+    say(f"wrote {args.out / (stem + '.wav')}, .json and _timeline.png")
     return 0
 
 
