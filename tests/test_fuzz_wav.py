@@ -153,3 +153,24 @@ def test_score_on_any_wav_runs_or_exits_2_with_one_line(content: bytes, as_conve
         argv = ["score", str(path)] if as_conversation else ["score", "--user", str(path), "--bot", str(other)]
         code, err = run_command(argv)
         assert_clean(code, err, path)
+
+
+@fuzz_settings()
+@given(wav_files())
+def test_eval_fdb_scoring_any_output_wav_scores_or_skips_it_with_its_reason(content: bytes) -> None:
+    """A sample whose output.wav is unusable is skipped with a line naming it; with no sample left
+    the command ends with one error line and exit 2."""
+    with tempfile.TemporaryDirectory() as folder:
+        sample = Path(folder) / "tree" / "p1"
+        sample.mkdir(parents=True)
+        write_wav(sample / "input.wav", bytes(2 * 16_000), 16_000)
+        (sample / "pause.json").write_text('[{"text": "[PAUSE]", "timestamp": [0.2, 0.6]}]')
+        (sample / "output.wav").write_bytes(content)
+        argv = ["eval", "fdb", str(sample.parent), "--score-only", "--engines", "scripted", "--quiet"]
+        code, err = run_command([*argv, "--out", str(Path(folder) / "out")])
+        event(f"exit {code}")
+        assert code in (0, 2) and "Traceback" not in err, (code, err[-2000:])
+        lines = err.strip().splitlines()
+        if code == 2:
+            assert lines[-1].startswith("duplexer: error: ") and len(lines) == 2, err[-2000:]
+            assert lines[0].startswith("skipped p1: ") and "output.wav" in lines[0], lines[0]
