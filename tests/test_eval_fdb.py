@@ -309,3 +309,36 @@ def test_an_unwritable_out_folder_or_a_non_numeric_icc_file_is_one_line_and_exit
         assert main(["eval", "fdb", str(root), "--score-only", "--quiet", *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("duplexer: error:") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested 100000 levels deep"),
+        ('{"1": [NaN]}', "NaN is not a number JSON allows"),
+        ('{"1": [1' + "0" * 400 + "]}", "digits"),
+    ],
+)
+def test_a_hostile_icc_file_is_one_line_naming_it_and_exit_2(
+    content: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "tree"
+    sample(root, "t1", ("turn_taking.json", TURN), [(2.5, 2.9), (3.0, 3.4)])
+    gt = tmp_path / "gt.json"
+    gt.write_text(content)
+    assert (
+        main(["eval", "fdb", str(root), "--score-only", "--quiet", "--out", str(tmp_path / "o"), "--icc-gt", str(gt)])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"duplexer: error: {gt}: ") and expected in err, err[:300]
+
+
+def test_a_deeply_nested_annotation_is_an_fdb_error_naming_it(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    sample(root, "t1", ("turn_taking.json", TURN), [(2.5, 2.9), (3.0, 3.4)])
+    (folder,) = [p.parent for p in root.rglob("turn_taking.json")]
+    (folder / "turn_taking.json").write_text("[" * 100_000 + "]" * 100_000)
+    (found,) = discover(root, [])
+    with pytest.raises(FdbError, match=r"turn_taking\.json: the file is nested 100000 levels deep"):
+        score_sample(found, [Word("hi", 3000.0, 3200.0)])

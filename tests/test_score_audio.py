@@ -261,3 +261,27 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_scoring(
         assert main(["score", str(wav), "--json", str(target)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("duplexer: error:") and "\n" not in err and str(target) in err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested 100000 levels deep"),
+        ('[{"start_ms": NaN, "end_ms": 1}]', "NaN is not a number JSON allows"),
+        ('[{"start_ms": 1' + "0" * 400 + ', "end_ms": 1}]', "digits"),
+        ('[{"start_ms": 1e308, "end_ms": 1e309}]', "out of range"),
+        ('[{"start_ms": 900, "end_ms": 100}]', "[0].end_ms: 100 must be after start_ms (900)"),
+        ('{"start_ms": 1}', "expected a JSON list"),
+        ("\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_a_hostile_turns_file_is_one_line_naming_it_and_exit_2(
+    content: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stereo = tmp_path / "stereo.wav"
+    write_wav(stereo, interleave_stereo(np.zeros(RATE_HZ, np.int16), np.zeros(RATE_HZ, np.int16)), RATE_HZ, channels=2)
+    turns = tmp_path / "turns.json"
+    turns.write_bytes(content.encode("latin-1"))
+    assert main(["score", str(stereo), "--turns", str(turns)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"duplexer: error: {turns}: ") and expected in err, err[:300]

@@ -142,3 +142,27 @@ def test_talk_streams_the_chosen_channel_whole_and_writes_it_as_the_user_track(
     [turn] = json.loads((tmp_path / "o" / "call.json").read_text())["turns"]
     assert turn["bot_reply"] == "Sure."  # the bot answered, and the session ran past the recording
     assert len(written) > len(user)
+
+
+def test_talk_names_its_outputs_by_a_short_file_safe_form_of_any_input_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 250-character name with spaces is a valid file; its outputs (NAME_timeline.png) would not be."""
+    from duplexer.sims import demo_cli
+
+    def short_replies(clock: Clock, sink: AudioSink) -> Engines:
+        rng = random.Random(0)
+        return Engines(
+            EnergyVad(),
+            CannedAsr(clock),
+            ScriptedLlm(clock, rng, reply_for=lambda _: "Sure."),
+            ScriptedTts(clock, rng),
+            sink,
+        )
+
+    monkeypatch.setattr(demo_cli, "demo_engines", lambda args: (short_replies, None))
+    path = tmp_path / ("my call " + "x" * 242 + ".wav")
+    write_wav(path, _recording(0.3, 0.6, 0.5), INPUT_SAMPLE_RATE_HZ)
+    assert main(["talk", str(path), "--out", str(tmp_path / "o")]) == 0
+    stem = "my_call_" + "x" * 56
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f"{stem}.json", f"{stem}.wav", f"{stem}_timeline.png"]

@@ -27,6 +27,8 @@ MAX_RESULT_CHARS = 2000
 ToolFunction = Callable[..., Awaitable[Any]]
 
 _SUPPORTED = (str, int, float, bool, type(None), Any)
+TOOL_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+"""What a tool may be called: what LLM function-calling APIs accept."""
 _GOOGLE_ARG = re.compile(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 _SPHINX_ARG = re.compile(r"^\s*:param\s+(?:[^:]*\s)?(\w+)\s*:\s*(.*)$")
 _SECTION = re.compile(r"^\s*(Args|Arguments|Parameters|Returns|Raises|Yields|Examples?|Notes?)\s*:\s*$")
@@ -174,7 +176,7 @@ class Tool:
         description: str = "",
     ) -> Tool:
         """A tool from explicit parameters: name -> (type, default or ..., description)."""
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", name):
+        if not TOOL_NAME_PATTERN.fullmatch(name):
             raise ToolDefinitionError(f"tool name {name!r}: use letters, digits, _ . - (at most 64)")
         if timeout_ms <= 0:
             raise ToolDefinitionError(f"tool {name!r}: timeout_ms must be > 0, got {timeout_ms}")

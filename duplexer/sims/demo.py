@@ -36,11 +36,12 @@ from duplexer.runtime.events import (
     StartReply,
 )
 from duplexer.runtime.session import Session
+from duplexer.runtime.untrusted import slug
 from duplexer.sims.audio_timeline import TURN_GAP_MS, speech_spans
 from duplexer.sims.live import EngineFactory, KeepingSink, LiveRun, MicTrack, run_live, without_speculation
 from duplexer.sims.metrics import percentiles, turn_facts
 from duplexer.sims.persona import Persona
-from duplexer.sims.scenario import Backchannel, Noise, Say, Scenario, Segment, Silence, Start
+from duplexer.sims.scenario import MAX_SIMULATED_MS, Backchannel, Noise, Say, Scenario, Segment, Silence, Start
 from duplexer.sims.simulator import RECORDED_EVENTS, BotInterval, SimRun, StepRecord
 from duplexer.sims.speech_segments import speech_segments_pcm
 
@@ -319,15 +320,23 @@ def group_turns(segments: Sequence[tuple[float, float]], turn_gap_ms: float) -> 
     return groups
 
 
-def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = TURN_GAP_MS) -> tuple[Scenario, list[bytes]]:
+def recording_scenario(
+    pcm: bytes, name: str, turn_gap_ms: float = TURN_GAP_MS, source: str | None = None
+) -> tuple[Scenario, list[bytes]]:
     """A recorded user as a scenario: speech found as ``duplexer score`` finds it (Silero VAD, edges
-    refined to the audible sample), a new turn after a long gap.
+    refined to the audible sample), a new turn after a long gap. A recording with no speech is
+    refused (a ValueError naming ``source``, else ``name``): there is nothing to answer, and a run
+    over it would only stream silence for the file's length.
 
     No tail: :func:`run_live` given the recording itself lasts to its end and then until the bot is
     quiet, so neither trailing silence nor the reply in progress is cut off."""
-    segments = speech_spans(np.frombuffer(pcm, dtype="<i2"), INPUT_SAMPLE_RATE_HZ)
+    samples = np.frombuffer(pcm, dtype="<i2")
+    where = source or name
+    if not samples.any():
+        raise ValueError(f"{where}: the recording is silent (every sample is zero): no user speech to answer")
+    segments = speech_spans(samples, INPUT_SAMPLE_RATE_HZ)
     if not segments:
-        raise ValueError(f"{name}: no speech found in the recording")
+        raise ValueError(f"{where}: no speech found in the recording: no user speech to answer")
     steps: list[Say | Backchannel | Noise | Silence] = []
     clips: list[bytes] = []
     for group in group_turns(segments, turn_gap_ms):
@@ -337,7 +346,8 @@ def recording_scenario(pcm: bytes, name: str, turn_gap_ms: float = TURN_GAP_MS) 
         for s, e in group:
             clips.append(pcm[2 * int(s * INPUT_SAMPLE_RATE_HZ / 1000) : 2 * int(e * INPUT_SAMPLE_RATE_HZ / 1000)])
     duration_ms = 1000.0 * (len(pcm) // 2) / INPUT_SAMPLE_RATE_HZ
-    return Scenario(name=name, script=steps, tail_ms=0.0, max_duration_ms=duration_ms + 60_000.0), clips
+    budget_ms = min(duration_ms + 60_000.0, MAX_SIMULATED_MS)
+    return Scenario(name=slug(name, "recording"), script=steps, tail_ms=0.0, max_duration_ms=budget_ms), clips
 
 
 # ------------------------------------------------------------------ live microphone

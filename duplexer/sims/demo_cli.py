@@ -83,6 +83,7 @@ def _talk(args: argparse.Namespace) -> int:
     from duplexer.protocols.wav import WavError, read_wav
     from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
     from duplexer.runtime.logging import configure_logging
+    from duplexer.runtime.untrusted import slug
     from duplexer.sims.demo import demo_config, recording_scenario, summarize_demo, table, turn_records, write_outputs
     from duplexer.sims.live import run_live
     from duplexer.sims.persona import PersonaError
@@ -96,9 +97,10 @@ def _talk(args: argparse.Namespace) -> int:
         return _talk_mic(args)
     if args.file is None:
         return fail("talk needs a wav file, or --mic")
+    stem = slug(args.file.stem, "recording")  # output names: file-safe and short, whatever the input is called
     try:
         pcm = read_wav(args.file, INPUT_SAMPLE_RATE_HZ, args.user_channel)
-        scenario, clips = recording_scenario(pcm, args.file.stem)
+        scenario, clips = recording_scenario(pcm, stem, source=str(args.file))
         persona, make_engines, _ = _setup(args)
     except (WavError, ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
@@ -107,11 +109,11 @@ def _talk(args: argparse.Namespace) -> int:
     run = asyncio.run(run_live(scenario, clips, make_engines, config, prompt, recording=pcm))
     records = turn_records(run, None)
     summary = summarize_demo(records, run, None)
-    write_outputs(args.out, args.file.stem, run, records, summary)
+    write_outputs(args.out, stem, run, records, summary)
     say(table(records, summary))
     for error in summary["errors"]:
         progress(f"duplexer: warning: {error}")
-    say(f"wrote {args.out / (args.file.stem + '.wav')}, .json and _timeline.png")
+    say(f"wrote {args.out / (stem + '.wav')}, .json and _timeline.png")
     return 0
 
 
@@ -156,6 +158,7 @@ def _talk_mic(args: argparse.Namespace) -> int:
 
 def register(commands: Any) -> None:
     from duplexer.actors.llm_select import add_llm_arguments
+    from duplexer.protocols.wav import WAV_LIMITS
 
     demo = commands.add_parser(
         "demo",
@@ -181,7 +184,7 @@ def register(commands: Any) -> None:
         "in real time as the microphone, to its end, and the session goes on until the reply in "
         "progress has been played (a bounded wait; a warning says when it ran out); turns are split "
         "at long silences. Writes OUT/NAME.wav, .json and _timeline.png like the demo. With --mic, "
-        "talk live through PyAudio.",
+        f"talk live through PyAudio. The wav: {WAV_LIMITS}; a silent one is refused.",
     )
     talk.add_argument("file", type=Path, nargs="?", help="the user's recording (wav)")
     talk.add_argument(

@@ -10,10 +10,8 @@ from FDB's scripts.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import wave
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from duplexer.protocols.wav import MAX_WAV_S, WavError, wav_info
 from duplexer.runtime.events import INPUT_SAMPLE_RATE_HZ
+from duplexer.runtime.untrusted import UntrustedInputError, finite_number, load_json
 from duplexer.sims.audio_timeline import speech_spans
 from duplexer.sims.turn_metrics import TAKEOVER_MIN_WORDS, Speech, Word, is_takeover, percentiles
 
@@ -116,13 +116,33 @@ def discover(root: Path, tasks: Sequence[str] = ()) -> list[Sample]:
 # ------------------------------------------------------------------ files
 
 
+MAX_JSON_BYTES = 16 << 20
+"""Largest annotation, output.json or --icc-gt file read (16 MiB); FDB's are a few kB."""
+
+
 def read_json(path: Path) -> Any:
+    """A JSON file of the tree, within the limits of :func:`duplexer.runtime.untrusted.load_json`
+    (size, nesting, digits, finite numbers); an FdbError naming the file otherwise."""
     try:
-        return json.loads(path.read_text())
+        with path.open("rb") as file:
+            data = file.read(MAX_JSON_BYTES + 1)
     except FileNotFoundError:
         raise FdbError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FdbError(f"{path}: not readable JSON ({exc})") from None
+    except OSError as exc:
+        raise FdbError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return load_json(data, "the file", MAX_JSON_BYTES)
+    except UntrustedInputError as exc:
+        raise FdbError(f"{path}: {exc}") from None
+
+
+MAX_WORD_CHARS = 100
+"""Longest word kept from output.json."""
+
+
+def _seconds_ms(value: Any) -> float:
+    """A time in seconds from a JSON file as ms: a finite number within an hour (ValueError otherwise)."""
+    return 1000.0 * finite_number(value, "a time", 0.0, MAX_WAV_S)
 
 
 def annotation_span_ms(sample: Sample) -> tuple[float, float] | None:
@@ -133,7 +153,7 @@ def annotation_span_ms(sample: Sample) -> tuple[float, float] | None:
     data = read_json(sample.path(file))
     try:
         start_s, end_s = data[0]["timestamp"][:2]
-        return 1000.0 * float(start_s), 1000.0 * float(end_s)
+        return _seconds_ms(start_s), _seconds_ms(end_s)
     except (IndexError, KeyError, TypeError, ValueError):
         raise FdbError(f"{sample.path(file)}: expected [{{'timestamp': [start_s, end_s], ...}}]") from None
 
@@ -145,7 +165,7 @@ def words_from_chunks(data: Any, where: Path) -> list[Word]:
         for chunk in data["chunks"]:
             start_s, end_s = chunk["timestamp"][:2]
             end_s = start_s if end_s is None else end_s
-            words.append(Word(str(chunk["text"]).strip(), 1000.0 * float(start_s), 1000.0 * float(end_s)))
+            words.append(Word(str(chunk["text"]).strip()[:MAX_WORD_CHARS], _seconds_ms(start_s), _seconds_ms(end_s)))
     except (KeyError, TypeError, ValueError, IndexError):
         raise FdbError(f"{where}: expected {{'text', 'chunks': [{{'text', 'timestamp': [start_s, end_s]}}]}}") from None
     return words
@@ -162,14 +182,12 @@ def output_json(words: Sequence[Word]) -> dict[str, Any]:
 
 
 def wav_format(path: Path) -> tuple[int, int, int]:
-    """(sample rate in Hz, frames, channels) of a PCM wav."""
+    """(sample rate in Hz, frames, channels) of a PCM wav, within the limits every wav input has."""
     try:
-        with wave.open(str(path), "rb") as wav:
-            return wav.getframerate(), wav.getnframes(), wav.getnchannels()
-    except FileNotFoundError:
-        raise FdbError(f"{path}: no such file") from None
-    except (wave.Error, EOFError, OSError) as exc:
-        raise FdbError(f"{path}: not a readable PCM wav file ({exc})") from None
+        info = wav_info(path)
+    except WavError as exc:
+        raise FdbError(str(exc)) from None
+    return info.rate_hz, info.frames, info.channels
 
 
 def transcribe_output(sample: Sample, audio_16k: np.ndarray, transcribe: Transcriber) -> list[Word]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -16,8 +17,9 @@ from typing import Any
 from tqdm import tqdm
 
 from duplexer.policies.controller import PolicyParams
+from duplexer.runtime.untrusted import MAX_NUMBER_DIGITS
 from duplexer.sims.metrics import TurnFacts, latency_saved, summarize, turn_facts
-from duplexer.sims.scenario import Scenario, ScenarioError, collect_scenarios
+from duplexer.sims.scenario import Scenario, ScenarioError, collect_scenarios, report_name
 from duplexer.sims.simulator import SimRun, policy_for, simulate
 
 
@@ -25,7 +27,15 @@ class UsageError(ValueError):
     """Bad command-line input: the message names the option."""
 
 
+MAX_SWEEP_VALUES = 1000
+"""Most values one --sweep axis may take, and most combinations a grid may have."""
+
+
 def parse_value(text: str) -> float | int | bool:
+    """A number or true/false from the command line; ValueError for anything else, and for a
+    number with more than MAX_NUMBER_DIGITS digits (int() of 5000 digits raises, float() gives inf)."""
+    if sum(char.isdigit() for char in text) > MAX_NUMBER_DIGITS:
+        raise ValueError(f"more than {MAX_NUMBER_DIGITS} digits")
     lowered = text.strip().lower()
     if lowered in {"true", "yes", "on"}:
         return True
@@ -45,13 +55,13 @@ def parse_overrides(items: Sequence[str], option: str = "--set") -> dict[str, fl
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep:
-            raise UsageError(f"{option} {item!r}: expected key=value")
+            raise UsageError(f"{option} {item[:80]!r}: expected key=value")
         if key not in known:
-            raise UsageError(f"{option} {key}: unknown policy parameter (known: {', '.join(sorted(known))})")
+            raise UsageError(f"{option} {key:.80}: unknown policy parameter (known: {', '.join(sorted(known))})")
         try:
             out[key] = parse_value(value)
         except ValueError:
-            raise UsageError(f"{option} {key}={value}: not a number or true/false") from None
+            raise UsageError(f"{option} {key}={value:.40}: not a number or true/false") from None
     return out
 
 
@@ -67,22 +77,29 @@ def parse_sweep(items: Sequence[str]) -> dict[str, list[float]]:
         key, _, spec = item.partition("=")
         try:
             if ":" in spec:
-                start, stop, step = (float(x) for x in spec.split(":"))
-                if step <= 0 or stop < start:
+                start, stop, step = (float(parse_value(x)) for x in spec.split(":"))
+                if not all(math.isfinite(x) for x in (start, stop, step)) or step <= 0 or stop < start:
                     raise ValueError
                 n = round((stop - start) / step) + 1
+                if n > MAX_SWEEP_VALUES:
+                    raise OverflowError(n)
                 values = [round(start + i * step, 6) for i in range(n) if start + i * step <= stop + 1e-9]
             else:
                 values = [parse_value(x) for x in spec.split(",")]
+        except OverflowError:
+            raise UsageError(f"--sweep {item:.80}: more than {MAX_SWEEP_VALUES} values") from None
         except ValueError:
             raise UsageError(
-                f"--sweep {item}: expected key=start:stop:step (step > 0, stop >= start) or key=v1,v2"
+                f"--sweep {item:.80}: expected key=start:stop:step (step > 0, stop >= start) or key=v1,v2"
             ) from None
         if key.strip() in BOOL_PARAMETERS:  # an axis of the sweep's table and plot: 0/1 read as false/true
             if any(v not in (0, 1) for v in values):
                 raise UsageError(f"--sweep {item}: {key.strip()} takes true/false (or 0/1)")
             values = [bool(v) for v in values]
         grid[key.strip()] = values
+    combinations = math.prod(len(v) for v in grid.values())
+    if combinations > MAX_SWEEP_VALUES:
+        raise UsageError(f"--sweep: {combinations} combinations (at most {MAX_SWEEP_VALUES})")
     return grid
 
 
@@ -156,7 +173,7 @@ def run_scenarios(
             all_facts.append(facts)
             all_saved += saved
             if plots:
-                plot_timeline(main, stage / f"{scenario.name}.png")
+                plot_timeline(main, stage / f"{report_name(scenario)}.png")
         summary = {
             "seed": seed,
             "policy": asdict(base),

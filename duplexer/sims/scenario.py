@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -23,8 +23,25 @@ from pydantic import (
     model_validator,
 )
 
+from duplexer.actors.tool_registry import TOOL_NAME_PATTERN
+from duplexer.runtime.untrusted import UntrustedInputError, slug
+from duplexer.sims.scenario_yaml import MAX_SCENARIO_BYTES, read_yaml
+
 DEFAULT_MS_PER_WORD = 280.0
 """Speaking time per word when a step gives no duration (about 210 words per minute)."""
+MAX_SIMULATED_MS = 3_600_000.0
+"""Most simulated time one scenario may take (1 hour), and so the largest time any field may give:
+``max_duration_ms`` is at most this, and a script that needs longer is refused when it is loaded."""
+MAX_NAME_CHARS = 100
+"""Longest scenario name (printable characters; its file names are a slug of it)."""
+MAX_TEXT_CHARS = 10_000
+"""Longest text a field may hold (what the user says, a reply, a description)."""
+MAX_LIST_ITEMS = 1000
+"""Most steps in a script, and most pauses, segments or words in a step."""
+MAX_TOKENS_PER_S = 100_000.0
+"""Fastest scripted LLM; a bound, so the time per token is never zero."""
+MAX_RTF = 100.0
+"""Slowest scripted TTS, as a real-time factor."""
 
 
 class ScenarioError(ValueError):
@@ -32,12 +49,37 @@ class ScenarioError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-NonNegMs = Annotated[float, Field(ge=0)]
-PositiveMs = Annotated[float, Field(gt=0)]
-Probability = Annotated[float, Field(ge=0, le=1)]
+def _has_words(text: str) -> str:
+    if not text.split():
+        raise ValueError("must hold at least one word, not only spaces")
+    return text
+
+
+def _printable(text: str) -> str:
+    if not text.isprintable():
+        raise ValueError("must be printable characters only (no control characters, tabs or newlines)")
+    return text
+
+
+def _tool_name(text: str) -> str:
+    if not TOOL_NAME_PATTERN.fullmatch(text):
+        raise ValueError("a tool name is letters, digits, _ . - (at most 64), starting with a letter or _")
+    return text
+
+
+# Numbers are strict: ``true`` is not 1 and ``"3"`` is not 3; NaN and infinity are refused.
+NonNegMs = Annotated[float, Field(strict=True, ge=0, le=MAX_SIMULATED_MS)]
+PositiveMs = Annotated[float, Field(strict=True, gt=0, le=MAX_SIMULATED_MS)]
+Probability = Annotated[float, Field(strict=True, ge=0, le=1)]
+Flag = Annotated[bool, Field(strict=True)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Words = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_has_words)]
+ScenarioName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS), AfterValidator(_printable)]
+ToolName = Annotated[str, AfterValidator(_tool_name)]
+ParamName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
 
 
 class Start(_Strict):
@@ -60,7 +102,7 @@ class Start(_Strict):
 class Pause(_Strict):
     """A mid-turn pause after word number ``after_word`` (1-based)."""
 
-    after_word: Annotated[int, Field(ge=1)]
+    after_word: Annotated[int, Field(strict=True, ge=1, le=MAX_TEXT_CHARS)]
     ms: PositiveMs
 
 
@@ -69,7 +111,7 @@ class Segment(_Strict):
 
     start_ms: NonNegMs
     end_ms: PositiveMs
-    words: list[tuple[NonNegMs, str]] = []
+    words: Annotated[list[tuple[NonNegMs, Text]], Field(max_length=MAX_LIST_ITEMS)] = []
 
     @model_validator(mode="after")
     def _ordered(self) -> Segment:
@@ -84,11 +126,11 @@ JsonType = Literal["string", "integer", "number", "boolean", "array", "object"]
 class ToolCallText(_Strict):
     """The tool call the scripted LLM writes after its preface."""
 
-    name: str = Field(min_length=1)
+    name: ToolName
     args: dict[str, Any] = {}
     format: Literal["step_audio", "openai"] = "step_audio"
     """step_audio: ``<tool_call>`` text in the reply stream; openai: function-call fragments."""
-    text: str | None = None
+    text: Text | None = None
     """Exact text written instead of a well-formed call, to script a malformed one."""
 
 
@@ -96,27 +138,27 @@ class ToolBehaviour(_Strict):
     """How the scripted tool behind a call answers, and how it is registered."""
 
     latency_ms: NonNegMs = 0.0
-    jitter: Annotated[float, Field(ge=0, le=1)] = 0.0
+    jitter: Probability = 0.0
     """Relative spread of this tool's latency (its own: ``engines.jitter`` does not apply)."""
     result: Any = "ok"
-    error: str | None = None
+    error: Text | None = None
     """The tool raises with this message instead of answering."""
-    side_effect: bool = False
+    side_effect: Flag = False
     """Side-effecting tools run only after their reply was played to the end, uninterrupted."""
     timeout_ms: PositiveMs = 10_000.0
-    params: dict[str, JsonType] | None = None
+    params: dict[ParamName, JsonType] | None = None
     """The tool's parameters and their JSON types (default: those of ``call.args``)."""
-    registered: bool = True
+    registered: Flag = True
     """False: the model calls a tool the session does not have."""
 
 
 class ToolReply(_Strict):
     """A scripted reply that calls a tool: preface, call, the tool's behaviour, continuation."""
 
-    preface: str = ""
+    preface: Text = ""
     call: ToolCallText
     tool: ToolBehaviour = ToolBehaviour()
-    then: str = ""
+    then: Text = ""
     """What the model says once the result is in."""
 
 
@@ -134,11 +176,11 @@ Reply = Annotated[
 class Say(_Strict):
     """A user turn (or a barge-in, when anchored on bot_start)."""
 
-    say: str = Field(min_length=1)
+    say: Words
     start: Start | None = None
     duration_ms: PositiveMs | None = None
-    pauses: list[Pause] = []
-    segments: list[Segment] | None = None
+    pauses: Annotated[list[Pause], Field(max_length=MAX_LIST_ITEMS)] = []
+    segments: Annotated[list[Segment], Field(min_length=1, max_length=MAX_LIST_ITEMS)] | None = None
     reply: Reply | None = None
     """What the scripted LLM answers to this turn (default: an echo); it may call a tool."""
 
@@ -163,7 +205,7 @@ class Say(_Strict):
 class Backchannel(_Strict):
     """A short acknowledgement ("mm-hmm") that should not stop the bot."""
 
-    backchannel: str = Field(min_length=1)
+    backchannel: Words
     start: Start | None = None
     duration_ms: PositiveMs = 300.0
 
@@ -219,14 +261,14 @@ class AsrModel(_Strict):
 
 class LlmModel(_Strict):
     ttft_ms: NonNegMs = 250.0
-    tokens_per_s: PositiveMs = 40.0
+    tokens_per_s: Annotated[float, Field(strict=True, gt=0, le=MAX_TOKENS_PER_S)] = 40.0
     continuation_ttft_ms: NonNegMs | None = None
     """Time to first token of a continuation after a tool result (default: ttft_ms)."""
 
 
 class TtsModel(_Strict):
     first_chunk_ms: NonNegMs = 120.0
-    rtf: Annotated[float, Field(ge=0)] = 0.2
+    rtf: Annotated[float, Field(strict=True, ge=0, le=MAX_RTF)] = 0.2
     ms_per_char: PositiveMs = 65.0
 
 
@@ -237,16 +279,17 @@ class EngineModels(_Strict):
     asr: AsrModel = AsrModel()
     llm: LlmModel = LlmModel()
     tts: TtsModel = TtsModel()
-    jitter: Annotated[float, Field(ge=0, le=1)] = 0.1
+    jitter: Probability = 0.1
     """Relative spread of every latency, drawn from the seeded RNG."""
 
 
 class Scenario(_Strict):
-    name: str = Field(min_length=1)
-    description: str = ""
+    name: ScenarioName
+    description: Text = ""
     engines: EngineModels = EngineModels()
-    policy: dict[str, float | int | bool] = {}
-    script: list[Step] = Field(min_length=1)
+    policy: dict[Annotated[str, Field(max_length=64)], float | int | bool] = {}
+    """Checked against the policy's parameters (names, types, finite values) by :func:`policy_for`."""
+    script: Annotated[list[Step], Field(min_length=1, max_length=MAX_LIST_ITEMS)]
     tail_ms: NonNegMs = 3000.0
     """Silence simulated after the last step, so the bot's last reply plays out."""
     max_duration_ms: PositiveMs = 180_000.0
@@ -258,6 +301,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
         del items[2]  # the union's tag, not a field the user wrote
     if len(items) > 3 and items[:1] == ["script"] and items[2] == "reply" and items[3] in ("text", "tool"):
         del items[3]  # the reply union's tag
+    if len(items) > 2 and items[0] == "policy" and items[2] in ("float", "int", "bool"):
+        del items[2]  # the member of the value's union, not a field
     parts: list[str] = []
     for item in items:
         if isinstance(item, int):
@@ -265,6 +310,17 @@ def _loc(loc: tuple[Any, ...]) -> str:
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "(top level)"
+
+
+def _message(err: Any) -> str:
+    """Pydantic's message for one error, as a sentence about the user's value."""
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"].endswith("_type") or err["type"].endswith("_parsing"):
+        value = err.get("input")
+        msg += f", got {'true/false' if isinstance(value, bool) else type(value).__name__}"
+    return msg
 
 
 def parse_scenario(data: Any, path: Path) -> Scenario:
@@ -285,10 +341,10 @@ def parse_scenario(data: Any, path: Path) -> Scenario:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ScenarioError(f"{path}: {_loc(err['loc'])}: {msg}") from None
+        raise ScenarioError(f"{path}: {_loc(err['loc'])}: {_message(err)}") from None
     _check_anchors(scenario, path)
     _check_tools(scenario, path)
+    _check_budget(scenario, path)
     return scenario
 
 
@@ -331,18 +387,63 @@ def _check_tools(scenario: Scenario, path: Path) -> None:
 
 
 def load_scenario(path: Path) -> Scenario:
-    """Read and validate one scenario file; any problem raises ScenarioError naming file and field."""
+    """Read and validate one scenario file; any problem raises ScenarioError naming file and field.
+
+    Every limit is checked here (the YAML's in :mod:`duplexer.sims.scenario_yaml`), so nothing
+    past this point meets a value it cannot use; docs/scenarios.md states them ("Limits")."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_SCENARIO_BYTES + 1)
     except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ScenarioError(f"{path}: not valid YAML{where}") from None
-    return parse_scenario(data, path)
+        value = read_yaml(data)
+    except UntrustedInputError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    return parse_scenario(value, path)
+
+
+def planned_ms(scenario: Scenario) -> float:
+    """The least simulated time the script takes: every step's own length, the gaps and absolute
+    times it gives, and the tail; waits for the bot only add to it."""
+    t_ms = 0.0
+    for step in scenario.script:
+        start = step.start
+        if start is not None and start.at_ms is not None:
+            t_ms = max(t_ms, start.at_ms)
+        elif start is not None and start.after != "bot_start":  # a barge-in may begin before the previous step ends
+            t_ms += start.gap_ms
+        t_ms += step_ms(step)
+    return t_ms + scenario.tail_ms
+
+
+def step_ms(step: Say | Backchannel | Noise | Silence) -> float:
+    """How long one step lasts once it has begun."""
+    if isinstance(step, Say):
+        if step.segments is not None:
+            return step.segments[-1].end_ms
+        speaking_ms = step.duration_ms or DEFAULT_MS_PER_WORD * len(step.say.split())
+        return speaking_ms + sum(p.ms for p in step.pauses)
+    if isinstance(step, Backchannel):
+        return step.duration_ms
+    if isinstance(step, Noise):
+        return step.noise.duration_ms
+    return step.silence_ms
+
+
+def _check_budget(scenario: Scenario, path: Path) -> None:
+    """A script that cannot end within max_duration_ms is a mistake, not a run to cut short."""
+    needed_ms = planned_ms(scenario)
+    if needed_ms > scenario.max_duration_ms:
+        raise ScenarioError(
+            f"{path}: max_duration_ms: the script needs at least {needed_ms:.0f} ms of simulated time, "
+            f"more than max_duration_ms ({scenario.max_duration_ms:.0f}; at most {MAX_SIMULATED_MS:.0f})"
+        )
+
+
+def report_name(scenario: Scenario) -> str:
+    """The file-name stem of a scenario's outputs: a slug of its name, so no name leaves the report folder."""
+    return slug(scenario.name, fallback="scenario")
 
 
 def collect_scenarios(paths: list[Path]) -> list[tuple[Path, Scenario]]:
@@ -359,8 +460,16 @@ def collect_scenarios(paths: list[Path]) -> list[tuple[Path, Scenario]]:
         raise ScenarioError(f"{', '.join(map(str, paths))}: no scenario files (*.yaml) found")
     loaded = [(f, load_scenario(f)) for f in files]
     seen: dict[str, Path] = {}
+    stems: dict[str, tuple[str, Path]] = {}
     for f, sc in loaded:
         if sc.name in seen:
             raise ScenarioError(f"{f}: name: {sc.name!r} is already used by {seen[sc.name]}")
         seen[sc.name] = f
+        stem = report_name(sc).lower()  # case-insensitive file systems would merge two stems
+        if stem in stems:
+            other, other_path = stems[stem]
+            raise ScenarioError(
+                f"{f}: name: {sc.name!r} and {other!r} ({other_path}) give the same file name {report_name(sc)!r}"
+            )
+        stems[stem] = (sc.name, f)
     return loaded

@@ -11,6 +11,7 @@ import numpy as np
 
 from duplexer.cli_support import fail, unwritable
 from duplexer.kernels.loudness import AUDIBLE_DBFS
+from duplexer.protocols.wav import WAV_LIMITS
 from duplexer.runtime.console import say
 from duplexer.sims.audio_timeline import BACKCHANNEL_MAX_MS, TURN_GAP_MS
 
@@ -25,7 +26,7 @@ pause the bot talked into), barge-in stop latency (how long the bot keeps talkin
 comes in over it), backchannel false stops, and Full-Duplex-Bench's takeover. User turns are split
 at silences of {TURN_GAP_MS / 1000:g} s or where the bot spoke and fell silent in the gap (user speech
 under {BACKCHANNEL_MAX_MS / 1000:g} s that starts over the bot is a backchannel), or given by --turns.
-Definitions: docs/metrics.md; usage: docs/score.md."""
+Definitions: docs/metrics.md; usage: docs/score.md. Wavs read: {WAV_LIMITS}."""
 
 COLUMNS_HELP = """\
 columns: start ms / end ms of the user's turn; pauses: its mid-turn pauses; latency: response
@@ -157,20 +158,43 @@ def _channels(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, int, di
     return mixed_user, mixed_bot, rate_hz, {"user": str(args.user), "bot": str(args.bot)}
 
 
+MAX_TURNS_BYTES = 16 << 20
+"""Largest --turns file read (16 MiB)."""
+MAX_TURNS = 100_000
+"""Most turn windows in a --turns file."""
+
+
 def _turn_windows(path: Path) -> list[Any]:
-    """The ``--turns`` file's windows; ValueError naming the file when it is not that."""
+    """The ``--turns`` file's windows; ValueError naming the file (and the window) when it is not that.
+    Read within the limits of :func:`duplexer.runtime.untrusted.load_json`; times are finite ms
+    within the longest wav read."""
+    from duplexer.protocols.wav import MAX_WAV_S
+    from duplexer.runtime.untrusted import UntrustedInputError, finite_number, load_json
     from duplexer.sims.audio_timeline import TurnWindow
 
     try:
-        items = json.loads(path.read_text())
-        windows = [TurnWindow(float(i["start_ms"]), float(i["end_ms"]), i.get("kind", "turn")) for i in items]
+        with path.open("rb") as file:
+            items = load_json(file.read(MAX_TURNS_BYTES + 1), "the file", MAX_TURNS_BYTES)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
-    except (OSError, json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
-        raise ValueError(f"{path}: not a JSON list of turn windows ({exc})") from None
-    for w in windows:
-        if w.kind not in ("turn", "backchannel") or w.end_ms <= w.start_ms:
-            raise ValueError(f"{path}: bad turn window {w} (kind turn or backchannel, end after start)")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UntrustedInputError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if not isinstance(items, list) or len(items) > MAX_TURNS:
+        raise ValueError(f"{path}: expected a JSON list of at most {MAX_TURNS} turn windows")
+    windows = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or item.get("kind", "turn") not in ("turn", "backchannel"):
+            raise ValueError(f'{path}: [{i}]: expected {{"start_ms", "end_ms", "kind": "turn"|"backchannel"}}')
+        try:
+            start_ms = finite_number(item.get("start_ms"), f"[{i}].start_ms", 0.0, 1000.0 * MAX_WAV_S)
+            end_ms = finite_number(item.get("end_ms"), f"[{i}].end_ms", 0.0, 1000.0 * MAX_WAV_S)
+        except UntrustedInputError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        if end_ms <= start_ms:
+            raise ValueError(f"{path}: [{i}].end_ms: {end_ms:g} must be after start_ms ({start_ms:g})")
+        windows.append(TurnWindow(start_ms, end_ms, item.get("kind", "turn")))
     return windows
 
 

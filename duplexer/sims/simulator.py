@@ -61,6 +61,7 @@ from duplexer.runtime.executors import SessionMaker
 from duplexer.runtime.session import Session
 from duplexer.sims.scenario import (
     DEFAULT_MS_PER_WORD,
+    MAX_SIMULATED_MS,
     Backchannel,
     EngineModels,
     Noise,
@@ -469,7 +470,9 @@ async def _simulate(
     session.supervisor.spawn(lambda: _mic(session), "mic")
     user = _User(scenario, timeline, clock, watch, sink, replies)
     try:
-        await asyncio.wait_for(user.run(), timeout=scenario.max_duration_ms / 1000.0)
+        # The loader bounds max_duration_ms; min() keeps the bound for a scenario built in code.
+        budget_ms = min(scenario.max_duration_ms, MAX_SIMULATED_MS)
+        await asyncio.wait_for(user.run(), timeout=budget_ms / 1000.0)
     except TimeoutError:
         session.ctx.emit(ErrorEvent, source="simulator", message=f"scenario {scenario.name} hit max_duration_ms")
     await asyncio.sleep(0)
