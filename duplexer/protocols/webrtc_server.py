@@ -28,7 +28,9 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from duplexer.protocols.engine_factory import EngineFactory
+from duplexer.protocols.http_error_counts import error_counting
 from duplexer.protocols.webrtc_call import Call, CallSettings, OfferRejected
+from duplexer.runtime.error_counts import ErrorCounts
 from duplexer.runtime.logging import get_logger
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -144,6 +146,8 @@ class WebRtcServer:
         self.engines = engines
         self.settings = replace(config.call, rtc_configuration=rtc_configuration(config.ice_servers))
         self.calls: dict[str, Call] = {}
+        self.errors = ErrorCounts()
+        """Error responses sent, by HTTP status (``/health`` reports them)."""
         self.recent: OrderedDict[str, Call] = OrderedDict()
         self.log = get_logger(component="webrtc")
         self.app = self._build_app()
@@ -168,7 +172,7 @@ class WebRtcServer:
 
     async def start(self) -> None:
         """Listen on the configured host and port (port 0 picks a free one, see ``port``)."""
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(self.app, handle_signals=False, **error_counting(self.errors))
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
@@ -261,7 +265,12 @@ class WebRtcServer:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"status": "ok", "sessions": len(self.calls), "max_sessions": self.config.max_sessions}
+            {
+                "status": "ok",
+                "sessions": len(self.calls),
+                "max_sessions": self.config.max_sessions,
+                "errors": self.errors.as_dict(),
+            }
         )
 
     # ------------------------------------------------------------ signalling
