@@ -31,6 +31,7 @@ import aiohttp
 from duplexer.bench.soak_clients import (
     GoodTally,
     mqtt_turn,
+    offer_sdps,
     send_http,
     send_mqtt,
     stray_offer,
@@ -206,19 +207,7 @@ class Soak:
         return self.report
 
     async def _prepare_inputs(self) -> None:
-        from aiortc import RTCPeerConnection
-        from aiortc.mediastreams import AudioStreamTrack
-
-        sdps: list[str] = []
-        for audio in (True, False):
-            pc = RTCPeerConnection()
-            if audio:
-                pc.addTrack(AudioStreamTrack())
-            pc.createDataChannel("events")
-            await pc.setLocalDescription(await pc.createOffer())
-            assert pc.localDescription is not None
-            sdps.append(pc.localDescription.sdp)
-            await pc.close()
+        sdps = await offer_sdps()
         keep = self.config.include_awaiting_fix
         self._http_inputs = [b for b in http_bad_inputs(*sdps) if keep or not b.awaiting_fix]
         self._mqtt_inputs = [b for b in mqtt_bad_inputs() if keep or not b.awaiting_fix]
@@ -268,15 +257,20 @@ class Soak:
                 if stop.is_set():
                     return
                 if bad.hold_s:  # a half-sent request waits in the background
-                    task = asyncio.create_task(self._send_held(port, bad, http))
+                    task = asyncio.create_task(self._send(port, bad, http))
                     self._half_open.add(task)
                     task.add_done_callback(self._half_open.discard)
                 else:
-                    self._answered(bad, await send_http(self.server.url, port, bad, http))
+                    await self._send(port, bad, http)
                 await asyncio.sleep(self.config.http_interval_s)
 
-    async def _send_held(self, port: int, bad: BadHttp, http: aiohttp.ClientSession) -> None:
-        self._answered(bad, await send_http(self.server.url, port, bad, http))
+    async def _send(self, port: int, bad: BadHttp, http: aiohttp.ClientSession) -> None:
+        try:
+            status = await send_http(self.server.url, port, bad, http)
+        except (aiohttp.ClientError, OSError) as exc:  # the server dropped the connection without an answer
+            self.report.http_unexpected.append(f"HTTP {bad.name!r}: {type(exc).__name__}: {exc}")
+            status = None
+        self._answered(bad, status)
 
     def _answered(self, bad: BadHttp, status: int | None) -> None:
         report = self.report

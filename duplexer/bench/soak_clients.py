@@ -29,7 +29,6 @@ from duplexer.protocols.mqtt_bridge import MqttBridge
 from duplexer.protocols.mqtt_connection import BrokerSettings, make_client
 from duplexer.protocols.mqtt_device import DeviceClient
 from duplexer.protocols.mqtt_topics import OFFLINE, ONLINE, AudioFormat, Channel, Topics, encode_json, pack_audio
-from duplexer.protocols.webrtc_audio import OPUS_FRAME_SAMPLES
 from duplexer.protocols.webrtc_client import WebRtcCaller
 from duplexer.protocols.webrtc_server import WebRtcServer
 from duplexer.runtime.events import FRAME_MS, INPUT_SAMPLE_RATE_HZ
@@ -74,12 +73,6 @@ async def _until(condition: Callable[[], bool], timeout_s: float) -> bool:
 # ------------------------------------------------------------------ good clients
 
 
-def _mic_frames(caller: WebRtcCaller) -> int:
-    """48 kHz frames the caller's microphone has handed to its sender so far."""
-    mic = caller.mic
-    return 0 if mic._start_s is None else mic._pts // OPUS_FRAME_SAMPLES + 1
-
-
 async def webrtc_turn(server: WebRtcServer, speech: bytes, tally: GoodTally) -> None:
     """One good call: connect, say ``speech`` (16 kHz PCM16), hear the whole reply, hang up."""
     caller = WebRtcCaller(server.url, token=SOAK_TOKEN)
@@ -90,7 +83,7 @@ async def webrtc_turn(server: WebRtcServer, speech: bytes, tally: GoodTally) -> 
         metrics = await caller.wait_for(lambda m: m["type"] == "metrics", TURN_TIMEOUT_S)
         await caller.wait_for(lambda m: m["type"] == "history" and m["role"] == "assistant", 5)
         await asyncio.sleep(0.3)  # the last frames of the reply in flight
-        sent = _mic_frames(caller)
+        sent = caller.mic.frames_sent
         arrived = await _until(lambda: call.inbound.counts.frames >= sent, ARRIVAL_TIMEOUT_S)
         counts = call.inbound.counts
         tally.turns += 1
@@ -132,7 +125,7 @@ async def mqtt_turn(
                 quiet.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await quiet
-            await _until(lambda: not device._queue, ARRIVAL_TIMEOUT_S)  # every frame queued went out
+            await _until(lambda: not device.queued, ARRIVAL_TIMEOUT_S)  # every frame queued went out
             sent = device.counters["frames_sent"]
             arrived = await _until(lambda: link.counts.frames - before[0] >= sent, ARRIVAL_TIMEOUT_S)
             received, lost = link.counts.frames - before[0], link.counts.lost - before[1]
@@ -188,6 +181,21 @@ async def send_mqtt(client: aiomqtt.Client, bad: BadMqtt) -> None:
     topic = TOPICS.device(bad.device_id, bad.channel)
     for _ in range(bad.repeat):
         await client.publish(topic, bad.payload, qos=1)
+
+
+async def offer_sdps() -> tuple[str, str]:
+    """A real offer with a microphone and a data channel, and one with the data channel only."""
+    sdps: list[str] = []
+    for audio in (True, False):
+        pc = RTCPeerConnection()
+        if audio:
+            pc.addTrack(AudioStreamTrack())
+        pc.createDataChannel("events")
+        await pc.setLocalDescription(await pc.createOffer())
+        assert pc.localDescription is not None
+        sdps.append(pc.localDescription.sdp)
+        await pc.close()
+    return sdps[0], sdps[1]
 
 
 async def stray_offer(base_url: str, http: aiohttp.ClientSession) -> int:
