@@ -72,6 +72,7 @@ from duplexer.protocols.mqtt_topics import (
     parse_device_config,
     valid_device_id,
 )
+from duplexer.runtime.error_counts import ErrorCounts
 from duplexer.runtime.executors import SessionMaker, local_session
 from duplexer.runtime.logging import get_logger
 
@@ -171,6 +172,8 @@ class MqttBridge:
         self.outbox = Outbox(self.config.max_queued, self._dropped)
         self.errors = _ErrorGate(self.config.error_repeat_s)
         self.counters: Counter[str] = Counter()
+        self.error_counts = ErrorCounts()
+        """Every message refused, by error code, across devices (links come and go; this stays)."""
         self.log = get_logger(component="mqtt_bridge", bridge_id=self.config.bridge_id)
         self.connected = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -218,6 +221,7 @@ class MqttBridge:
             await self._stop_sessions("bridge_stopped")
             tasks = list(self._tasks)
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.log.info("mqtt_bridge_stopped", errors=self.error_counts.as_dict())
 
     async def _connect_forever(self) -> None:
         cfg = self.config
@@ -466,6 +470,7 @@ class MqttBridge:
 
     def _refuse(self, device_id: str, code: ErrorCode, message: str) -> None:
         self.counters[f"refused_{code.value}"] += 1
+        self.error_counts.count(code.value)
         gate_key = (device_id[:MAX_GATE_KEY_CHARS], code.value)  # a 60 KB id must not cost 60 KB per key
         allowed, suppressed = self.errors.allow(gate_key, self.now_s())
         if not allowed:

@@ -191,6 +191,11 @@ class DeviceClient:
             lambda e: e.get("type") == kind and all(e.get(k) == v for k, v in match.items()), timeout_s, start
         )
 
+    @property
+    def queued(self) -> int:
+        """Messages queued and not yet handed to the broker."""
+        return len(self._queue)
+
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [event for event in self.events if event.get("type") == kind]
 

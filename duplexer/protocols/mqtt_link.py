@@ -242,6 +242,7 @@ class DeviceLink:
     def error(self, code: ErrorCode, message: str) -> None:
         """Refuse one message: count it, tell the device (rate-limited) and log a structured line."""
         self.bad[code.value] += 1
+        self.bridge.error_counts.count(code.value)
         allowed, suppressed = self.bridge.errors.allow((self.device_id, code.value), self.bridge.now_s())
         if not allowed:
             return

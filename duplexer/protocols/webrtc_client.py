@@ -50,6 +50,8 @@ class ScriptedMicrophone(MediaStreamTrack):
         self._queued_bytes = 0
         self._start_s: float | None = None
         self._pts = 0
+        self.frames_sent = 0
+        """20 ms frames handed to the sender so far, speech and silence alike."""
 
     def say(self, pcm: bytes, sample_rate_hz: int) -> asyncio.Future[float]:
         """Queue a mono PCM16 clip; the future gives the loop time its first frame was sent."""
@@ -91,6 +93,7 @@ class ScriptedMicrophone(MediaStreamTrack):
         frame.sample_rate = OPUS_RATE_HZ
         frame.pts = self._pts
         frame.time_base = OPUS_TIME_BASE
+        self.frames_sent += 1
         return frame
 
 

@@ -33,6 +33,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from duplexer.protocols.engine_factory import EngineFactory
+from duplexer.protocols.http_error_counts import error_counting
 from duplexer.protocols.turn_credentials import TURN_TTL_S, turn_rest_credentials
 from duplexer.protocols.webrtc_call import Call, CallSettings, OfferRejected
 from duplexer.protocols.webrtc_guard import (
@@ -49,6 +50,7 @@ from duplexer.protocols.webrtc_guard import (
     read_json,
 )
 from duplexer.protocols.webrtc_messages import encode
+from duplexer.runtime.error_counts import ErrorCounts
 from duplexer.runtime.logging import get_logger
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -191,6 +193,8 @@ class WebRtcServer:
         self.settings = replace(config.call, rtc_configuration=rtc_configuration(config.ice_servers))
         self.origins = OriginPolicy(config.host, config.allow_origins)
         self.calls: dict[str, Call] = {}
+        self.errors = ErrorCounts()
+        """Error responses sent, by HTTP status (``/health`` reports them)."""
         self.recent: OrderedDict[str, Call] = OrderedDict()
         self.ended_at_s: dict[str, float] = {}
         self.log = get_logger(component="webrtc")
@@ -219,7 +223,10 @@ class WebRtcServer:
         # aiohttp's keep-alive timer runs from the connection's start and from each answer until a whole
         # request head has arrived, so it is the header read deadline too (a slowloris is closed by it).
         self._runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, keepalive_timeout=self.config.header_timeout_s
+            self.app,
+            handle_signals=False,
+            keepalive_timeout=self.config.header_timeout_s,
+            **error_counting(self.errors),
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -372,7 +379,12 @@ class WebRtcServer:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"status": "ok", "sessions": len(self.calls), "max_sessions": self.config.max_sessions}
+            {
+                "status": "ok",
+                "sessions": len(self.calls),
+                "max_sessions": self.config.max_sessions,
+                "errors": self.errors.as_dict(),
+            }
         )
 
     # ------------------------------------------------------------ signalling
