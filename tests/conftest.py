@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import wave
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+T = TypeVar("T")
 
 # Properties, not timings: a loaded 2-core machine must not turn a slow example into a failure.
 settings.register_profile("duplexer", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -45,6 +48,23 @@ def voiced(rate_hz: int = 16_000) -> np.ndarray:
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Any]:
+    """A real mosquitto on a free loopback port (installed on demand), stopped after the test."""
+    from tests.mqtt_broker import running_broker
+
+    yield from running_broker(tmp_path / "broker")
+
+
+def run(coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
+    """Run a test's coroutine on a fresh event loop, failing it after ``timeout_s`` rather than hanging."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout_s)
+
+    return asyncio.run(bounded())
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,8 @@ import json
 import re
 import threading
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import fields
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -43,7 +42,7 @@ from duplexer.protocols.mqtt_topics import (
     unpack_audio,
 )
 from tests.conftest import REPO, fuzz_settings
-from tests.mqtt_broker import device, running_bridge, running_broker, speech
+from tests.mqtt_broker import device, running_bridge, speech
 
 pytestmark = pytest.mark.fuzz
 
@@ -291,11 +290,6 @@ class LiveBridge:
         counted = {device_id: dict(link.bad) for device_id, link in self.bridge.links.items()}
         counted["_bridge"] = dict(self.bridge.counters)
         return done, [e for e in self.good.events if e.get("type") == "error"], {"stats": stats, **counted}
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LoopbackBroker]:
-    yield from running_broker(tmp_path / "broker")
 
 
 def test_a_real_bridge_answers_fuzzed_messages_with_documented_codes_and_a_good_device_keeps_its_frames(

@@ -15,9 +15,8 @@ import shutil
 import ssl
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -36,6 +35,7 @@ from duplexer.protocols.mqtt_topics import (
     pack_audio,
 )
 from duplexer.runtime.logging import configure_logging
+from tests.conftest import run
 from tests.mqtt_broker import (
     LONG_REPLY,
     SHORT_REPLY,
@@ -43,7 +43,6 @@ from tests.mqtt_broker import (
     engines_replying,
     ensure_mosquitto,
     running_bridge,
-    running_broker,
     speech,
     until,
 )
@@ -53,25 +52,12 @@ pytestmark = pytest.mark.slow
 QUESTION = "basketball_short_female_en-US-Wavenet-E.wav"
 INTERRUPTION = "bike_short_male_en-US-Wavenet-A.wav"
 TOPICS = Topics()
-T = TypeVar("T")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LoopbackBroker]:
-    yield from running_broker(tmp_path / "broker")
 
 
 @pytest.fixture(autouse=True)
 def logging_to_the_real_stderr() -> None:
     """An earlier test's `main` may have pointed the log at a capsys stream that is closed now."""
     configure_logging(stream=sys.__stderr__)
-
-
-def run(coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout_s)
-
-    return asyncio.run(bounded())
 
 
 def history_of(events: list[dict[str, Any]]) -> list[tuple[str, str]]:

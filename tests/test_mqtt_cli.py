@@ -17,14 +17,9 @@ from duplexer.cli import main
 from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.runtime.logging import configure_logging
 from tests.conftest import REPO
-from tests.mqtt_broker import SPEECH_DIR, ensure_mosquitto, running_broker
+from tests.mqtt_broker import SPEECH_DIR, ensure_mosquitto
 
 SCRIPTED = ["--engines", "scripted"]
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LoopbackBroker]:
-    yield from running_broker(tmp_path / "broker")
 
 
 @pytest.fixture(autouse=True)

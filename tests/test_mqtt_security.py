@@ -14,9 +14,8 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -24,31 +23,18 @@ from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.protocols.mqtt_connection import broker_settings, make_client
 from duplexer.protocols.mqtt_topics import Channel, Topics, encode_json
 from duplexer.runtime.logging import configure_logging
-from tests.conftest import REPO
-from tests.mqtt_broker import SHORT_REPLY, device, ensure_mosquitto, running_bridge, running_broker, speech, until
+from tests.conftest import REPO, run
+from tests.mqtt_broker import SHORT_REPLY, device, ensure_mosquitto, running_bridge, speech, until
 
 pytestmark = pytest.mark.slow
 
 QUESTION = "basketball_short_female_en-US-Wavenet-E.wav"
 TOPICS = Topics()
-T = TypeVar("T")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LoopbackBroker]:
-    yield from running_broker(tmp_path / "broker")
 
 
 @pytest.fixture(autouse=True)
 def logging_to_the_real_stderr() -> None:
     configure_logging(stream=sys.__stderr__)
-
-
-def run(coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout_s)
-
-    return asyncio.run(bounded())
 
 
 async def publish_all(broker: LoopbackBroker, messages: list[tuple[str, bytes, bool]], **login: Any) -> None:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import io
 import wave
-from collections.abc import Coroutine, Iterator
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -35,7 +33,8 @@ from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer
 from duplexer.runtime.actor import ActorSpec
 from duplexer.runtime.events import FRAME_MS, ErrorEvent, Event, MetricEvent, PolicyUpdate
 from duplexer.runtime.executors import RaySessionMaker, local_session
-from tests.mqtt_broker import SPEECH_DIR, device, running_bridge, running_broker, until
+from tests.conftest import run
+from tests.mqtt_broker import SPEECH_DIR, device, running_bridge, until
 
 ray = pytest.importorskip("ray")
 
@@ -44,24 +43,11 @@ from duplexer.runtime.ray_executor import RayOptions, RaySession  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_instance")]
 
-T = TypeVar("T")
 OPTIONS = RayOptions(num_cpus=2)
 QUESTION_WAV = SPEECH_DIR / "basketball_short_female_en-US-Wavenet-E.wav"
 QUESTION = "so do you play basketball"
 REPLY = echo_reply(QUESTION)
 """Engine factories must be importable by Ray workers, so they come from the package (echo replies)."""
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LoopbackBroker]:
-    yield from running_broker(tmp_path / "broker")
-
-
-def run(coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout_s)
-
-    return asyncio.run(bounded())
 
 
 def speech() -> tuple[bytes, int]:

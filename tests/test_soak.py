@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -38,18 +37,13 @@ from duplexer.protocols.mqtt_topics import Channel, Topics
 from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer
 from duplexer.runtime.logging import configure_logging
 from tests.conftest import voiced
-from tests.mqtt_broker import running_bridge, running_broker, until
+from tests.mqtt_broker import running_bridge, until
 
 pytestmark = pytest.mark.slow  # a real mosquitto, and a minute of real time
 
 DEFAULT_RUN_S = 56.0
 """The default soak, plus about 4 s of start and pauses: a minute in all."""
 LONG_RUN_S = 600.0
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LoopbackBroker]:
-    yield from running_broker(tmp_path / "broker")
 
 
 @pytest.fixture(autouse=True)

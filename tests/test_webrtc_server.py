@@ -21,9 +21,9 @@ import sys
 import threading
 import time
 import wave
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -37,10 +37,9 @@ from duplexer.protocols.webrtc_messages import order_problems
 from duplexer.protocols.webrtc_server import IceServer, ServerConfig, WebRtcServer
 from duplexer.runtime.events import FRAME_MS
 from duplexer.runtime.logging import configure_logging
-from tests.conftest import REPO, SHARED
+from tests.conftest import REPO, SHARED, run
 from tests.serve_http import json_error, raw_request
 
-T = TypeVar("T")
 SPEECH = SHARED / "data" / "vap_phrases" / "audio" / "basketball_short_female_en-US-Wavenet-E.wav"
 QUESTION = "so do you play basketball"
 REPLY = "Sure, here is a short answer."
@@ -51,13 +50,6 @@ def logging_to_the_real_stderr() -> Iterator[None]:
     """`duplexer serve` points the structured log at sys.stderr, which capsys closes after the test."""
     yield
     configure_logging(stream=sys.__stderr__)
-
-
-def run(coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout_s)
-
-    return asyncio.run(bounded())
 
 
 def speech() -> tuple[bytes, int]:
