@@ -40,7 +40,7 @@ def test_the_server_counts_each_error_response_by_status_and_reports_them_on_hea
         await server.start()
         assert server.port is not None
         try:
-            auth = {"Authorization": "Bearer t"}
+            auth = {"Authorization": "Bearer t", "Content-Type": "application/json"}
             async with aiohttp.ClientSession() as http:
                 for body in ("not json", "[1]"):
                     async with http.post(f"{server.url}/offer", data=body, headers=auth) as response:
