@@ -27,7 +27,7 @@ from duplexer.protocols.engine_factory import scripted_engines
 from duplexer.protocols.webrtc_call import CallSettings
 from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer
 from tests.conftest import fuzz_settings
-from tests.serve_http import raw_request
+from tests.serve_http import offer_sdp, raw_request
 
 pytestmark = pytest.mark.fuzz
 
@@ -64,21 +64,6 @@ class Live:
         return status, content
 
 
-async def _real_offer() -> str:
-    from aiortc import RTCPeerConnection
-    from aiortc.mediastreams import AudioStreamTrack
-
-    pc = RTCPeerConnection()
-    try:
-        pc.addTrack(AudioStreamTrack())
-        pc.createDataChannel("events")
-        await pc.setLocalDescription(await pc.createOffer())
-        assert pc.localDescription is not None
-        return pc.localDescription.sdp
-    finally:
-        await pc.close()
-
-
 @pytest.fixture(scope="module")
 def live() -> Iterator[Live]:
     loop = asyncio.new_event_loop()
@@ -89,7 +74,7 @@ def live() -> Iterator[Live]:
     server = WebRtcServer(config, scripted_engines())
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
     try:
-        sdp = asyncio.run_coroutine_threadsafe(_real_offer(), loop).result(30)
+        sdp = asyncio.run_coroutine_threadsafe(offer_sdp(), loop).result(30)
         body = json.dumps({"type": "offer", "sdp": sdp}).encode()
         assert server.port is not None
         status, _, content = asyncio.run_coroutine_threadsafe(
