@@ -29,6 +29,7 @@ from pathlib import Path
 import aiohttp
 
 from duplexer.bench.soak_clients import (
+    WEBRTC_HEARD_SLACK_FRAMES,
     GoodTally,
     mqtt_turn,
     offer_sdps,
@@ -102,7 +103,7 @@ def resources() -> Resources:
 @dataclass
 class SoakReport:
     duration_s: float = 0.0
-    webrtc: GoodTally = field(default_factory=GoodTally)
+    webrtc: GoodTally = field(default_factory=lambda: GoodTally(heard_slack_frames_per_turn=WEBRTC_HEARD_SLACK_FRAMES))
     mqtt: GoodTally = field(default_factory=GoodTally)
     http_due: Counter[str] = field(default_factory=Counter)
     """Errors the bad HTTP clients were due, by status."""
@@ -135,7 +136,7 @@ class SoakReport:
         for name, tally in (("webrtc", self.webrtc), ("mqtt", self.mqtt)):
             if tally.turns == 0:
                 found.append(f"{name}: no good turn completed")
-            if tally.frames_received != tally.frames_sent or tally.reply_frames_heard != tally.reply_frames_played:
+            if tally.frames_received != tally.frames_sent or not tally.reply_heard_in_full():
                 found.append(f"{name}: audio lost ({tally.frames_received}/{tally.frames_sent} mic frames, "
                              f"{tally.reply_frames_heard}/{tally.reply_frames_played} reply frames)")  # fmt: skip
         if self.rss_growth >= MAX_RSS_GROWTH:
