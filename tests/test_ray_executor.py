@@ -294,7 +294,7 @@ def test_a_dead_session_host_ends_only_its_own_session() -> None:
 def test_a_killed_shared_engine_replica_gives_an_error_serve_replaces_it_and_the_next_turn_works() -> None:
     from duplexer.actors.ray_serve_engines import ShareOptions, deploy_shared_engines, shutdown_shared_engines
 
-    slow_llm = scripted_engines(("hello there",), llm_ttft_ms=1500.0)
+    slow_llm = scripted_engines(("hello there",), llm_ttft_ms=4000.0)  # wide enough to kill a loaded replica mid-call
     shared = deploy_shared_engines(slow_llm, ShareOptions(kinds=("llm",)))
 
     async def main() -> None:
@@ -307,7 +307,7 @@ def test_a_killed_shared_engine_replica_gives_an_error_serve_replaces_it_and_the
             await session.ready()
             speaking = asyncio.create_task(_speak_and_wait_for_reply(session))
             await asyncio.wait_for(prompts.get(), timeout=10)
-            await asyncio.sleep(0.3)  # the call is in flight: its scripted time to first token is 1.5 s
+            await asyncio.sleep(0.3)  # the call is in flight: its scripted time to first token is 4 s
             assert _replicas("llm"), "no LLM replica is running"
             for replica in _replicas("llm"):
                 ray.kill(replica, no_restart=True)
