@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from duplexer import __version__
+
 COMMAND_MODULES: tuple[str, ...] = (
     "duplexer.sims.cli",
     "duplexer.policy_cli",
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="duplexer",
         description="Full-duplex spoken-dialogue engine: listens while it talks, answers fast, stops when interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"duplexer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(commands)

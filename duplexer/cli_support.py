@@ -36,8 +36,9 @@ def unwritable(path: Path, folder: bool = False) -> str | None:
 
 
 def add_policy_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """``--policy NAME``: the policy preset a command runs (``duplexer policy show`` lists them);
-    every command runs the one default preset unless it has a reason to name another."""
+    """``--policy NAME``: the policy a command runs, a preset (``duplexer policy show`` lists them) or
+    an installed policy plug-in (docs/plugins.md); every command runs the one default preset unless
+    it has a reason to name another."""
     from duplexer.policies.controller import DEFAULT_PRESET, POLICY_PRESETS
 
     chosen = default or DEFAULT_PRESET
@@ -45,16 +46,19 @@ def add_policy_argument(parser: argparse.ArgumentParser, default: str | None = N
         "--policy",
         default=chosen,
         metavar="NAME",
-        help=f"turn-taking policy preset: {', '.join(POLICY_PRESETS)} (default: {chosen})",
+        help=f"turn-taking policy: a preset ({', '.join(POLICY_PRESETS)}) or an installed policy plug-in's "
+        f"name (default: {chosen})",
     )
 
 
 def chosen_policy(args: argparse.Namespace) -> PolicyParams:
-    """The preset ``--policy`` names; a ValueError listing the names when there is none."""
-    from duplexer.policies.controller import preset
+    """The preset or plug-in ``--policy`` names; a ValueError in one line listing the names when there
+    is none, or saying why a plug-in is refused (it fails to import, is of the wrong type, or its
+    table leaves a pair undeclared)."""
+    from duplexer.actors.plugins import policy_named
 
     try:
-        return preset(args.policy)
+        return policy_named(args.policy)
     except ValueError as exc:
         raise ValueError(f"--policy: {exc}") from None
 

@@ -13,11 +13,10 @@ def show(args: argparse.Namespace) -> int:
     from duplexer.policies.render import render
 
     try:
-        if args.policy is not None:
-            chosen_policy(args)
+        policy = chosen_policy(args) if args.policy is not None else None
     except ValueError as exc:
         return fail(str(exc))
-    say(render(args.format, args.policy))
+    say(render(args.format, args.policy, policy))
     return 0
 
 
@@ -44,6 +43,7 @@ def register(commands: Any) -> None:
         "--policy",
         default=None,
         metavar="NAME",
-        help=f"print the parameters of this preset ({', '.join(POLICY_PRESETS)})",
+        help=f"print the parameters of this preset ({', '.join(POLICY_PRESETS)}), or a policy plug-in's "
+        "table and parameters",
     )
     show_parser.set_defaults(handler=show)

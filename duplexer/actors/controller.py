@@ -14,7 +14,8 @@ controller on a Ray host) still learns of the violation from the bus."""
 
 
 class ControllerActor(Actor):
-    """Runs the state machine on its inputs; :class:`PolicyUpdate` changes its parameters live.
+    """Runs the policy it is given on its inputs; :class:`PolicyUpdate` changes its parameters live
+    (a plug-in policy keeps its rules: an update replaces values, never the parameters' class).
 
     ``strict`` (the simulator): a rule that breaks the table's promises raises, crashing this actor,
     and is kept in ``violation`` for the caller to raise (and published as a fatal error event that
@@ -25,9 +26,11 @@ class ControllerActor(Actor):
     name = "controller"
     subscribes = (*CONTROLLER_INPUTS, PolicyUpdate)
 
-    def __init__(self, ctx: SessionContext, params: PolicyParams | None = None, strict: bool = False) -> None:
+    def __init__(self, ctx: SessionContext, policy: PolicyParams | None = None, strict: bool = False) -> None:
+        """``policy``: the parameters to run, whose class names the rules they are read by (a policy
+        plug-in's own table, or the built-in one: :func:`duplexer.policies.controller.table_of`)."""
         super().__init__(ctx)
-        self.controller = Controller(ctx.session_id, params or PolicyParams(), strict=strict)
+        self.controller = Controller(ctx.session_id, policy or PolicyParams(), strict=strict)
         self.violation: ControllerError | None = None
         """The first rule violation seen in strict mode."""
         self._ticker: asyncio.Task[None] | None = None

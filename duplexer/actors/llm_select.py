@@ -94,7 +94,13 @@ def build_llm_engine(config: LlmBackendConfig) -> LlmEngine:
 def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``--llm*`` options of a command that runs sessions (demo, talk, serve)."""
     group = parser.add_argument_group("LLM backend")
-    group.add_argument("--llm", choices=LLM_BACKENDS, default="local", help="LLM backend (default: local)")
+    group.add_argument(
+        "--llm",
+        default="local",
+        metavar="NAME",
+        help=f"LLM backend: {', '.join(LLM_BACKENDS)}, or an installed LLM plug-in's name, which takes none "
+        "of the --llm-* options (docs/plugins.md; default: local)",
+    )
     group.add_argument(
         "--llm-url",
         "--llm-base-url",

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the pipeline loads only when a run starts
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from duplexer.actors.engine_choice import add_engine_arguments
     from duplexer.bench.log import add_log_arguments
 
     parser = argparse.ArgumentParser(
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("out/conversation"), help="output folder (default out/conversation)"
     )
     add_policy_argument(parser)
+    add_engine_arguments(parser)
     add_log_arguments(parser)
     return parser
 
@@ -223,8 +225,8 @@ def main(argv: Sequence[str]) -> int:
         return fail(reason)
     progress("bench conversation: loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper)...")
     try:
-        make_engines, _ = demo_engines()
-    except ModelPackageMissing as exc:
+        make_engines, _ = demo_engines(args)  # the real models, or the engines named with --vad/--asr/...
+    except (ModelPackageMissing, ValueError) as exc:
         return fail(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -25,6 +25,9 @@ cancelled. At end of turn the latest reply is committed if its input matches
 the final transcript; otherwise it is cancelled and a fresh reply starts.
 Every reply ends committed or cancelled.
 
+A policy plug-in brings its own table (:class:`PolicyTable`, named by its parameters' class:
+:func:`table_of`), held to the same checks when it is built and enforced here the same way.
+
 Every (phase, event type) pair is declared in :data:`TRANSITIONS`, either with
 the handler for that phase and the phases it may lead to, or as ignored. An
 undeclared pair raises :class:`UndeclaredTransition`; a handler that moves to a
@@ -48,7 +51,7 @@ from duplexer.policies.params import (
     PolicyParams,
     preset,
 )
-from duplexer.policies.rules import CONTROLLER_INPUTS, TIMERS, TRANSITIONS
+from duplexer.policies.rules import BUILT_IN_TABLE, TIMERS, TRANSITIONS
 from duplexer.policies.state import (
     TIME_EPSILON_MS,
     ClockWentBackwards,
@@ -62,9 +65,11 @@ from duplexer.policies.state import (
     UndeclaredTarget,
     UndeclaredTransition,
 )
+from duplexer.policies.table import CONTROLLER_INPUTS, PolicyTable, PolicyTableError
 from duplexer.runtime.events import ErrorEvent, Event, StopPlayout
 
 __all__ = [
+    "BUILT_IN_TABLE",
     "CLASSIC_POLICY",
     "CONTROLLER_INPUTS",
     "DEFAULT_PRESET",
@@ -80,6 +85,8 @@ __all__ = [
     "ControllerState",
     "Phase",
     "PolicyParams",
+    "PolicyTable",
+    "PolicyTableError",
     "Reply",
     "Rule",
     "Timer",
@@ -90,15 +97,25 @@ __all__ = [
     "rule_for",
     "safe_reset",
     "step",
+    "table_of",
 ]
 
 
-def rule_for(phase: Phase, kind: type[Event]) -> Rule:
+def table_of(params: PolicyParams) -> PolicyTable:
+    """The rules ``params`` are read by: their class's table (a plug-in's), else the built-in one."""
+    return type(params).table or BUILT_IN_TABLE
+
+
+def rule_for(phase: Phase, kind: type[Event], table: PolicyTable = BUILT_IN_TABLE) -> Rule:
     """The declared rule for a pair; an undeclared pair is an error, never silently ignored."""
-    rule = TRANSITIONS[phase].get(kind)
+    rule = table.rule_for(phase, kind)
     if rule is None:
-        raise UndeclaredTransition(phase, kind)
+        raise UndeclaredTransition(phase, kind, _where(table))
     return rule
+
+
+def _where(table: PolicyTable) -> str:
+    return "duplexer.policies.rules.TRANSITIONS" if table is BUILT_IN_TABLE else f"policy table {table.name!r}"
 
 
 def step(
@@ -112,15 +129,16 @@ def step(
     """
     if now_ms < state.now_ms:
         raise ClockWentBackwards(f"controller time went backwards: {now_ms} ms after {state.now_ms} ms ({event.kind})")
-    rule = rule_for(state.phase, type(event))
+    table = table_of(params)
+    rule = rule_for(state.phase, type(event), table)
     state = replace(state, now_ms=now_ms)
     if rule.handler is None:
         return state, []
-    work = Step(state, params, now_ms, event.kind)
+    work = Step(state, params, now_ms, event.kind, table.timers)
     rule.handler(work, event)
     target = work.state.phase
     if target is not state.phase and target not in rule.targets:
-        violation = UndeclaredTarget(state.phase, type(event), target)
+        violation = UndeclaredTarget(state.phase, type(event), target, _where(table))
         if strict:
             raise violation
         return safe_reset(state, params, now_ms, str(violation))
@@ -132,7 +150,7 @@ def safe_reset(
 ) -> tuple[ControllerState, list[Event]]:
     """Back to Silence from ``state``: an error event, the live reply's playout stopped and the reply
     cancelled, every timer and turn fact cleared (turn and reply numbering go on)."""
-    work = Step(state, params, now_ms, "reset")
+    work = Step(state, params, now_ms, "reset", table_of(params).timers)
     work.emit(ErrorEvent, source="controller", message=f"{why}; reset to Silence")
     reply = state.reply
     if reply is not None:
@@ -157,7 +175,8 @@ def safe_reset(
 
 def next_deadline_ms(state: ControllerState, params: PolicyParams) -> float | None:
     """When the next timer of the phase comes due (:data:`TIMERS`), so a driver can tick exactly then."""
-    due = [d for timer in TIMERS.get(state.phase, ()) if (d := timer.due_ms(state, params)) is not None]
+    timers = table_of(params).timers
+    due = [d for timer in timers.get(state.phase, ()) if (d := timer.due_ms(state, params)) is not None]
     return min(due, default=None)
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from duplexer.policies.table import PolicyTable
 
 
 @dataclass(frozen=True)
@@ -18,7 +21,16 @@ class PolicyParams:
 
     The defaults are the live-call policy, the one every command runs unless a scenario or
     ``--policy NAME`` chooses another (:data:`POLICY_PRESETS`): the simulator scores what a live
-    call does."""
+    call does.
+
+    A policy plug-in subclasses it: its own parameters are the subclass's fields (the presets' and
+    the overrides' machinery applies to them as to these), and its rules are the subclass's
+    :attr:`table`, so the rules travel with the parameters wherever a policy goes (scenarios,
+    sweeps, live updates, Ray hosts). See docs/plugins.md."""
+
+    table: ClassVar[PolicyTable | None] = None
+    """The transition table and timers these parameters are read by; None: the built-in rules
+    (:data:`duplexer.policies.rules.BUILT_IN_TABLE`)."""
 
     pause_ms: float = 150.0
     """Silence after speech that enters UserPaused and starts a speculative reply. The VAD's stop and

@@ -22,6 +22,7 @@ from duplexer.policies.state import (
     Step,
     Timer,
 )
+from duplexer.policies.table import CONTROLLER_INPUTS, PolicyTable
 from duplexer.runtime.events import (
     AsrFinal,
     AsrPartial,
@@ -241,8 +242,12 @@ def _due(step: Step, timer: Timer) -> bool:
 
 
 def _fire_due_timer(step: Step) -> None:
-    """Fire the current phase's timer that is due, if any (they are declared mutually exclusive)."""
-    for timer in TIMERS.get(step.state.phase, ()):
+    """Fire the current phase's timer that is due, if any (they are declared mutually exclusive).
+
+    The timers are the running policy's (:attr:`Step.timers`), so a plug-in's table that reuses
+    this handler fires its own timers."""
+    timers = TIMERS if step.timers is None else step.timers
+    for timer in timers.get(step.state.phase, ()):
         if _due(step, timer):
             timer.fire(step)
             return
@@ -439,23 +444,6 @@ def _rule(handler: Handler, *targets: Phase, note: str = "") -> Rule:
     return Rule(handler, targets, note or (handler.__doc__ or handler.__name__).strip("_ ").replace("_", " "))
 
 
-CONTROLLER_INPUTS: tuple[type[Event], ...] = (
-    VadOnsetCandidate,
-    VadSpeechStart,
-    VadSpeechStop,
-    AsrPartial,
-    AsrFinal,
-    EndOfTurnProbability,
-    PlayoutStarted,
-    PlayoutDone,
-    PlayoutStopped,
-    SpeakRequest,
-    Tick,
-)
-"""Every event type the controller consumes. Playout progress is not one: no rule needs it, and on
-Ray it would cross to the controller's host five times a second for nothing. Nor is ReplyReady: no
-rule waits for audio to be ready (playout starts a committed reply's audio when it has some)."""
-
 _STALE = "stale: belongs to a reply that is no longer current"
 _NOT_NOW = "the bot never starts talking over the user or itself"
 _LATE_DONE = "late done of a stopped reply; the live one played uncommitted: cancel it"
@@ -530,3 +518,10 @@ TRANSITIONS: dict[Phase, dict[type[Event], Rule]] = {
         Tick: _rule(_tick, US, BR, note="timers: barge-in at min_barge_in_ms of speech; resume after resume_after_ms"),
     },
 }
+
+
+BUILT_IN_TABLE = PolicyTable("built-in", TRANSITIONS, TIMERS)
+"""The built-in rules, checked as every plug-in's are (:mod:`duplexer.policies.table`); the mappings
+are this module's own, not copies."""
+
+__all__ = ["BUILT_IN_TABLE", "CONTROLLER_INPUTS", "TIMERS", "TRANSITIONS"]

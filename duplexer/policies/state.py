@@ -7,7 +7,7 @@ The rules themselves are in :mod:`duplexer.policies.rules`, their parameters and
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -79,10 +79,10 @@ class ControllerError(Exception):
 
 
 class UndeclaredTransition(ControllerError):
-    def __init__(self, phase: Phase, kind: type[Event]) -> None:
+    def __init__(self, phase: Phase, kind: type[Event], table: str = "duplexer.policies.rules.TRANSITIONS") -> None:
         super().__init__(
             f"no rule for event {kind.__name__} in state {phase.value}: declare it in "
-            "duplexer.policies.rules.TRANSITIONS (as a transition or as ignored)"
+            f"{table} (as a transition or as ignored)"
         )
 
 
@@ -93,11 +93,13 @@ class ClockWentBackwards(ControllerError):
 class UndeclaredTarget(ControllerError):
     """A handler moved to a phase its rule does not declare: the table broke its own promise."""
 
-    def __init__(self, phase: Phase, kind: type[Event], target: Phase) -> None:
+    def __init__(
+        self, phase: Phase, kind: type[Event], target: Phase, table: str = "duplexer.policies.rules.TRANSITIONS"
+    ) -> None:
         self.phase, self.kind, self.target = phase, kind, target
         super().__init__(
             f"rule for event {kind.__name__} in state {phase.value} moved to {target.value}, "
-            "a target it does not declare in duplexer.policies.rules.TRANSITIONS"
+            f"a target it does not declare in {table}"
         )
 
 
@@ -107,12 +109,21 @@ class UndeclaredTarget(ControllerError):
 class Step:
     """Scratch space for one transition: the evolving state and the actions it emits."""
 
-    def __init__(self, state: ControllerState, params: PolicyParams, now_ms: float, reason: str) -> None:
+    def __init__(
+        self,
+        state: ControllerState,
+        params: PolicyParams,
+        now_ms: float,
+        reason: str,
+        timers: Mapping[Phase, tuple[Timer, ...]] | None = None,
+    ) -> None:
         self.state = state
         self.params = params
         self.now_ms = now_ms
         self.actions: list[Event] = []
         self.reason = reason
+        self.timers = timers
+        """The running policy's timers, for a handler that fires them (None: the built-in ones)."""
 
     def set(self, **changes: Any) -> None:
         self.state = replace(self.state, **changes)

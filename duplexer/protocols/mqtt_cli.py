@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from duplexer.actors.engine_choice import add_engine_arguments
 from duplexer.cli_support import add_policy_argument, chosen_policy, fail
 from duplexer.protocols.executor_cli import add_transport_executor_arguments
 from duplexer.protocols.mqtt_guard import (
@@ -85,6 +86,7 @@ async def _serve(bridge: Any, preflight: Any) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from duplexer.actors.engine_choice import chosen_engines, with_engines
     from duplexer.actors.pipeline import PipelineConfig
     from duplexer.protocols.engine_factory import EnginesUnavailable, real_engines, real_pipeline, scripted_engines
     from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
@@ -135,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
             return fail(str(exc))
     else:
         engines = scripted_engines(lead_silence_ms=args.scripted_lead_silence_ms)
+    try:  # --vad/--asr/--tts/--turn-detector NAME: built-in or plug-in engines over those
+        engines = with_engines(engines, chosen_engines(args))
+    except ValueError as exc:  # an unknown name, a plug-in that fails to import or of the wrong type
+        return fail(str(exc))
     try:  # with --executor ray: reach the cluster (or start Ray here) and deploy the shared engines
         executor = transport_executor(args, engines)
     except (ValueError, RuntimeError) as exc:  # a bad option, no Ray, no cluster, a failed deployment
@@ -229,4 +235,5 @@ def register(commands: Any) -> None:
     mqtt.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
     add_transport_executor_arguments(mqtt)
     add_policy_argument(mqtt)
+    add_engine_arguments(mqtt)
     mqtt.set_defaults(handler=run)

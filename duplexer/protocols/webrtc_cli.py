@@ -9,6 +9,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from duplexer.actors.engine_choice import add_engine_arguments
 from duplexer.cli_support import add_policy_argument, chosen_policy, fail
 from duplexer.protocols.executor_cli import add_transport_executor_arguments
 from duplexer.protocols.turn_credentials import TURN_TTL_S
@@ -58,6 +59,7 @@ async def _serve(server: Any, preload: Any) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from duplexer.actors.engine_choice import chosen_engines, with_engines
     from duplexer.actors.pipeline import PipelineConfig
     from duplexer.protocols.engine_factory import (
         EnginesUnavailable,
@@ -127,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
         preload = preload_real_models
     else:
         engines = scripted_engines()
+    try:  # --vad/--asr/--tts/--turn-detector NAME: built-in or plug-in engines over those
+        engines = with_engines(engines, chosen_engines(args))
+    except ValueError as exc:  # an unknown name, a plug-in that fails to import or of the wrong type
+        return fail(str(exc))
     try:  # with --executor ray: reach the cluster (or start Ray here) and deploy the shared engines
         executor = transport_executor(args, engines)
     except (ValueError, RuntimeError) as exc:  # a bad option, no Ray, no cluster, a failed deployment
@@ -227,4 +233,5 @@ def register(commands: Any) -> None:
     serve.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
     add_transport_executor_arguments(serve)
     add_policy_argument(serve)
+    add_engine_arguments(serve)
     serve.set_defaults(handler=run)

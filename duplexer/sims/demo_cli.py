@@ -20,13 +20,17 @@ def _persona(path: Path | None) -> Any:
 def demo_engines(args: argparse.Namespace | None = None) -> tuple[Any, Any]:
     """Load the real models once; returns (engine factory, user-voice synthesizer).
 
-    With ``--llm`` naming a server backend, replies come from that server instead of SmolLM2.
+    With ``--llm`` naming a server backend, replies come from that server instead of SmolLM2; engines
+    named with ``--vad/--asr/--tts/--turn-detector`` (or a plug-in ``--llm``) replace the real ones.
     """
+    from duplexer.actors.engine_choice import chosen_engines, with_engines
+    from duplexer.actors.llm_select import LLM_BACKENDS
     from duplexer.actors.models.loading import build_engines, load_models
 
+    chosen = chosen_engines(args, LLM_BACKENDS) if args is not None else {}  # bad names stop before loading
     models = load_models()
     server_llm = None
-    if args is not None and getattr(args, "llm", "local") != "local":
+    if args is not None and getattr(args, "llm", "local") in LLM_BACKENDS and args.llm != "local":
         from duplexer.actors.llm_select import build_llm_engine, llm_config_from_args
 
         server_llm = build_llm_engine(llm_config_from_args(args))
@@ -42,7 +46,7 @@ def demo_engines(args: argparse.Namespace | None = None) -> tuple[Any, Any]:
 
         return models.tts.synthesize_blocking(text, length_scale=USER_LENGTH_SCALE)
 
-    return make_engines, synthesize_user
+    return with_engines(make_engines, chosen), synthesize_user
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -157,6 +161,7 @@ def _talk_mic(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
+    from duplexer.actors.engine_choice import add_engine_arguments
     from duplexer.actors.llm_select import add_llm_arguments
     from duplexer.protocols.wav import WAV_LIMITS
 
@@ -175,6 +180,7 @@ def register(commands: Any) -> None:
     demo.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
     add_policy_argument(demo)
     add_llm_arguments(demo)
+    add_engine_arguments(demo)
     demo.set_defaults(handler=_demo)
 
     talk = commands.add_parser(
@@ -207,4 +213,5 @@ def register(commands: Any) -> None:
     talk.add_argument("--log-level", default="WARNING", help="structured log level (default: WARNING)")
     add_policy_argument(talk)
     add_llm_arguments(talk)
+    add_engine_arguments(talk)
     talk.set_defaults(handler=_talk)
