@@ -302,3 +302,24 @@ def test_version_prints_the_version_and_exits_0(capsys: pytest.CaptureFixture[st
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"duplexer {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["demo", "--llm", "nope"], "--llm: unknown llm engine 'nope' (known: local"),
+        (["demo", "--asr", "nope"], "--asr: unknown asr engine 'nope' (known: whisper"),
+        (["bench", "conversation", "--vad", "nope"], "--vad: unknown vad engine 'nope' (known: silero, energy"),
+    ],
+)
+def test_commands_on_the_real_models_refuse_a_bad_name_before_loading_them(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import duplexer.actors.models.loading as loading
+
+    def no_loading(*_: object) -> None:
+        raise AssertionError("models loaded before the names were checked")
+
+    monkeypatch.setattr(loading, "load_models", no_loading)
+    assert main(argv) == 2
+    assert needle in one_line_error(capsys)

@@ -208,6 +208,7 @@ def stage_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
 
 def main(argv: Sequence[str]) -> int:
     """`duplexer bench conversation`: see :func:`build_parser`."""
+    from duplexer.actors.engine_choice import chosen_engines
     from duplexer.actors.models.packages import ModelPackageMissing
     from duplexer.bench.log import append_benchmark, format_table, log_path_from_args
     from duplexer.protocols.wav import interleave_stereo, write_wav
@@ -218,6 +219,7 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     try:
         policy = chosen_policy(args)
+        chosen_engines(args)  # a bad engine name stops the bench before any model loads
         conversations = conversations_from_args(args)
     except ValueError as exc:
         return fail(str(exc))

@@ -80,7 +80,7 @@ def render_table(name: str | None = None, policy: PolicyParams | None = None) ->
         lines += parameter_columns(POLICY_PRESETS)
     else:
         assert chosen is not None
-        kind = "preset" if policy is None else "policy"
+        kind = "preset" if table is BUILT_IN_TABLE else "policy"
         lines += ["", f"parameters ({kind} {name}):", *parameter_columns({name: chosen})]
     lines += ["", f"presets: {', '.join(POLICY_PRESETS)} (also: {aliases})"]
     return "\n".join(lines)

@@ -54,7 +54,11 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     Raises ModelPackageMissing, PersonaError or ValueError, each with a one-line message.
     """
+    from duplexer.actors.engine_choice import chosen_engines
+    from duplexer.actors.llm_select import LLM_BACKENDS
+
     persona = _persona(args.persona)
+    chosen_engines(args, LLM_BACKENDS)  # a bad engine name stops the command before any model loads
     progress("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...")
     make_engines, synthesize = demo_engines(args)
     return persona, make_engines, synthesize
