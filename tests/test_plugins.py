@@ -86,11 +86,12 @@ def test_policy_show_draws_the_plug_ins_own_table_and_parameters(example_install
     assert "question_end_of_turn_ms" in shown.stdout.split("parameters (policy example):")[1]
 
 
-def _sim(site: Path, policy: str, report: Path) -> tuple[list[float], dict[str, Any]]:
+def _sim(site: Path, policy: str, report: Path, *more: str) -> tuple[list[float], dict[str, Any]]:
     """(each turn's response latency, the policy the report says ran) on fast_engines.yaml: a
     statement ("Translate good morning into Spanish"), then a question ("And into Italian?")."""
     scenario = SCENARIOS / "fast_engines.yaml"
-    ran = duplexer(site, "sim", str(scenario), "--policy", policy, "--report", str(report), "--no-plots", "--quiet")
+    argv = ["sim", str(scenario), "--policy", policy, "--report", str(report), "--no-plots", "--quiet", *more]
+    ran = duplexer(site, *argv)
     assert ran.returncode == 0, ran.stderr
     summary = json.loads((report / "summary.json").read_text())
     turns = summary["scenarios"]["fast_engines"]["per_turn"]
@@ -106,6 +107,12 @@ def test_sim_runs_the_example_policy_by_name_and_only_its_question_turn_commits_
     assert live_statement == pytest.approx(700.0, abs=30.0) and live_question == pytest.approx(700.0, abs=30.0)
     assert statement == pytest.approx(live_statement, abs=30.0)  # not a question: the usual wait
     assert question < live_question - 300.0  # 250 ms of silence after "?" instead of 700
+    # The plug-in's own parameter takes --set like the built-in ones.
+    (_, patient), patient_policy = _sim(
+        example_installed, "example", tmp_path / "set", "--set", "question_end_of_turn_ms=500"
+    )
+    assert patient_policy["question_end_of_turn_ms"] == 500.0
+    assert question + 150.0 < patient < live_question - 150.0  # 500 ms: between the 250 ms rule and live's 700
 
 
 @pytest.mark.slow

@@ -42,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as exc:  # a bad preset or placement, or no Ray
         return fail(str(exc))
     try:
-        overrides = parse_overrides(args.set)
+        overrides = parse_overrides(args.set, policy=policy)
         if args.sweep:
-            grid = parse_sweep(args.sweep)
+            grid = parse_sweep(args.sweep, policy)
             rows = run_sweep(args.paths, args.report, args.seed, overrides, grid, progress=progress, policy=policy)
             keys = list(grid)
             say(" ".join(f"{k:>16}" for k in keys) + f" {'lat p50 ms':>10} {'takeover':>8}")

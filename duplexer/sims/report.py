@@ -47,9 +47,12 @@ def parse_value(text: str) -> float | int | bool:
         return float(text)
 
 
-def parse_overrides(items: Sequence[str], option: str = "--set") -> dict[str, float | int | bool]:
-    """``key=value`` pairs naming PolicyParams fields; unknown names and bad values are errors."""
-    known = set(PolicyParams.field_names())
+def parse_overrides(
+    items: Sequence[str], option: str = "--set", policy: PolicyParams | None = None
+) -> dict[str, float | int | bool]:
+    """``key=value`` pairs naming fields of ``policy``'s parameters (a plug-in's add their own);
+    unknown names and bad values are errors."""
+    known = set(type(policy or PolicyParams()).field_names())
     out: dict[str, float | int | bool] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -69,10 +72,10 @@ BOOL_PARAMETERS = frozenset(f.name for f in fields(PolicyParams) if str(f.type) 
 """Policy switches (speculation, ...): a sweep over one runs it off and on."""
 
 
-def parse_sweep(items: Sequence[str]) -> dict[str, list[float]]:
-    """``key=start:stop:step`` (stop included) or ``key=v1,v2,...``."""
+def parse_sweep(items: Sequence[str], policy: PolicyParams | None = None) -> dict[str, list[float]]:
+    """``key=start:stop:step`` (stop included) or ``key=v1,v2,...``, over ``policy``'s parameters."""
     grid: dict[str, list[float]] = {}
-    parse_overrides([item.split("=", 1)[0] + "=0" for item in items], option="--sweep")
+    parse_overrides([item.split("=", 1)[0] + "=0" for item in items], option="--sweep", policy=policy)
     for item in items:
         key, _, spec = item.partition("=")
         try:
