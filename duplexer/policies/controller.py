@@ -53,6 +53,7 @@ from duplexer.policies.params import (
 )
 from duplexer.policies.rules import BUILT_IN_TABLE, TIMERS, TRANSITIONS
 from duplexer.policies.state import (
+    BUILT_IN_RULES,
     TIME_EPSILON_MS,
     ClockWentBackwards,
     ControllerError,
@@ -115,7 +116,7 @@ def rule_for(phase: Phase, kind: type[Event], table: PolicyTable = BUILT_IN_TABL
 
 
 def _where(table: PolicyTable) -> str:
-    return "duplexer.policies.rules.TRANSITIONS" if table is BUILT_IN_TABLE else f"policy table {table.name!r}"
+    return BUILT_IN_RULES if table is BUILT_IN_TABLE else f"policy table {table.name!r}"
 
 
 def step(

@@ -78,8 +78,12 @@ class ControllerError(Exception):
     """The controller was driven in a way its rules do not allow."""
 
 
+BUILT_IN_RULES = "duplexer.policies.rules.TRANSITIONS"
+"""Where an error about the built-in table tells the reader to look (a plug-in's names its table)."""
+
+
 class UndeclaredTransition(ControllerError):
-    def __init__(self, phase: Phase, kind: type[Event], table: str = "duplexer.policies.rules.TRANSITIONS") -> None:
+    def __init__(self, phase: Phase, kind: type[Event], table: str = BUILT_IN_RULES) -> None:
         super().__init__(
             f"no rule for event {kind.__name__} in state {phase.value}: declare it in "
             f"{table} (as a transition or as ignored)"
@@ -93,9 +97,7 @@ class ClockWentBackwards(ControllerError):
 class UndeclaredTarget(ControllerError):
     """A handler moved to a phase its rule does not declare: the table broke its own promise."""
 
-    def __init__(
-        self, phase: Phase, kind: type[Event], target: Phase, table: str = "duplexer.policies.rules.TRANSITIONS"
-    ) -> None:
+    def __init__(self, phase: Phase, kind: type[Event], target: Phase, table: str = BUILT_IN_RULES) -> None:
         self.phase, self.kind, self.target = phase, kind, target
         super().__init__(
             f"rule for event {kind.__name__} in state {phase.value} moved to {target.value}, "
