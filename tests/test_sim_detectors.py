@@ -130,3 +130,20 @@ def test_bad_detector_fields_exit_2_with_one_line_naming_file_and_field(
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and len(err) < 400, err[:400]
     assert err.startswith(f"duplexer: error: {path}: ") and expected in err, err
+
+
+@pytest.mark.slow
+def test_the_live_text_detector_reads_the_scripted_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SmolLM2, the live text detector, in simulation: it reads "can you recommend" as unfinished, so
+    the bot waits through the pause that silence alone talks into."""
+    pytest.importorskip("llama_cpp")
+    path = tmp_path / "smollm2.yaml"
+    path.write_text(
+        "name: smollm2\nturn_detector: smollm2\nscript:\n"
+        '  - say: "Can you recommend a good book for the weekend"\n'
+        "    pauses: [{after_word: 3, ms: 1000}]\n"
+    )
+    summary, table = sim_report([path], tmp_path / "out", capsys)
+    detector = summary["scenarios"]["smollm2"]["turn_detector"]
+    assert detector["name"] == "smollm2" and detector["estimates"] > 0 and "smollm2" in table
+    assert detector["pause_takeover_rate"] == 0.0 and detector["silence_alone"]["pause_takeover_rate"] == 1.0

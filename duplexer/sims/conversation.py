@@ -135,12 +135,12 @@ class Conversation:
         seq = self._first_seq = int(clock.now_ms() // FRAME_MS) + 1  # frames are numbered by session time
         await clock.sleep_ms(seq * FRAME_MS - clock.now_ms())
         while True:
-            if self._pending:
+            if self._pending:  # a partial frame left a whole tick is the end of the audio: padded
                 frame = bytes(self._pending[:FRAME_BYTES]).ljust(FRAME_BYTES, b"\0")
                 del self._pending[:FRAME_BYTES]
             else:
                 frame = SILENT_FRAME
-            if not self._pending:
+            if len(self._pending) < FRAME_BYTES:
                 self._fed.set()
             self._user += frame
             self.session.ctx.emit(AudioFrame, pcm=frame, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
@@ -148,15 +148,18 @@ class Conversation:
             await clock.sleep_ms(seq * FRAME_MS - clock.now_ms())
 
     async def feed(self, pcm: bytes) -> None:
-        """Speak ``pcm`` (PCM16 mono at 16 kHz, any length) into the microphone; returns once it has all
-        been sent, 20 ms a frame in session time. A last partial frame is completed with silence."""
+        """Speak ``pcm`` (PCM16 mono at 16 kHz, any length) into the microphone, 20 ms a frame in
+        session time; returns once every whole frame of it has been sent. Audio fed in pieces plays
+        as one stream however it is cut: a piece's last partial frame waits for the next piece, and
+        is completed with silence only if none comes before the microphone's next frame."""
         if self._closed:
             raise RuntimeError("the conversation is closed")
         if len(pcm) % 2:
             raise ValueError("PCM16 audio has an even number of bytes")
         self._pending += pcm
-        self._fed.clear()
-        await self._fed.wait()
+        if len(self._pending) >= FRAME_BYTES:
+            self._fed.clear()
+            await self._fed.wait()
 
     async def listen(self, ms: float) -> None:
         """Let ``ms`` of session time pass with the microphone sending silence: the user says nothing."""
