@@ -104,9 +104,23 @@ def test_wait_for_gives_up_after_its_timeout_in_session_time() -> None:
     async def nothing_said() -> tuple[object, float]:
         async with duplexer.open_session(engines=engines()) as conversation:
             begin = conversation.now_ms
+            await conversation.listen(500)
             found = await conversation.wait_for(events.CommitReply, timeout_ms=2000)
             return found, conversation.now_ms - begin
 
     found, waited_ms = duplexer.run_virtual(nothing_said())  # type: ignore[misc]
-    assert found is None and 2000 <= waited_ms < 2100
+    assert found is None and 2500 <= waited_ms < 2600
     assert asyncio.iscoroutinefunction(duplexer.Conversation.feed)
+
+
+def test_say_has_the_bot_speak_first() -> None:
+    async def greet() -> duplexer.Conversation:
+        async with duplexer.open_session(engines=engines()) as conversation:
+            conversation.say("Hello, how can I help?", reply_id="greeting")
+            assert await conversation.wait_for(events.PlayoutDone, timeout_ms=10_000) is not None
+        return conversation
+
+    conversation = duplexer.run_virtual(greet())
+    assert isinstance(conversation, duplexer.Conversation)
+    assert [e.reply_id for e in conversation.of_kind(events.PlayoutStarted)] == ["greeting"]
+    assert np.abs(conversation.bot_audio()).max() > 1000
