@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "CONVERSATION_EVENTS": "duplexer.sims.conversation",
     "scripted_engines": "duplexer.protocols.engine_factory",
     "real_engines": "duplexer.protocols.engine_factory",
+    "real_pipeline": "duplexer.protocols.engine_factory",
     "EngineFactory": "duplexer.protocols.engine_factory",
     "Engines": "duplexer.actors.engines",
     "PipelineConfig": "duplexer.actors.pipeline",
@@ -67,6 +68,7 @@ __all__ = [
     "preset",
     "read_wav",
     "real_engines",
+    "real_pipeline",
     "run_virtual",
     "score_recording",
     "score_run",
@@ -96,7 +98,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; nothing is imported at 
     from duplexer.actors.pipeline import PipelineConfig
     from duplexer.actors.tool_registry import ToolRegistry
     from duplexer.policies.params import PolicyParams, preset
-    from duplexer.protocols.engine_factory import EngineFactory, real_engines, scripted_engines
+    from duplexer.protocols.engine_factory import EngineFactory, real_engines, real_pipeline, scripted_engines
     from duplexer.protocols.wav import read_wav
     from duplexer.runtime import events
     from duplexer.runtime.clock import run_virtual
