@@ -256,17 +256,15 @@ def summary_table(summary: dict[str, Any]) -> str:
     detector_rows = [(name, m["turn_detector"]) for name, m in rows if "turn_detector" in m]
     if detector_rows:
         eot_header = (
-            f"{'turn detector':34} {'name':>9} {'estimates':>9} {'commit p50':>10} {'silence':>7} "
-            f"{'pause TO':>8} {'silence':>7}"
+            f"{'turn detector':34} {'name':>9} {'estimates':>9} {'commit p50 / silence alone':>26} "
+            f"{'pause TO / silence alone':>24}"
         )
         lines += ["", eot_header, "-" * len(eot_header)]
         for name, d in detector_rows:
             alone = d["silence_alone"]
-            lines.append(
-                f"{name[:34]:34} {d['name']:>9} {d['estimates']:>9} {fmt(d['end_of_turn_commit_ms']['p50']):>10} "
-                f"{fmt(alone['end_of_turn_commit_ms']['p50']):>7} {fmt(d['pause_takeover_rate'], '.2f'):>8} "
-                f"{fmt(alone['pause_takeover_rate'], '.2f'):>7}"
-            )
+            commits = f"{fmt(d['end_of_turn_commit_ms']['p50'])} / {fmt(alone['end_of_turn_commit_ms']['p50'])}"
+            takeovers = f"{fmt(d['pause_takeover_rate'], '.2f')} / {fmt(alone['pause_takeover_rate'], '.2f')}"
+            lines.append(f"{name[:34]:34} {d['name']:>9} {d['estimates']:>9} {commits:>26} {takeovers:>24}")
     return "\n".join(lines)
 
 
