@@ -87,6 +87,14 @@ def steps(draw: st.DrawFn) -> dict[str, Any]:
             if len(said) > 1:
                 pause = {"after_word": draw(st.integers(1, len(said) - 1)), "ms": draw(short_ms)}
                 step["pauses"] = [{**pause, "end_of_turn": draw(probabilities)}]
+        elif draw(st.booleans()):  # speech timed as from a recording, the detector scripted per segment
+            step.pop("duration_ms", None)
+            first_end = draw(short_ms)
+            second_start = first_end + draw(short_ms)  # short_ms is at most 3000: the segment is not empty
+            step["segments"] = [
+                {"start_ms": 0, "end_ms": first_end, "end_of_turn": draw(probabilities)},
+                {"start_ms": second_start, "end_ms": first_end + 3100, "end_of_turn": draw(probabilities)},
+            ]
     elif kind == "backchannel":
         step = {"backchannel": "mm-hmm"}
     elif kind == "noise":

@@ -72,6 +72,27 @@ def test_probabilities_alone_choose_the_scripted_detector_and_reach_the_controll
     assert said.index(0.1) < said.index(0.9)
 
 
+SEGMENTED = """\
+name: s
+script:
+  - say: can you recommend a good book
+    segments:
+      - {start_ms: 0, end_ms: 900, words: [[0, can], [300, you], [600, recommend]], end_of_turn: 0.2}
+      - {start_ms: 1900, end_ms: 2800, words: [[1900, a], [2100, good], [2400, book]], end_of_turn: 0.8}
+"""
+
+
+def test_segments_timed_from_recordings_take_a_probability_each(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(SEGMENTED)
+    run = simulate(load_scenario(path), PolicyParams(), seed=0)
+    said = [e.probability for e in run.events if isinstance(e, EndOfTurnProbability)]
+    assert 0.2 in said and 0.8 in said and said.index(0.2) < said.index(0.8)
+    # p = 0.2 in the 1000 ms gap asks for a long wait: the bot does not take the floor there
+    gap_start, gap_end = run.steps[0].segments[0][1], run.steps[0].segments[1][0]
+    assert not any(gap_start <= a.start_ms < gap_end for a in run.bot_audio)
+
+
 def test_a_pause_without_a_probability_gets_no_opinion(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(
@@ -103,6 +124,14 @@ BAD = {
     "probabilities beside a text detector": (
         "turn_detector: smollm2\n    end_of_turn: 0.9\n",
         "script[0].end_of_turn: only the scripted turn detector reads it",
+    ),
+    "the turn's end given twice": (
+        "    end_of_turn: 0.9\n    segments: [{start_ms: 0, end_ms: 500, end_of_turn: 0.9}]\n",
+        "script[0]: the turn's end_of_turn is given twice",
+    ),
+    "a segment probability above 1": (
+        "    segments: [{start_ms: 0, end_ms: 500, end_of_turn: 2}]\n",
+        "script[0].segments[0].end_of_turn",
     ),
     "a negative detector latency": (
         "engines:\n  turn_detector: {latency_ms: -1}\n",

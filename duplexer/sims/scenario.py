@@ -115,6 +115,9 @@ class Segment(_Strict):
     start_ms: NonNegMs
     end_ms: PositiveMs
     words: Annotated[list[tuple[NonNegMs, Text]], Field(max_length=MAX_LIST_ITEMS)] = []
+    end_of_turn: Probability | None = None
+    """What the scripted turn detector answers once the words through this segment are transcribed
+    (on the last segment: the turn's end, which the step's own ``end_of_turn`` may give instead)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> Segment:
@@ -198,6 +201,8 @@ class Say(_Strict):
         if self.segments is not None:
             if self.pauses or self.duration_ms is not None:
                 raise ValueError("give either segments, or duration_ms/pauses, not both")
+            if self.end_of_turn is not None and self.segments[-1].end_of_turn is not None:
+                raise ValueError("the turn's end_of_turn is given twice: on the step and on its last segment")
             for earlier, later in zip(self.segments, self.segments[1:], strict=False):
                 if later.start_ms < earlier.end_ms:
                     raise ValueError(
@@ -399,6 +404,8 @@ def scripted_end_of_turn(scenario: Scenario) -> list[str]:
         if isinstance(step, Say):
             pauses = enumerate(step.pauses)
             found += [f"script[{i}].pauses[{j}].end_of_turn" for j, p in pauses if p.end_of_turn is not None]
+            segments = enumerate(step.segments or ())
+            found += [f"script[{i}].segments[{j}].end_of_turn" for j, g in segments if g.end_of_turn is not None]
             if step.end_of_turn is not None:
                 found.append(f"script[{i}].end_of_turn")
     return found

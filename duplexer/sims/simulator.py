@@ -291,7 +291,7 @@ class _User:
                     self.timeline.add(SpeechSpan(s, e, in_seg))
                 record.end_ms = record.segments[-1][1]
                 self.replies[step.say.strip()] = _scripted_reply(step.reply) or echo_reply(step.say)
-                self.end_of_turn.update(end_of_turn_script(step))
+                self.end_of_turn.update(end_of_turn_script(step, segs, words))
             elif isinstance(step, Backchannel):
                 record.kind, record.text = "backchannel", step.backchannel
                 record.end_ms = begin + step.duration_ms

@@ -26,16 +26,29 @@ from duplexer.runtime.clock import Clock
 from duplexer.sims.scenario import SCRIPTED_DETECTOR, Say, Scenario, ScenarioError, detector_of
 
 
-def end_of_turn_script(step: Say) -> dict[str, float]:
-    """The step's scripted probabilities, keyed by the transcript (normalized) they answer."""
-    words = step.say.split()
+def end_of_turn_script(
+    step: Say, segments: Sequence[tuple[float, float]], words: Sequence[tuple[float, str]]
+) -> dict[str, float]:
+    """The step's scripted probabilities, keyed by the transcript (normalized) they answer: the words
+    before a pause, the words through a segment, or the whole turn. ``segments`` and ``words`` are the
+    step's speech and word onsets as the simulated user speaks them (a word whose onset lies outside
+    every segment is never heard, so never transcribed)."""
+
+    def heard(through: int) -> str:
+        spans = segments[: through + 1]
+        return normalize_transcript(" ".join(w for t, w in words if any(s <= t < e for s, e in spans)))
+
+    said = step.say.split()
     script = {
-        normalize_transcript(" ".join(words[: pause.after_word])): pause.end_of_turn
+        normalize_transcript(" ".join(said[: pause.after_word])): pause.end_of_turn
         for pause in step.pauses
         if pause.end_of_turn is not None
     }
+    for index, segment in enumerate(step.segments or ()):
+        if segment.end_of_turn is not None:
+            script[heard(index)] = segment.end_of_turn
     if step.end_of_turn is not None:
-        script[normalize_transcript(step.say)] = step.end_of_turn
+        script[heard(len(segments) - 1)] = step.end_of_turn
     return script
 
 
