@@ -124,3 +124,29 @@ def test_say_has_the_bot_speak_first() -> None:
     assert isinstance(conversation, duplexer.Conversation)
     assert [e.reply_id for e in conversation.of_kind(events.PlayoutStarted)] == ["greeting"]
     assert np.abs(conversation.bot_audio()).max() > 1000
+
+
+def test_a_stream_cut_finer_than_a_frame_arrives_whole() -> None:
+    """Audio arriving 10 ms at a time, as from a media pipeline: no silence is slipped into the speech."""
+    speech = question()
+    piece = 320  # 10 ms
+
+    async def stream() -> duplexer.Conversation:
+        async with duplexer.open_session(engines=engines()) as conversation:
+            begin = conversation.now_ms
+            for n, at in enumerate(range(0, len(speech), piece)):
+                await conversation.listen(begin + 10 * n - conversation.now_ms)  # each piece when it is due
+                await conversation.feed(speech[at : at + piece])
+            assert await conversation.wait_for(events.PlayoutDone, timeout_ms=10_000) is not None
+        return conversation
+
+    conversation = duplexer.run_virtual(stream())
+    sent = conversation.user_audio()
+    samples = np.frombuffer(speech, dtype="<i2")
+    first = int(np.flatnonzero(samples)[0])
+    start = int(np.flatnonzero(sent)[0])
+    whole = len(samples) - len(samples) % 320 - first  # the last partial frame waits a tick: the end
+    assert np.array_equal(sent[start : start + whole], samples[first : first + whole])
+    assert [kind for kind, _ in timeline(conversation)] == [
+        kind for kind, _ in timeline(duplexer.run_virtual(converse([speech])))
+    ]
