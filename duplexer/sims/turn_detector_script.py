@@ -14,6 +14,7 @@ end-of-turn silence it waits for (``PolicyParams.effective_end_of_turn_ms``). On
 
 from __future__ import annotations
 
+import atexit
 import functools
 import random
 from collections.abc import Mapping, Sequence
@@ -102,7 +103,9 @@ def text_detector(name: str) -> TextProbability:
         try:
             from duplexer.actors.models.llama_turn_detector import LlamaTurnDetector
 
-            return LlamaTurnDetector()
+            detector = LlamaTurnDetector()
+            atexit.register(detector.close)  # freed while llama.cpp is still loaded, not at teardown
+            return detector
         except (ImportError, RuntimeError, OSError, ValueError) as exc:
             raise ScenarioError(f"turn_detector: {name} cannot be loaded here: {exc}") from None
     raise ScenarioError(f"turn_detector: unknown text detector {name!r}")
