@@ -176,3 +176,26 @@ def test_the_live_text_detector_reads_the_scripted_words(tmp_path: Path, capsys:
     detector = summary["scenarios"]["smollm2"]["turn_detector"]
     assert detector["name"] == "smollm2" and detector["estimates"] > 0 and "smollm2" in table
     assert detector["pause_takeover_rate"] == 0.0 and detector["silence_alone"]["pause_takeover_rate"] == 1.0
+
+
+def test_a_text_detector_that_cannot_load_here_exits_2_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from duplexer.actors.models import llama_turn_detector
+    from duplexer.actors.models.packages import ModelPackageMissing
+    from duplexer.sims.turn_detector_script import text_detector
+
+    def missing(*args: object) -> None:
+        raise ModelPackageMissing("the turn detector needs llama-cpp-python: pip install llama-cpp-python")
+
+    monkeypatch.setattr(llama_turn_detector, "LlamaTurnDetector", missing)
+    text_detector.cache_clear()
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nturn_detector: smollm2\nscript:\n  - say: hello there\n")
+    try:
+        assert main(["sim", str(path), "--report", str(tmp_path / "out"), "--no-plots", "--quiet"]) == 2
+    finally:
+        text_detector.cache_clear()
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"duplexer: error: {path}: turn_detector: smollm2 cannot be loaded")
+    assert "pip install llama-cpp-python" in err

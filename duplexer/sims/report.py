@@ -21,6 +21,7 @@ from duplexer.runtime.untrusted import MAX_NUMBER_DIGITS
 from duplexer.sims.metrics import TurnFacts, latency_saved, per_turn_rows, summarize, turn_facts
 from duplexer.sims.scenario import NO_DETECTOR, Scenario, ScenarioError, collect_scenarios, detector_of, report_name
 from duplexer.sims.simulator import SimRun, policy_for, simulate
+from duplexer.sims.turn_detector_script import load_text_detector
 
 
 class UsageError(ValueError):
@@ -129,6 +130,8 @@ def staged_report(report_dir: Path) -> Iterator[Path]:
 
 def _prepare(paths: Sequence[Path], base: PolicyParams) -> list[tuple[Scenario, PolicyParams]]:
     loaded = collect_scenarios(list(paths))
+    for path, sc in loaded:
+        load_text_detector(sc, str(path))  # a model that cannot load is refused before any run
     return [(sc, policy_for(sc, base, str(path))) for path, sc in loaded]
 
 

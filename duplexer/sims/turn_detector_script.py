@@ -111,6 +111,17 @@ def text_detector(name: str) -> TextProbability:
     raise ScenarioError(f"turn_detector: unknown text detector {name!r}")
 
 
+def load_text_detector(scenario: Scenario, source: str) -> None:
+    """Load the text detector the scenario names, if any, now: one that cannot load here is a
+    ScenarioError naming the file (``source``), not a failure in the middle of the runs."""
+    name = detector_of(scenario)
+    if name is not None and name != SCRIPTED_DETECTOR:
+        try:
+            text_detector(name)
+        except ScenarioError as exc:
+            raise ScenarioError(f"{source}: {exc}") from None
+
+
 def sim_turn_detector(
     scenario: Scenario, clock: Clock, rng: random.Random, script: Mapping[str, float]
 ) -> TurnDetectorEngine | None:
