@@ -150,3 +150,8 @@ def test_a_stream_cut_finer_than_a_frame_arrives_whole() -> None:
     assert [kind for kind, _ in timeline(conversation)] == [
         kind for kind, _ in timeline(duplexer.run_virtual(converse([speech])))
     ]
+
+
+def test_opening_a_session_outside_an_event_loop_says_how_to_run_one() -> None:
+    with pytest.raises(RuntimeError, match=r"asyncio\.run"):
+        duplexer.open_session(engines=engines())

@@ -251,6 +251,13 @@ def open_session(
     (docs/tools.md); ``system_prompt`` replaces the default one. ``events`` are the kinds kept in
     :attr:`Conversation.events`.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "open_session needs a running event loop: call it in async code run by asyncio.run "
+            "(the wall clock) or duplexer.run_virtual (virtual time)"
+        ) from None
     session = Session(session_id=session_id)
     sink = HeardAudio(session)
     built: Engines = (engines or scripted_engines())(session.clock, sink)
