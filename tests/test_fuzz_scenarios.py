@@ -71,15 +71,30 @@ def assert_clean_outcome(code: int, err: str, path: Path) -> None:
 
 words = st.lists(st.sampled_from(["hello", "there", "what", "time", "is", "it", "ok"]), min_size=1, max_size=6)
 short_ms = st.floats(min_value=1.0, max_value=3000.0, allow_nan=False)
+probabilities = st.floats(min_value=0.0, max_value=1.0)
 
 
 @st.composite
 def steps(draw: st.DrawFn) -> dict[str, Any]:
     kind = draw(st.sampled_from(["say", "backchannel", "noise", "silence_ms", "tool"]))
     if kind == "say":
-        step: dict[str, Any] = {"say": " ".join(draw(words))}
+        said = draw(words)
+        step: dict[str, Any] = {"say": " ".join(said)}
         if draw(st.booleans()):
             step["duration_ms"] = draw(short_ms)
+        if draw(st.booleans()):  # what a scripted end-of-turn detector says at the end, and in a pause
+            step["end_of_turn"] = draw(probabilities)
+            if len(said) > 1:
+                pause = {"after_word": draw(st.integers(1, len(said) - 1)), "ms": draw(short_ms)}
+                step["pauses"] = [{**pause, "end_of_turn": draw(probabilities)}]
+        elif draw(st.booleans()):  # speech timed as from a recording, the detector scripted per segment
+            step.pop("duration_ms", None)
+            first_end = draw(short_ms)
+            second_start = first_end + draw(short_ms)  # short_ms is at most 3000: the segment is not empty
+            step["segments"] = [
+                {"start_ms": 0, "end_ms": first_end, "end_of_turn": draw(probabilities)},
+                {"start_ms": second_start, "end_ms": first_end + 3100, "end_of_turn": draw(probabilities)},
+            ]
     elif kind == "backchannel":
         step = {"backchannel": "mm-hmm"}
     elif kind == "noise":
@@ -121,6 +136,9 @@ def valid_scenarios(draw: st.DrawFn) -> dict[str, Any]:
         scenario["engines"] = {"llm": {"ttft_ms": draw(short_ms), "tokens_per_s": 40}, "jitter": 0.1}
     if draw(st.booleans()):
         scenario["policy"] = {"pause_ms": 200}
+    if draw(st.booleans()):  # the cheap detectors only: a real model would load in each example
+        scenario["turn_detector"] = draw(st.sampled_from(["scripted", "none"]))
+        scenario.setdefault("engines", {})["turn_detector"] = {"latency_ms": draw(short_ms)}
     return scenario
 
 
@@ -170,7 +188,18 @@ def mutated(scenario: dict[str, Any], where: tuple[Any, ...], value: Any) -> Any
     return scenario
 
 
-KNOWN_FIELDS = ["at_ms", "gap_ms", "wait_ms", "pauses", "segments", "asr_final_timeout_ms", "registered", "params"]
+KNOWN_FIELDS = [
+    "at_ms",
+    "gap_ms",
+    "wait_ms",
+    "pauses",
+    "segments",
+    "asr_final_timeout_ms",
+    "registered",
+    "params",
+    "end_of_turn",
+    "turn_detector",
+]
 
 
 @st.composite

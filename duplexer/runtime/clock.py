@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import selectors
 import time
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -107,7 +110,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._virtual_time_s += seconds
 
 
-def run_virtual(coro: object) -> object:
-    """Run a coroutine to completion on a fresh virtual-time loop and return its result."""
+def run_virtual(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a fresh virtual-time loop and return its result.
+
+    Virtual time jumps to the next timer whenever every task waits, so only work done on the loop
+    (scripted engines, the actors, the controller) is timed; work in threads (the real models) is not."""
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-        return runner.run(coro)  # type: ignore[arg-type]
+        return runner.run(coro)

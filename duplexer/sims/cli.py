@@ -100,6 +100,9 @@ the table, one row per scenario and ALL (definitions: docs/metrics.md):
   spec s/c/d  speculative replies started / committed / discarded
   commit      speculation commit rate: committed / started
   saved p50   latency saved by speculation: the same turn with it off minus on, ms
+scenarios with an end-of-turn detector add a table: its name, the estimates it gave, and the
+end-of-turn commit p50 (end of the user's speech to the commit, ms) and pause takeover rate, each
+beside the same scenario's with silence alone.
 summary.json also holds every user turn's row (per_turn)."""
 
 

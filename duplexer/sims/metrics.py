@@ -6,7 +6,9 @@ as it was played. What only events know comes from the events:
 
 - speculation: started, committed, discarded, commit rate, discarded tokens;
 - latency saved: the same turn's latency with speculation off minus on, both in one run;
-- engine breakdown: from the end of the user's speech to the first TTS chunk the playout received.
+- engine breakdown: from the end of the user's speech to the first TTS chunk the playout received;
+- end-of-turn commit: from the end of the user's speech to the controller's commit of the answer
+  (the silence its end-of-turn rule waited, plus the VAD's lag): what a turn detector changes.
 
 Tool calls (only in runs that have them): the calls and failures; each call's latency and how
 much of it was hidden behind bot speech; dead air, the total gap in the bot audio of a reply
@@ -26,6 +28,7 @@ from duplexer.policies.reply import RESUMED_AFTER_COMMIT
 from duplexer.runtime.events import (
     CancelReply,
     CommitReply,
+    EndOfTurnProbability,
     ErrorEvent,
     LlmCancelled,
     LlmDone,
@@ -68,6 +71,9 @@ class TurnFacts:
     latencies_ms: dict[int, float] = field(default_factory=dict)  # say-step index -> latency
     barge_in_stops_ms: dict[int, float] = field(default_factory=dict)  # say-step index -> stop latency
     first_chunk_ms: dict[int, float] = field(default_factory=dict)  # say-step index -> engine time to first chunk
+    commit_ms: dict[int, float] = field(default_factory=dict)  # say-step index -> end of speech to commit
+    detector_estimates: int = 0
+    """End-of-turn probabilities the turn detector gave the controller."""
     paused_turns: int = 0
     pause_takeovers: int = 0
     backchannels: int = 0
@@ -114,7 +120,15 @@ def turn_facts(run: SimRun) -> TurnFacts:
     facts.turns = score_turns(turns, bot_speech(run)).turns
     facts.step_of_turn = steps
     chunk_at = {e.reply_id: e.ts_ms for e in reversed(run.events) if isinstance(e, PlayoutStarted)}
-    for index, scored in zip(steps, facts.turns, strict=True):
+    commits = [e.ts_ms for e in run.events if isinstance(e, CommitReply)]
+    facts.detector_estimates = sum(isinstance(e, EndOfTurnProbability) for e in run.events)
+    starts = [t.start_ms for t in facts.turns]
+    for n, (index, scored) in enumerate(zip(steps, facts.turns, strict=True)):
+        if scored.kind == "turn":
+            next_start = min(starts[n + 1 :], default=float("inf"))
+            commit = next((t for t in commits if scored.end_ms <= t < next_start), None)
+            if commit is not None:
+                facts.commit_ms[index] = commit - scored.end_ms
         if scored.kind == "backchannel":
             if scored.backchannel_stopped_bot is not None:
                 facts.backchannels += 1
@@ -205,6 +219,7 @@ def summarize(facts: Sequence[TurnFacts], saved_ms: Sequence[float]) -> dict[str
     return {
         **timing,
         "engine_first_chunk_ms": percentiles(first_chunk, (50,)),
+        "end_of_turn_commit_ms": percentiles([v for f in facts for _, v in sorted(f.commit_ms.items())], (50, 90)),
         "speculation": {
             "started": started,
             "committed": committed,
@@ -247,3 +262,18 @@ def latency_saved(with_spec: TurnFacts, without_spec: TurnFacts) -> list[float]:
     """Per turn answered in both runs: latency with speculation off minus on."""
     shared = sorted(set(with_spec.latencies_ms) & set(without_spec.latencies_ms))
     return [without_spec.latencies_ms[i] - with_spec.latencies_ms[i] for i in shared]
+
+
+def per_turn_rows(facts: TurnFacts) -> list[dict[str, Any]]:
+    """Every user turn's row of ``summary.json``'s ``per_turn``: its scored figures and its end-of-turn commit."""
+    return [
+        {**turn.row(), "end_of_turn_commit_ms": None if (ms := facts.commit_ms.get(step)) is None else round(ms, 1)}
+        for turn, step in zip(facts.turns, facts.step_of_turn, strict=True)
+    ]
+
+
+def score_run(run: SimRun) -> dict[str, Any]:
+    """One simulated run's figures, as ``summary.json`` gives a scenario's (docs/metrics.md), with its
+    turns' rows under ``per_turn``; latency saved needs a second run and is left empty."""
+    facts = turn_facts(run)
+    return {**summarize([facts], []), "per_turn": per_turn_rows(facts)}

@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from duplexer.policies.controller import PolicyParams
 from duplexer.runtime.untrusted import MAX_NUMBER_DIGITS
-from duplexer.sims.metrics import TurnFacts, latency_saved, summarize, turn_facts
-from duplexer.sims.scenario import Scenario, ScenarioError, collect_scenarios, report_name
+from duplexer.sims.metrics import TurnFacts, latency_saved, per_turn_rows, summarize, turn_facts
+from duplexer.sims.scenario import NO_DETECTOR, Scenario, ScenarioError, collect_scenarios, detector_of, report_name
 from duplexer.sims.simulator import SimRun, policy_for, simulate
+from duplexer.sims.turn_detector_script import load_text_detector
 
 
 class UsageError(ValueError):
@@ -132,6 +133,8 @@ def staged_report(report_dir: Path) -> Iterator[Path]:
 
 def _prepare(paths: Sequence[Path], base: PolicyParams) -> list[tuple[Scenario, PolicyParams]]:
     loaded = collect_scenarios(list(paths))
+    for path, sc in loaded:
+        load_text_detector(sc, str(path))  # a model that cannot load is refused before any run
     return [(sc, policy_for(sc, base, str(path))) for path, sc in loaded]
 
 
@@ -159,20 +162,26 @@ def run_scenarios(
     all_facts: list[TurnFacts] = []
     all_saved: list[float] = []
     jobs = [job for sc, params in prepared for job in ((sc, params), (sc, replace(params, speculation=False)))]
+    # A scenario with a turn detector plays a third time with silence alone, the figure it is judged against.
+    jobs += [(silence_alone(sc), params) for sc, params in prepared if detector_of(sc) is not None]
     if runner is None:
         runs = [
             simulate(sc, params, seed) for sc, params in tqdm(jobs, desc="scenarios", disable=not progress, leave=False)
         ]
     else:
         runs = runner(jobs)
+    paired, silence_runs = runs[: 2 * len(prepared)], iter(runs[2 * len(prepared) :])
     with staged_report(report_dir) as stage:
-        for (scenario, _), main, baseline in zip(prepared, runs[0::2], runs[1::2], strict=True):
+        for (scenario, _), main, baseline in zip(prepared, paired[0::2], paired[1::2], strict=True):
             facts, base_facts = turn_facts(main), turn_facts(baseline)
             saved = latency_saved(facts, base_facts)
             per_scenario[scenario.name] = {
                 **summarize([facts], saved),
-                "per_turn": [turn.row() for turn in facts.turns],
+                "per_turn": per_turn_rows(facts),
             }
+            if (name := detector_of(scenario)) is not None:
+                silence = turn_facts(next(silence_runs))
+                per_scenario[scenario.name]["turn_detector"] = detector_block(name, facts, silence)
             all_facts.append(facts)
             all_saved += saved
             if plots:
@@ -185,6 +194,33 @@ def run_scenarios(
         }
         (stage / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def silence_alone(scenario: Scenario) -> Scenario:
+    """The same scenario with no turn detector: silence alone ends its turns."""
+    return scenario.model_copy(update={"turn_detector": NO_DETECTOR})
+
+
+def _round_or_none(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def detector_block(name: str, facts: TurnFacts, silence: TurnFacts) -> dict[str, Any]:
+    """The "turn_detector" block: the end-of-turn figures with the detector and with silence alone."""
+
+    def figures(f: TurnFacts) -> dict[str, Any]:
+        m = summarize([f], [])
+        return {k: m[k] for k in ("end_of_turn_commit_ms", "response_latency_ms", "pause_takeover_rate")}
+
+    return {
+        "name": name,
+        "estimates": facts.detector_estimates,
+        **figures(facts),
+        "silence_alone": {
+            **figures(silence),
+            "per_turn_end_of_turn_commit_ms": [_round_or_none(silence.commit_ms.get(i)) for i in facts.step_of_turn],
+        },
+    }
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -223,6 +259,18 @@ def summary_table(summary: dict[str, Any]) -> str:
                 f"{fmt(t['hidden_share'], '.2f'):>6} {fmt(t['dead_air_ms']['max']):>12} "
                 f"{str(fx['run']) + '/' + str(prevented):>26}"
             )
+    detector_rows = [(name, m["turn_detector"]) for name, m in rows if "turn_detector" in m]
+    if detector_rows:
+        eot_header = (
+            f"{'turn detector':34} {'name':>9} {'estimates':>9} {'commit p50 / silence alone':>26} "
+            f"{'pause TO / silence alone':>24}"
+        )
+        lines += ["", eot_header, "-" * len(eot_header)]
+        for name, d in detector_rows:
+            alone = d["silence_alone"]
+            commits = f"{fmt(d['end_of_turn_commit_ms']['p50'])} / {fmt(alone['end_of_turn_commit_ms']['p50'])}"
+            takeovers = f"{fmt(d['pause_takeover_rate'], '.2f')} / {fmt(alone['pause_takeover_rate'], '.2f')}"
+            lines.append(f"{name[:34]:34} {d['name']:>9} {d['estimates']:>9} {commits:>26} {takeovers:>24}")
     return "\n".join(lines)
 
 

@@ -104,6 +104,9 @@ class Pause(_Strict):
 
     after_word: Annotated[int, Field(strict=True, ge=1, le=MAX_TEXT_CHARS)]
     ms: PositiveMs
+    end_of_turn: Probability | None = None
+    """What the scripted turn detector answers once this pause's words are transcribed: how likely
+    the turn is over there (a researcher's detector, scripted; absent: no opinion, p = 0.5)."""
 
 
 class Segment(_Strict):
@@ -112,6 +115,9 @@ class Segment(_Strict):
     start_ms: NonNegMs
     end_ms: PositiveMs
     words: Annotated[list[tuple[NonNegMs, Text]], Field(max_length=MAX_LIST_ITEMS)] = []
+    end_of_turn: Probability | None = None
+    """What the scripted turn detector answers once the words through this segment are transcribed
+    (on the last segment: the turn's end, which the step's own ``end_of_turn`` may give instead)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> Segment:
@@ -183,6 +189,8 @@ class Say(_Strict):
     segments: Annotated[list[Segment], Field(min_length=1, max_length=MAX_LIST_ITEMS)] | None = None
     reply: Reply | None = None
     """What the scripted LLM answers to this turn (default: an echo); it may call a tool."""
+    end_of_turn: Probability | None = None
+    """What the scripted turn detector answers once the whole turn is transcribed (see Pause)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Say:
@@ -193,6 +201,8 @@ class Say(_Strict):
         if self.segments is not None:
             if self.pauses or self.duration_ms is not None:
                 raise ValueError("give either segments, or duration_ms/pauses, not both")
+            if self.end_of_turn is not None and self.segments[-1].end_of_turn is not None:
+                raise ValueError("the turn's end_of_turn is given twice: on the step and on its last segment")
             for earlier, later in zip(self.segments, self.segments[1:], strict=False):
                 if later.start_ms < earlier.end_ms:
                     raise ValueError(
@@ -272,6 +282,11 @@ class TtsModel(_Strict):
     ms_per_char: PositiveMs = 65.0
 
 
+class TurnDetectorModel(_Strict):
+    latency_ms: NonNegMs = 30.0
+    """From the detector being asked (a transcript, or a pause starting) to its answer."""
+
+
 class EngineModels(_Strict):
     """Latency models of the scripted engines."""
 
@@ -279,14 +294,35 @@ class EngineModels(_Strict):
     asr: AsrModel = AsrModel()
     llm: LlmModel = LlmModel()
     tts: TtsModel = TtsModel()
+    turn_detector: TurnDetectorModel = TurnDetectorModel()
     jitter: Probability = 0.1
     """Relative spread of every latency, drawn from the seeded RNG."""
+
+
+SCRIPTED_DETECTOR = "scripted"
+NO_DETECTOR = "none"
+TEXT_DETECTORS = ("smollm2",)
+"""Text detectors a scenario may name: the live code, reading the scripted words (slow: a real model)."""
+DETECTOR_NAMES = (SCRIPTED_DETECTOR, NO_DETECTOR, *TEXT_DETECTORS)
+
+
+def _detector_name(text: str) -> str:
+    if text not in DETECTOR_NAMES:
+        raise ValueError("must be one of " + ", ".join(DETECTOR_NAMES))
+    return text
+
+
+DetectorName = Annotated[str, Field(strict=True, max_length=64), AfterValidator(_detector_name)]
 
 
 class Scenario(_Strict):
     name: ScenarioName
     description: Text = ""
     engines: EngineModels = EngineModels()
+    turn_detector: DetectorName | None = None
+    """The end-of-turn detector of the run: ``scripted`` answers the steps' ``end_of_turn``
+    probabilities, a text detector's name runs it on the words, ``none`` leaves silence alone.
+    Default: ``scripted`` when a step scripts a probability, else none."""
     policy: dict[Annotated[str, Field(max_length=64)], float | int | bool] = {}
     """Checked against the policy's parameters (names, types, finite values) by :func:`policy_for`."""
     script: Annotated[list[Step], Field(min_length=1, max_length=MAX_LIST_ITEMS)]
@@ -343,6 +379,7 @@ def parse_scenario(data: Any, path: Path) -> Scenario:
         err = exc.errors()[0]
         raise ScenarioError(f"{path}: {_loc(err['loc'])}: {_message(err)}") from None
     _check_anchors(scenario, path)
+    _check_detector(scenario, path)
     _check_tools(scenario, path)
     _check_budget(scenario, path)
     return scenario
@@ -358,6 +395,37 @@ def _check_anchors(scenario: Scenario, path: Path) -> None:
                     f"absolute time {last_at}: times must not go backwards"
                 )
             last_at = step.start.at_ms
+
+
+def scripted_end_of_turn(scenario: Scenario) -> list[str]:
+    """Where the script gives the detector's answer, as field paths (script[0].pauses[1].end_of_turn)."""
+    found = []
+    for i, step in enumerate(scenario.script):
+        if isinstance(step, Say):
+            pauses = enumerate(step.pauses)
+            found += [f"script[{i}].pauses[{j}].end_of_turn" for j, p in pauses if p.end_of_turn is not None]
+            segments = enumerate(step.segments or ())
+            found += [f"script[{i}].segments[{j}].end_of_turn" for j, g in segments if g.end_of_turn is not None]
+            if step.end_of_turn is not None:
+                found.append(f"script[{i}].end_of_turn")
+    return found
+
+
+def detector_of(scenario: Scenario) -> str | None:
+    """The detector the run uses (None: silence alone decides the end of a turn)."""
+    if scenario.turn_detector is not None:
+        return None if scenario.turn_detector == NO_DETECTOR else scenario.turn_detector
+    return SCRIPTED_DETECTOR if scripted_end_of_turn(scenario) else None
+
+
+def _check_detector(scenario: Scenario, path: Path) -> None:
+    """A probability only the scripted detector reads must not sit beside another detector, unread."""
+    scripted = scripted_end_of_turn(scenario)
+    if scripted and scenario.turn_detector in TEXT_DETECTORS:
+        raise ScenarioError(
+            f"{path}: {scripted[0]}: only the scripted turn detector reads it, and turn_detector is "
+            f"{scenario.turn_detector!r}; drop the probabilities or set turn_detector: scripted"
+        )
 
 
 def tool_replies(scenario: Scenario) -> list[tuple[int, ToolReply]]:

@@ -43,6 +43,7 @@ from duplexer.runtime.events import (
     AudioFrame,
     CancelReply,
     CommitReply,
+    EndOfTurnProbability,
     ErrorEvent,
     Event,
     LlmCancelled,
@@ -73,6 +74,7 @@ from duplexer.sims.scenario import (
     ToolReply,
     tool_replies,
 )
+from duplexer.sims.turn_detector_script import end_of_turn_script, sim_turn_detector
 
 SILENT_FRAME = bytes(2 * FRAME_SAMPLES)
 FIRST_STEP_AT_MS = 500.0
@@ -91,6 +93,7 @@ RECORDED_EVENTS: tuple[type[Event], ...] = (
     ToolCallStarted,
     ToolCallDeferred,
     ToolResult,
+    EndOfTurnProbability,
 )
 
 
@@ -244,9 +247,12 @@ class _User:
         watch: _BotWatch,
         sink: RecordingSink,
         replies: dict[str, str | ScriptedToolReply],
+        end_of_turn: dict[str, float] | None = None,
     ) -> None:
         self.scenario, self.timeline, self.clock = scenario, timeline, clock
         self.watch, self.sink, self.replies = watch, sink, replies
+        self.end_of_turn = {} if end_of_turn is None else end_of_turn
+        """The scripted turn detector's answers, each turn's added as it begins."""
         self.steps: list[StepRecord] = []
 
     async def _until(self, t_ms: float) -> None:
@@ -285,6 +291,7 @@ class _User:
                     self.timeline.add(SpeechSpan(s, e, in_seg))
                 record.end_ms = record.segments[-1][1]
                 self.replies[step.say.strip()] = _scripted_reply(step.reply) or echo_reply(step.say)
+                self.end_of_turn.update(end_of_turn_script(step, segs, words))
             elif isinstance(step, Backchannel):
                 record.kind, record.text = "backchannel", step.backchannel
                 record.end_ms = begin + step.duration_ms
@@ -453,6 +460,8 @@ async def _simulate(
             clock, engine_rng(seed_key, "llm"), models.llm.ttft_ms, models.llm.tokens_per_s, models.jitter, text_reply
         )
     engines = _scripted_engines(models, clock, seed_key, timeline, sink, llm)
+    end_of_turn: dict[str, float] = {}
+    engines.turn_detector = sim_turn_detector(scenario, clock, engine_rng(seed_key, "turn_detector"), end_of_turn)
     recorder = session.bus.subscribe("sim-recorder", RECORDED_EVENTS, maxsize=1_000_000)
     actors = start_pipeline(
         session, engines, _pipeline_config(scenario, params), tools=None if tools is None else tools[0]
@@ -468,7 +477,7 @@ async def _simulate(
 
     session.supervisor.spawn(record, "recorder")
     session.supervisor.spawn(lambda: _mic(session), "mic")
-    user = _User(scenario, timeline, clock, watch, sink, replies)
+    user = _User(scenario, timeline, clock, watch, sink, replies, end_of_turn)
     try:
         # The loader bounds max_duration_ms; min() keeps the bound for a scenario built in code.
         budget_ms = min(scenario.max_duration_ms, MAX_SIMULATED_MS)
