@@ -195,6 +195,15 @@ BAD: dict[str, tuple[Any, str]] = {
         {"allow": ["get_weather"], "tools": [tool(parameters={"properties": {"unit": {"type": "string"}}})]},
         "tools[0].parameters: the function needs 'city'",
     ),
+    "an infinite number in a schema": (
+        "allow: []\ntools:\n- {name: a, function: 'm:f', timeout_ms: 5, side_effects: false,\n"
+        "   parameters: {properties: {n: {type: number, default: 1.0e+999}}}}\n",
+        "tools[0].parameters.properties.n.default must be within",
+    ),
+    "a huge integer in a schema": (
+        {"allow": [], "tools": [tool(parameters={"properties": {"n": {"type": "integer", "enum": [10**40]}}})]},
+        "tools[0].parameters.properties.n.enum[0] is out of range",
+    ),
     "YAML aliases": ("a: &x [1, 2]\nb: *x\n", "anchors and aliases are not allowed"),
     "nested too deep": ("allow: " + "[" * 40 + "]" * 40 + "\ntools: []\n", "nested more than"),
     "not UTF-8": (b"allow: [\xff]\n", "not UTF-8"),

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from duplexer.actors.tool_registry import TOOL_NAME_PATTERN, Tool, ToolDefinitionError, ToolRegistry
 from duplexer.actors.tool_schema import SchemaError, fields_from_schema
-from duplexer.runtime.untrusted import MAX_JSON_DEPTH
+from duplexer.runtime.untrusted import MAX_JSON_DEPTH, MAX_NUMBER_DIGITS, UntrustedInputError, finite_number
 
 ENTRY_POINT_GROUP = "duplexer.tools"
 """Where ``entry_point:`` names are looked up: a package declares its tools under this group."""
@@ -177,10 +177,29 @@ def parse_tool_file(data: bytes | str, where: str) -> ToolFile:
     return tool_file_from_mapping(loaded, where)
 
 
+def _check_numbers(value: Any, field: str) -> None:
+    """Every number anywhere (a schema's defaults and enums too) is finite and of bounded size."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_numbers(item, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_numbers(item, f"{field}[{index}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            finite_number(value, field or "(top level)", -(10.0**MAX_NUMBER_DIGITS), 10.0**MAX_NUMBER_DIGITS)
+        except UntrustedInputError as exc:
+            raise ToolConfigError(str(exc)) from None
+
+
 def tool_file_from_mapping(loaded: Any, where: str) -> ToolFile:
     """A tools section already read (a persona's inline ``tools:``), validated."""
     if not isinstance(loaded, Mapping):
         raise ToolConfigError(f"{where}: (top level): expected a mapping with allow and tools")
+    try:
+        _check_numbers(loaded, "")
+    except ToolConfigError as exc:
+        raise ToolConfigError(f"{where}: {exc}") from None
     try:
         return ToolFile.model_validate(loaded)
     except ValidationError as exc:
