@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from duplexer.actors.engines import Message
+from duplexer.actors.tool_calls import StreamPiece, ToolCallChunk
 from duplexer.runtime.logging import get_logger
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
@@ -121,6 +122,8 @@ class RequestRecord:
     outcome: RequestOutcome | None = None
     pieces: int = 0
     """Text pieces streamed (an OpenAI-style stream sends about one token per piece)."""
+    tool_call_pieces: int = 0
+    """Streamed function-call fragments (OpenAI ``delta.tool_calls`` entries)."""
     completion_tokens: int | None = None
     """Tokens the server says it generated, where it says so."""
     prompt_tokens: int | None = None
@@ -226,6 +229,7 @@ class StreamChunk:
     """What one streamed event carried."""
 
     text: str = ""
+    tool_calls: tuple[ToolCallChunk, ...] = ()
     finished: bool = False
     finish_reason: str = ""
     completion_tokens: int | None = None
@@ -325,8 +329,8 @@ class StreamingHttpLlm:
         for entry in mine:
             await entry.client.aclose()
 
-    async def stream(self, messages: Sequence[Message], reply_id: str) -> AsyncIterator[str]:
-        """Stream reply text; closing the iterator closes the connection and aborts the request."""
+    async def stream(self, messages: Sequence[Message], reply_id: str) -> AsyncIterator[StreamPiece]:
+        """Stream reply text and call fragments; closing the iterator closes the connection and aborts the request."""
         request_id = new_request_id(reply_id)
         record = self.stats.begin(request_id, reply_id)
         outcome, error = RequestOutcome.FAILED, ""
@@ -414,7 +418,7 @@ class StreamingHttpLlm:
 
     async def _read(
         self, response: httpx.Response, record: RequestRecord, deadline: float
-    ) -> AsyncGenerator[str, None]:
+    ) -> AsyncGenerator[StreamPiece, None]:
         parser = self.chunk_parser()
         events = sse_data(response.aiter_lines())
         finished = False
@@ -446,6 +450,10 @@ class StreamingHttpLlm:
                         record.first_piece_s = time.monotonic()
                     record.pieces += 1
                     yield chunk.text
+                for call in chunk.tool_calls:
+                    record.first_piece_s = record.first_piece_s or time.monotonic()
+                    record.tool_call_pieces += 1
+                    yield call
                 if chunk.finished:
                     finished = True
                     if chunk.finish_reason == "abort":

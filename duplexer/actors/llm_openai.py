@@ -38,6 +38,7 @@ from duplexer.actors.llm_http_client import (
     resolve_api_key,
 )
 from duplexer.actors.llm_prompt import STOP_STRINGS, render_prompt
+from duplexer.actors.tool_calls import CALL_CLOSE, CALL_OPEN, ToolCallChunk, parse_call_body
 
 OpenAiPromptFormat = Literal["chat", "step-audio"]
 
@@ -61,6 +62,13 @@ class OpenAiLlmConfig:
     request_id_field: str = "rid"
     include_usage: bool = False
     """Ask for token usage in the last chunk (``stream_options.include_usage``); not every server takes it."""
+    tools: tuple[Mapping[str, Any], ...] = ()
+    """OpenAI ``tools`` entries sent with every chat request (a session's registry: ``openai_tools()``);
+    the server streams the model's calls back as ``delta.tool_calls``."""
+    tool_choice: str = "auto"
+    """``auto``, ``required``, ``none`` or one tool's name (forces that call, with a grammar on llama.cpp's
+    server, the only way it streams calls). Asked on a reply's first pass; after a tool result the server
+    chooses (its default), so the reply can go on in words."""
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     """More request fields, sent as they are (``top_p``, ``min_tokens``, ``chat_template_kwargs`` ...)."""
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -77,6 +85,51 @@ class OpenAiLlmConfig:
             raise ValueError(f"openai abort_url {self.abort_url!r} must start with http:// or https://")
 
 
+def openai_tool_choice(choice: str) -> Any:
+    """The request's ``tool_choice``: a mode as it is, a tool's name as the object that forces it."""
+    if choice in ("auto", "required", "none"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def openai_tool_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Chat messages in OpenAI's tool-calling shape.
+
+    The history carries a call as text (``<tool_call>function\nNAME\n{JSON}</tool_call>`` inside an
+    assistant message, whatever format the model used) and each result as a ``tool`` message after it.
+    Here an assistant message's calls become its ``tool_calls`` and each following ``tool`` message
+    gets the matching ``tool_call_id``. Ids are numbered through the conversation, so the same history
+    always gives the same bytes (prefix reuse across speculative requests).
+    """
+    out: list[dict[str, Any]] = []
+    pending: list[str] = []
+    n_calls = 0
+    for role, text in messages:
+        if role == "tool":
+            message: dict[str, Any] = {"role": "tool", "content": text}
+            if pending:
+                message["tool_call_id"] = pending.pop(0)
+            out.append(message)
+            continue
+        if role != "assistant" or CALL_OPEN not in text:
+            out.append({"role": role, "content": text})
+            continue
+        spoken, calls, rest = [], [], text
+        while CALL_OPEN in rest and CALL_CLOSE in rest.split(CALL_OPEN, 1)[1]:
+            before, after = rest.split(CALL_OPEN, 1)
+            body, rest = after.split(CALL_CLOSE, 1)
+            spoken.append(before)
+            parsed = parse_call_body(body)
+            n_calls += 1
+            call_id = f"call_{n_calls}"
+            pending.append(call_id)
+            function = {"name": parsed.name, "arguments": parsed.arguments or "{}"}
+            calls.append({"id": call_id, "type": "function", "function": function})
+        spoken.append(rest)
+        out.append({"role": "assistant", "content": "".join(spoken).strip(), "tool_calls": calls})
+    return out
+
+
 class _OpenAiChunks(ChunkParser):
     def __init__(self, chat: bool) -> None:
         self.chat = chat
@@ -87,7 +140,11 @@ class _OpenAiChunks(ChunkParser):
         if choices:
             choice = choices[0]
             if self.chat:
-                chunk.text = (choice.get("delta") or {}).get("content") or ""
+                delta = choice.get("delta") or {}
+                chunk.text = delta.get("content") or ""
+                calls = delta.get("tool_calls") or []
+                if isinstance(calls, list):
+                    chunk.tool_calls = tuple(ToolCallChunk.from_openai(c) for c in calls if isinstance(c, Mapping))
             else:
                 chunk.text = choice.get("text") or ""
             reason = choice.get("finish_reason")
@@ -129,7 +186,13 @@ class OpenAiLlm(StreamingHttpLlm):
         fields += list(cfg.extra_body.items())
         if self.chat:
             url = f"{self.base_url}/chat/completions"
-            fields.append(("messages", [{"role": role, "content": text} for role, text in messages]))
+            if cfg.tools:
+                fields.append(("tools", [dict(tool) for tool in cfg.tools]))
+                if not messages or messages[-1][0] != "tool":  # a continuation leaves the choice to the server
+                    fields.append(("tool_choice", openai_tool_choice(cfg.tool_choice)))
+                fields.append(("messages", openai_tool_messages(messages)))
+            else:
+                fields.append(("messages", [{"role": role, "content": text} for role, text in messages]))
         else:
             url = f"{self.base_url}/completions"
             fields.append(("stop", list(STOP_STRINGS["step-audio"])))

@@ -21,7 +21,7 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, cast, get_args, get_type_hints
 
 from duplexer.actors.engines import LlmEngine
 from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
@@ -80,10 +80,12 @@ def llm_config_from_mapping(values: Mapping[str, Any]) -> LlmBackendConfig:
 
 def build_llm_engine(config: LlmBackendConfig) -> LlmEngine:
     """The engine for a config; servers are not contacted here (see ``check_health``), an in-process SGLang loads."""
+    # The HTTP engines stream call fragments beside text (ToolCallingLlmEngine), which LlmActor takes;
+    # Engines.llm is typed for text-only engines.
     if config.backend == "openai":
-        return OpenAiLlm(config.openai)
+        return cast(LlmEngine, OpenAiLlm(config.openai))
     if config.backend == "sglang-server":
-        return SglangServerLlm(config.sglang_server)
+        return cast(LlmEngine, SglangServerLlm(config.sglang_server))
     if config.backend == "sglang":
         engine = SglangInProcessLlm(config.sglang)
         engine.start()

@@ -40,6 +40,7 @@ from duplexer.actors.llm_http_client import (
     absorb_usage,
     new_request_id,
 )
+from duplexer.actors.llm_openai import openai_tool_messages
 from duplexer.actors.llm_prompt import PROMPT_FORMATS, render_prompt
 from duplexer.actors.llm_sglang_client import TEXT_MODES, SglangChunks, TextMode, sampling_params
 from duplexer.actors.models.packages import ModelPackageMissing
@@ -63,6 +64,9 @@ class SglangEngineConfig:
     temperature: float = 0.3
     text_mode: TextMode = "auto"
     sampling_params: Mapping[str, Any] = field(default_factory=dict)
+    tools: tuple[Mapping[str, Any], ...] = ()
+    """OpenAI ``tools`` entries, given to the model's chat template (``prompt_format="model"``) with the
+    history's calls and results in OpenAI's shape; the model writes its calls as text (``<tool_call>``)."""
     timeouts: Timeouts = field(default_factory=Timeouts)
     """``first_token_s`` and ``stall_s`` apply; the others are for servers."""
 
@@ -75,6 +79,8 @@ class SglangEngineConfig:
             raise ValueError(f"sglang text_mode {self.text_mode!r} is not one of {', '.join(TEXT_MODES)}")
         if self.max_new_tokens < 1:
             raise ValueError(f"sglang max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.tools and self.prompt_format != "model":
+            raise ValueError("sglang tools go through the model's chat template: set prompt_format to model")
 
 
 def import_sglang() -> Any:
@@ -120,6 +126,10 @@ class SglangInProcessLlm:
             raise ValueError(
                 "the engine has no tokenizer (skip_tokenizer_init?); set prompt_format to chatml or step-audio"
             )
+        if self.config.tools:
+            chat = openai_tool_messages(messages)
+            tools = [dict(tool) for tool in self.config.tools]
+            return str(tokenizer.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=True))
         chat = [{"role": role, "content": text} for role, text in messages]
         return str(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
 

@@ -37,6 +37,8 @@ class PipelineConfig:
     tts: TtsParams = field(default_factory=TtsParams)
     playout: PlayoutParams = field(default_factory=PlayoutParams)
     tools: ToolParams = field(default_factory=ToolParams)
+    tool_registry: ToolRegistry | None = None
+    """The tools a session may call (``--tools FILE`` or a persona's): used when none is passed in."""
     tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
     turn_detector: TurnDetectorParams = field(default_factory=TurnDetectorParams)
 
@@ -56,6 +58,7 @@ def pipeline_specs(
     turn-detector actor (on the ``turn_detector`` engine) tunes the end-of-turn wait.
     """
     cfg = config or PipelineConfig()
+    tools = tools if tools is not None else cfg.tool_registry
     if tools is not None and context is None:
         # Past rounds stay in the prompt: a follow-up ("and tomorrow?") needs the earlier results.
         context = ContextManager(system_prompt=DEFAULT_SYSTEM_PROMPT + "\n\n" + tools.prompt(), recent_replies=None)

@@ -117,8 +117,29 @@ def _check_arguments(arguments: str) -> str:
     return ""
 
 
+def _parse_json_body(body: str) -> ParsedToolCall:
+    """Hermes/Qwen chat templates' body: ``{"name": ..., "arguments": {...}}``."""
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        return ParsedToolCall("", body, "step_audio", f"the call is not valid JSON ({exc.msg} at character {exc.pos})")
+    name = value.get("name") if isinstance(value, dict) else None
+    if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
+        return ParsedToolCall("", body, "step_audio", 'a JSON call needs {"name": ..., "arguments": {...}}')
+    arguments = value.get("arguments", {})
+    if isinstance(arguments, str):  # some models write the arguments as a JSON string
+        return ParsedToolCall(name, arguments, "step_audio", _check_arguments(arguments))
+    return ParsedToolCall(name, json.dumps(arguments), "step_audio", _check_arguments(json.dumps(arguments)))
+
+
 def parse_call_body(body: str) -> ParsedToolCall:
-    """The inside of ``<tool_call>...</tool_call>``: ``function``, the name, the JSON arguments."""
+    """The inside of ``<tool_call>...</tool_call>``: ``function``, the name, the JSON arguments.
+
+    A body that is a JSON object instead is the Hermes/Qwen form (what models given ``tools``
+    through their own chat template write): ``{"name": "get_weather", "arguments": {"city": "Paris"}}``.
+    """
+    if body.strip().startswith("{"):
+        return _parse_json_body(body.strip())
     lines = body.strip().split("\n", 2)
     if len(lines) < 2 or lines[0].strip() != CALL_KIND:
         return ParsedToolCall(
@@ -196,7 +217,10 @@ class OpenAiToolCallAssembler:
 
     def feed(self, chunk: ToolCallChunk) -> None:
         partial = self._calls.setdefault(chunk.index, _PartialCall())
-        partial.name += chunk.name
+        # A name may come in pieces before the arguments; llama-cpp-python's server repeats the whole
+        # name beside every piece of the arguments, which is a repeat, not more of the name.
+        if not (partial.arguments and chunk.name == partial.name):
+            partial.name += chunk.name
         partial.arguments += chunk.arguments
 
     def finish(self) -> list[ParsedToolCall]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from duplexer.actors.engines import Message
 from duplexer.actors.llm_http_client import Timeouts
 from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
+from duplexer.actors.tool_calls import StreamPiece
 from duplexer.bench.llm_serving import local_llama_server
 from duplexer.bench.log import add_log_arguments, append_benchmark, format_table, log_path_from_args
 from duplexer.cli_support import positive_int
@@ -59,7 +60,7 @@ SERVER_START_TIMEOUT_S = 60.0
 OBSERVE_TIMEOUT_S = 20.0
 DISCONNECT_LINE = "Disconnected from client"
 
-StreamFn = Callable[[Sequence[Message], str], AsyncIterator[str]]
+StreamFn = Callable[[Sequence[Message], str], AsyncIterator[StreamPiece]]
 
 
 @dataclass
@@ -79,7 +80,9 @@ def prompts(n: int) -> list[list[Message]]:
     return [[("system", SYSTEM), ("user", QUESTIONS[i % len(QUESTIONS)])] for i in range(n)]
 
 
-async def timed_reply(stream: AsyncIterator[str], stop_after: int | None = None) -> tuple[float | None, list[float]]:
+async def timed_reply(
+    stream: AsyncIterator[StreamPiece], stop_after: int | None = None
+) -> tuple[float | None, list[float]]:
     """Time to first piece and the arrival time of every piece (relative to the start); closes the stream."""
     start, stamps = time.monotonic(), []
     try:
@@ -170,7 +173,7 @@ async def _disconnect_seen_at(log_path: Path, before: int) -> float | None:
     return None
 
 
-async def _first_piece_at(stream: AsyncIterator[str]) -> float | None:
+async def _first_piece_at(stream: AsyncIterator[StreamPiece]) -> float | None:
     """When the first piece arrived; reads the (one-token) reply to its end, so the server logs no disconnect."""
     first = None
     try:

@@ -33,6 +33,7 @@ from duplexer.actors.engines import Message
 from duplexer.actors.llm_http_client import StreamingHttpLlm, Timeouts
 from duplexer.actors.llm_openai import OpenAiLlm, OpenAiLlmConfig
 from duplexer.actors.llm_sglang_client import SglangServerConfig, SglangServerLlm
+from duplexer.actors.tool_calls import StreamPiece
 from duplexer.bench.log import add_log_arguments, append_benchmark, log_path_from_args
 from duplexer.runtime.console import say
 
@@ -55,13 +56,13 @@ class Figures:
     next_after_cancel_s: list[float] = field(default_factory=list)
 
 
-async def _first_pieces(stream: AsyncIterator[str], n_pieces: int | None) -> tuple[list[str], float | None]:
-    """Take ``n_pieces`` (None: all) and close the stream; also the time to the first piece."""
+async def _first_pieces(stream: AsyncIterator[StreamPiece], n_pieces: int | None) -> tuple[list[str], float | None]:
+    """Take ``n_pieces`` (None: all) and close the stream; also the time to the first piece (text pieces kept)."""
     start, first, pieces = time.monotonic(), None, []
     async for piece in stream:
         if first is None:
             first = time.monotonic() - start
-        pieces.append(piece)
+        pieces.append(piece if isinstance(piece, str) else "")
         if len(pieces) == n_pieces:
             break
     await stream.aclose()  # type: ignore[attr-defined]

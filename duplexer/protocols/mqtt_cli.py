@@ -86,8 +86,11 @@ async def _serve(bridge: Any, preflight: Any) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from duplexer.actors.engine_choice import chosen_engines, with_engines
     from duplexer.actors.pipeline import PipelineConfig
+    from duplexer.actors.tool_config import registry_from_args
     from duplexer.protocols.engine_factory import EnginesUnavailable, real_engines, real_pipeline, scripted_engines
     from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
     from duplexer.protocols.mqtt_bridge import BridgeConfig, MqttBridge
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         tokens = load_device_tokens(args.device_tokens) if args.device_tokens is not None else None
         base_policy = chosen_policy(args)
         share_request(args)  # checked here too, so every bad option stops the command before Ray starts
+        tools = registry_from_args(args)
     except ValueError as exc:
         return fail(str(exc))
     if args.device_id is not None and not valid_device_id(args.device_id):
@@ -149,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
         topics=topics,
         device_id=args.device_id,
         bridge_id=args.bridge_id,
-        pipeline=real_pipeline(policy) if args.engines == "real" else PipelineConfig(policy=policy),
+        pipeline=replace(
+            real_pipeline(policy) if args.engines == "real" else PipelineConfig(policy=policy), tool_registry=tools
+        ),
         make_session=executor.make_session,
         device_idle_timeout_s=args.device_idle_timeout,
         device_messages_per_s=args.device_rate_limit,
@@ -164,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
+    from duplexer.actors.tool_config import add_tools_argument
+
     mqtt = commands.add_parser(
         "mqtt",
         help="bridge an MQTT broker to sessions, one per device (robots, IoT)",
@@ -233,6 +241,7 @@ def register(commands: Any) -> None:
         "carry its token, else it gets error unauthorized and no session (see docs/mqtt.md)",
     )
     mqtt.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
+    add_tools_argument(mqtt)
     add_transport_executor_arguments(mqtt)
     add_policy_argument(mqtt)
     add_engine_arguments(mqtt)

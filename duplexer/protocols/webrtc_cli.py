@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     from duplexer.actors.engine_choice import chosen_engines, with_engines
     from duplexer.actors.pipeline import PipelineConfig
+    from duplexer.actors.tool_config import registry_from_args
     from duplexer.protocols.engine_factory import (
         EnginesUnavailable,
         preload_real_models,
@@ -95,9 +96,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--connect-timeout and --media-timeout must be positive seconds")
         share_request(args)  # checked here too, so every bad option stops the command before Ray starts
         settings = CallSettings(
-            pipeline=real_pipeline(chosen_policy(args))
-            if args.engines == "real"
-            else PipelineConfig(policy=chosen_policy(args)),
+            pipeline=replace(
+                real_pipeline(chosen_policy(args))
+                if args.engines == "real"
+                else PipelineConfig(policy=chosen_policy(args)),
+                tool_registry=registry_from_args(args),
+            ),
             connect_timeout_s=args.connect_timeout,
             media_timeout_s=args.media_timeout,
             debug=args.debug,
@@ -153,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
+    from duplexer.actors.tool_config import add_tools_argument
+
     serve = commands.add_parser(
         "serve",
         help="serve live calls from a browser over WebRTC",
@@ -231,6 +237,7 @@ def register(commands: Any) -> None:
         help="keep each call's messages and accept the page's received log (GET /calls, /calls/ID)",
     )
     serve.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
+    add_tools_argument(serve)
     add_transport_executor_arguments(serve)
     add_policy_argument(serve)
     add_engine_arguments(serve)

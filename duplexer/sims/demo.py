@@ -20,6 +20,7 @@ import numpy as np
 from duplexer.actors.context import ContextManager
 from duplexer.actors.engines import AudioSink
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
+from duplexer.actors.tool_registry import ToolRegistry
 from duplexer.actors.tts import TtsParams
 from duplexer.policies.controller import PolicyParams
 from duplexer.protocols.engine_factory import real_pipeline
@@ -99,10 +100,12 @@ def build_user_side(
     return scenario, clips
 
 
-def demo_config(persona: Persona | None, policy: PolicyParams | None = None) -> PipelineConfig:
-    """Real models' settings, with ``policy`` (the default policy when None)."""
+def demo_config(
+    persona: Persona | None, policy: PolicyParams | None = None, tools: ToolRegistry | None = None
+) -> PipelineConfig:
+    """Real models' settings, with ``policy`` (the default policy when None) and the session's ``tools``."""
     tts = TtsParams(default_instructions=persona.tts_instructions if persona else ())
-    return real_pipeline(policy or PolicyParams(), tts)
+    return replace(real_pipeline(policy or PolicyParams(), tts), tool_registry=tools)
 
 
 def _reply_for_step(run: SimRun, index: int) -> str | None:
@@ -287,12 +290,13 @@ async def run_demo(
     turns: Sequence[DemoTurn] = DEMO_TURNS,
     speculation_first: bool = True,
     policy: PolicyParams | None = None,
+    tools: ToolRegistry | None = None,
 ) -> tuple[LiveRun, LiveRun | None, list[dict[str, Any]], dict[str, Any]]:
     """The demo conversation with speculation on and, with ``compare``, off; ``speculation_first``
     says which runs first (a benchmark alternates it, so neither run always meets the warmer caches)."""
     greeting = persona.greeting if persona else ""
     scenario, clips = build_user_side(synthesize, turns, after_greeting=bool(greeting))
-    config = demo_config(persona, policy)
+    config = demo_config(persona, policy, tools)
     prompt = persona.system_prompt if persona else None
 
     async def live(speculation: bool) -> LiveRun:

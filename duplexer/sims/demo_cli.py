@@ -17,6 +17,11 @@ def _persona(path: Path | None) -> Any:
     return load_persona(path) if path else None
 
 
+def _registry(args: argparse.Namespace) -> Any:
+    toolset = getattr(args, "toolset", None)
+    return toolset.registry if toolset is not None else None
+
+
 def demo_engines(args: argparse.Namespace | None = None) -> tuple[Any, Any]:
     """Load the real models once; returns (engine factory, user-voice synthesizer).
 
@@ -31,9 +36,18 @@ def demo_engines(args: argparse.Namespace | None = None) -> tuple[Any, Any]:
     models = load_models()
     server_llm = None
     if args is not None and getattr(args, "llm", "local") in LLM_BACKENDS and args.llm != "local":
+        from dataclasses import replace
+
         from duplexer.actors.llm_select import build_llm_engine, llm_config_from_args
 
-        server_llm = build_llm_engine(llm_config_from_args(args))
+        config = llm_config_from_args(args)
+        toolset = getattr(args, "toolset", None)
+        if toolset is not None:  # OpenAI-compatible servers get the tools in each request
+            tools = tuple(toolset.openai_tools())
+            config = replace(config, openai=replace(config.openai, tools=tools, tool_choice=toolset.tool_choice))
+            if config.sglang.prompt_format == "model":  # in-process SGLang: the model's template shows them
+                config = replace(config, sglang=replace(config.sglang, tools=tools))
+        server_llm = build_llm_engine(config)
 
     def make_engines(clock: Any, sink: Any) -> Any:
         engines = build_engines(clock, sink)
@@ -52,13 +66,16 @@ def demo_engines(args: argparse.Namespace | None = None) -> tuple[Any, Any]:
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The persona and the loaded models: (persona or None, engine factory, user-voice synthesizer).
 
+    Sets ``args.toolset``: the tools of ``--tools FILE``, else the persona's (or None).
     Raises ModelPackageMissing, PersonaError or ValueError, each with a one-line message.
     """
     from duplexer.actors.engine_choice import chosen_engines
     from duplexer.actors.llm_select import LLM_BACKENDS
+    from duplexer.actors.tool_config import load_tools
 
     persona = _persona(args.persona)
     chosen_engines(args, LLM_BACKENDS)  # a bad engine name stops the command before any model loads
+    args.toolset = load_tools(args.tools) if args.tools else (persona.toolset() if persona else None)
     progress("loading models (Silero VAD, Whisper tiny.en, SmolLM2-135M, Piper joe)...")
     make_engines, synthesize = demo_engines(args)
     return persona, make_engines, synthesize
@@ -78,7 +95,7 @@ def _demo(args: argparse.Namespace) -> int:
         return fail(str(exc))
     progress("running the conversation in real time, with speculation on, then off...")
     on, _, records, summary = asyncio.run(
-        run_demo(make_engines, synthesize, persona, compare=not args.no_compare, policy=policy)
+        run_demo(make_engines, synthesize, persona, compare=not args.no_compare, policy=policy, tools=_registry(args))
     )
     write_outputs(args.out, "demo", on, records, summary)
     say(table(records, summary))
@@ -112,7 +129,7 @@ def _talk(args: argparse.Namespace) -> int:
         persona, make_engines, _ = _setup(args)
     except (WavError, ModelPackageMissing, PersonaError, ValueError) as exc:
         return fail(str(exc))
-    config = demo_config(persona, chosen_policy(args))
+    config = demo_config(persona, chosen_policy(args), _registry(args))
     prompt = persona.system_prompt if persona else None
     run = asyncio.run(run_live(scenario, clips, make_engines, config, prompt, recording=pcm))
     records = turn_records(run, None)
@@ -150,7 +167,7 @@ def _talk_mic(args: argparse.Namespace) -> int:
         prompt = persona.system_prompt if persona else None
         greeting = persona.greeting if persona else ""
         try:
-            config = demo_config(persona, chosen_policy(args))
+            config = demo_config(persona, chosen_policy(args), _registry(args))
             run = asyncio.run(talk_live(devices, make_engines, config, prompt, greeting))
         except MicrophoneUnavailable as exc:
             return fail(str(exc))
@@ -167,6 +184,7 @@ def _talk_mic(args: argparse.Namespace) -> int:
 def register(commands: Any) -> None:
     from duplexer.actors.engine_choice import add_engine_arguments
     from duplexer.actors.llm_select import add_llm_arguments
+    from duplexer.actors.tool_config import add_tools_argument
     from duplexer.protocols.wav import WAV_LIMITS
 
     demo = commands.add_parser(
@@ -185,6 +203,7 @@ def register(commands: Any) -> None:
     add_policy_argument(demo)
     add_llm_arguments(demo)
     add_engine_arguments(demo)
+    add_tools_argument(demo)
     demo.set_defaults(handler=_demo)
 
     talk = commands.add_parser(
@@ -218,4 +237,5 @@ def register(commands: Any) -> None:
     add_policy_argument(talk)
     add_llm_arguments(talk)
     add_engine_arguments(talk)
+    add_tools_argument(talk)
     talk.set_defaults(handler=_talk)
