@@ -5,8 +5,14 @@ MQTT conversation through mosquitto; the metrics port's token and its answers to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
+import signal
+import socket
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +27,7 @@ from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.protocols.webrtc_client import WebRtcCaller
 from duplexer.runtime.logging import configure_logging
 from duplexer.runtime.turn_timing import STAGES
-from tests.conftest import fuzz_settings, run
+from tests.conftest import REPO, fuzz_settings, run
 from tests.mqtt_broker import LONG_REPLY, device, running_bridge
 from tests.mqtt_broker import speech as phrase
 from tests.observed import Samples, in_memory_tracer, scrape, scrape_until, traces, turn_and_stages, value
@@ -247,3 +253,64 @@ def test_bad_observability_options_exit_2_naming_the_option(
     assert cli_main([command, *base, *args]) == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize("command", ["serve", "mqtt"])
+def test_the_commands_serve_metrics_on_their_own_port_behind_the_token_from_the_environment(
+    command: str, broker: LoopbackBroker, tmp_path: Path
+) -> None:
+    metrics_port = _free_port()
+    if command == "serve":
+        argv = ["serve", "--port", str(_free_port())]
+        env = {**os.environ, "DUPLEXER_TOKEN": TOKEN}
+    else:
+        argv = ["mqtt", "--broker", broker.url, "--all-devices"]
+        env = {**os.environ, "DUPLEXER_METRICS_TOKEN": TOKEN}
+    log = tmp_path / "command.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "duplexer.cli", *argv, "--engines", "scripted", "--metrics-port", str(metrics_port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    async def probe() -> tuple[int, Samples]:
+        for _ in range(300):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with aiohttp.ClientSession() as http, http.get(url) as response:
+                    refused = response.status
+                return refused, await scrape(url, TOKEN)
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"duplexer {command} did not serve /metrics: {log.read_text()[-2000:]}")
+
+    try:
+        refused, samples = run(probe(), timeout_s=45)
+        assert refused == 401
+        assert value(samples, "duplexer_sessions_total") == 0
+        assert ("duplexer_turns_total", (("outcome", "done"),)) in samples
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0, log.read_text()[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_metrics_port_already_taken_exits_2_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["serve", "--engines", "scripted", "--port", "0", "--metrics-port", str(port), "--log-level", "ERROR"]
+        assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port} for /metrics" in err and "--metrics-port" in err

@@ -4,7 +4,12 @@ OTLP endpoint option; driven with event sequences as a session's bus carries the
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given
@@ -27,7 +32,7 @@ from duplexer.runtime.events import (
 from duplexer.runtime.observability import Observability
 from duplexer.runtime.session import Session
 from duplexer.runtime.turn_timing import STAGES, TurnTiming
-from duplexer.runtime.turn_tracing import traces_endpoint
+from duplexer.runtime.turn_tracing import otlp_tracer, traces_endpoint
 from tests.conftest import fuzz_settings
 from tests.observed import in_memory_tracer, traces, turn_and_stages
 
@@ -157,3 +162,83 @@ def test_any_otlp_endpoint_text_is_a_url_or_a_one_line_error_naming_the_option(t
         assert str(exc).startswith("--otlp-endpoint") and "\n" not in str(exc).replace(text, "")
     else:
         assert url is not None and url.startswith(("http://", "https://")) and url.endswith("/v1/traces")
+
+
+def test_with_tracing_off_opentelemetry_is_never_imported() -> None:
+    script = (
+        "import sys, asyncio\n"
+        "from duplexer.protocols.metrics_endpoint import ObservabilitySettings\n"
+        "from duplexer.protocols.engine_factory import scripted_engines\n"
+        "from duplexer.protocols.webrtc_server import ServerConfig, WebRtcServer\n"
+        "from duplexer.runtime.turn_tracing import otlp_tracer\n"
+        "async def main():\n"
+        "    assert otlp_tracer(None, {}) is None\n"
+        "    server = WebRtcServer(ServerConfig(port=0, observability=ObservabilitySettings(metrics_port=0)),"
+        " scripted_engines())\n"
+        "    await server.start(); await server.stop()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    """A stand-in OTLP/HTTP collector: keeps each export request's body."""
+
+    bodies: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.bodies.append((self.path, body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_with_an_otlp_endpoint_each_turn_goes_to_the_collector_as_one_trace_with_its_stages() -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=collector.serve_forever, daemon=True)
+    thread.start()
+    try:
+        tracer = otlp_tracer(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_port}"})
+        assert tracer is not None
+        timing = TurnTiming(
+            session_id="s1",
+            turn_id=3,
+            reply_id="t3-r1",
+            speculative=True,
+            outcome="done",
+            reply_started_ms=1200.0,
+            ended_ms=4000.0,
+            speech_end_ms=1000.0,
+            asr_final_ms=1100.0,
+            first_token_ms=1400.0,
+            first_audible_ms=1700.0,
+        )
+        tracer.turn_ended(timing, clock_now_ms=4000.0)
+        tracer.shutdown()  # sends what is batched
+    finally:
+        collector.shutdown()
+    paths = {path for path, _ in _Collector.bodies}
+    assert paths == {"/v1/traces"}
+    spans = []
+    for _, body in _Collector.bodies:
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+            assert service == "duplexer"
+            spans += [span for scope in resource_spans.scope_spans for span in scope.spans]
+    assert sorted(span.name for span in spans) == sorted(["turn", "asr", "llm", "audio", "playout"])
+    assert len({span.trace_id for span in spans}) == 1
+    by_name = {span.name: span for span in spans}
+    assert by_name["llm"].end_time_unix_nano - by_name["llm"].start_time_unix_nano == 300_000_000
+    assert all(by_name[name].parent_span_id == by_name["turn"].span_id for name in ("asr", "llm", "audio", "playout"))
