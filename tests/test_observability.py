@@ -106,7 +106,9 @@ def test_after_a_webrtc_call_metrics_count_the_turn_and_its_latency_and_a_trace_
         assert value(after, "duplexer_stage_latency_seconds_count", stage=stage) == 1, stage
     stages_s = sum(value(after, "duplexer_stage_latency_seconds_sum", stage=stage) for stage in STAGES)
     assert stages_s == pytest.approx(latency_s, abs=0.001)  # the stages add up to what the caller heard
-    assert value(after, "duplexer_stage_latency_seconds_sum", stage="llm") >= 0.2  # the scripted LLM's first token
+    assert (
+        value(after, "duplexer_stage_latency_seconds_sum", stage="llm") > 0
+    )  # the scripted LLM waits for its first token
     assert value(after, "duplexer_errors_total", surface="webrtc", kind="401") == 0
 
     (turn,) = assert_every_turn_traced_with_its_stages(exporter, turns=1)
@@ -264,13 +266,14 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("command", ["serve", "mqtt"])
 def test_the_commands_serve_metrics_on_their_own_port_behind_the_token_from_the_environment(
-    command: str, broker: LoopbackBroker, tmp_path: Path
+    command: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     metrics_port = _free_port()
     if command == "serve":
         argv = ["serve", "--port", str(_free_port())]
         env = {**os.environ, "DUPLEXER_TOKEN": TOKEN}
     else:
+        broker: LoopbackBroker = request.getfixturevalue("broker")  # mosquitto only where it is needed
         argv = ["mqtt", "--broker", broker.url, "--all-devices"]
         env = {**os.environ, "DUPLEXER_METRICS_TOKEN": TOKEN}
     log = tmp_path / "command.log"
