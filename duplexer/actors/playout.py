@@ -30,6 +30,9 @@ from duplexer.runtime.events import (
     TtsDone,
 )
 
+UNDERRUN_METRIC = "playout.underrun"
+"""The session counter of gaps in a playing reply's audio (the service metrics export it)."""
+
 
 @dataclass(frozen=True)
 class PlayoutParams:
@@ -127,7 +130,7 @@ class PlayoutActor(Actor):
                 if buf is not None and buf.played_ms > 0 and not self.paused and not buf.starved:
                     buf.starved = True  # one underrun per gap, however often we are woken
                     self.underruns += 1
-                    self.ctx.metrics.incr("playout.underrun")
+                    self.ctx.metrics.incr(UNDERRUN_METRIC)
                 self.wake.clear()
                 await self.wake.wait()
                 next_frame_ms = None

@@ -47,6 +47,7 @@ import aiomqtt
 from duplexer.actors.pipeline import PipelineConfig
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.inbound_audio import DEFAULT_REORDER_WINDOW_FRAMES, MAX_CONCEAL_MS
+from duplexer.protocols.metrics_endpoint import ObservabilitySettings, ObservedService
 from duplexer.protocols.mqtt_connection import Backoff, BrokerSettings, is_auth_failure, make_client
 from duplexer.protocols.mqtt_guard import (
     DEFAULT_DEVICE_BURST_MESSAGES,
@@ -127,6 +128,8 @@ class BridgeConfig:
     Ray processes with the bridge's engine factory."""
     ready_timeout_s: float = 120.0
     """How long a Ray session's hosts may take to start before the session is given up."""
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    """The /metrics port and the tracer; off by default."""
 
 
 MAX_GATE_KEY_CHARS = 80
@@ -174,6 +177,7 @@ class MqttBridge:
         self.counters: Counter[str] = Counter()
         self.error_counts = ErrorCounts()
         """Every message refused, by error code, across devices (links come and go; this stays)."""
+        self.observed = ObservedService(self.config.observability, "mqtt", self.error_counts)
         self.log = get_logger(component="mqtt_bridge", bridge_id=self.config.bridge_id)
         self.connected = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -211,7 +215,9 @@ class MqttBridge:
     # -- running
 
     async def run(self) -> None:
-        """Serve until :meth:`request_stop`; raises BrokerLoginRefused if the first login is refused."""
+        """Serve until :meth:`request_stop`; raises BrokerLoginRefused if the first login is refused,
+        MetricsPortTaken if the metrics endpoint cannot listen."""
+        await self.observed.start()
         housekeeper = asyncio.create_task(self._housekeep_forever(), name="mqtt-housekeeping")
         try:
             await self._connect_forever()
@@ -221,6 +227,7 @@ class MqttBridge:
             await self._stop_sessions("bridge_stopped")
             tasks = list(self._tasks)
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.observed.stop()
             self.log.info("mqtt_bridge_stopped", errors=self.error_counts.as_dict())
 
     async def _connect_forever(self) -> None:

@@ -19,6 +19,7 @@ from duplexer.protocols.mqtt_guard import (
     DEFAULT_DEVICE_MESSAGES_PER_S,
     load_device_tokens,
 )
+from duplexer.protocols.observability_cli import add_observability_arguments
 
 PASSWORD_ENV = "DUPLEXER_MQTT_PASSWORD"
 IDLE_TIMEOUT_RANGE_S = (1.0, 86_400.0)
@@ -64,6 +65,7 @@ class _DiscardSink:
 
 async def _serve(bridge: Any, preflight: Any) -> str | None:
     """Run the bridge until SIGINT/SIGTERM; a one-line error for the user, or None."""
+    from duplexer.protocols.metrics_endpoint import MetricsPortTaken
     from duplexer.protocols.mqtt_bridge import BrokerLoginRefused
     from duplexer.runtime.clock import LoopClock
 
@@ -77,7 +79,7 @@ async def _serve(bridge: Any, preflight: Any) -> str | None:
         loop.add_signal_handler(signum, bridge.request_stop)
     try:
         await bridge.run()
-    except BrokerLoginRefused as exc:
+    except (BrokerLoginRefused, MetricsPortTaken) as exc:
         return str(exc)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from duplexer.protocols.mqtt_connection import broker_settings
     from duplexer.protocols.mqtt_link import policy_with
     from duplexer.protocols.mqtt_topics import Topics, WireError, valid_device_id
+    from duplexer.protocols.observability_cli import observability_settings
     from duplexer.runtime.logging import configure_logging
 
     try:
@@ -107,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         overrides = parse_policy_sets(args.set)
         tokens = load_device_tokens(args.device_tokens) if args.device_tokens is not None else None
         base_policy = chosen_policy(args)
+        observability = observability_settings(args, None)
         share_request(args)  # checked here too, so every bad option stops the command before Ray starts
         tools = registry_from_args(args)
     except ValueError as exc:
@@ -160,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         device_idle_timeout_s=args.device_idle_timeout,
         device_messages_per_s=args.device_rate_limit,
         device_tokens=tokens,
+        observability=observability,
     )
     bridge = MqttBridge(broker, executor.engines, config)
     try:
@@ -242,6 +247,7 @@ def register(commands: Any) -> None:
     )
     mqtt.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
     add_tools_argument(mqtt)
+    add_observability_arguments(mqtt, own_token=True)
     add_transport_executor_arguments(mqtt)
     add_policy_argument(mqtt)
     add_engine_arguments(mqtt)

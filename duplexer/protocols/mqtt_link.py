@@ -13,6 +13,7 @@ from dataclasses import asdict, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from duplexer.actors.pipeline import start_pipeline
+from duplexer.actors.turn_recorder import SentAudio, TurnRecorderActor
 from duplexer.policies.controller import PolicyParams
 from duplexer.protocols.inbound_audio import InboundAudio, InboundCounts
 from duplexer.protocols.mqtt_guard import TokenBucket, token_matches
@@ -405,9 +406,11 @@ class DeviceLink:
     def start_session(self) -> ExecutorSession | None:
         self.session_no += 1
         session = self.config.make_session(f"{self.device_id}-{self.session_no}", self.bridge.engines)
-        sink = MqttAudioSink(self)
+        observability = self.bridge.observed.observability
+        device_sink = MqttAudioSink(self)
+        sent = SentAudio(device_sink) if observability is not None else None  # when audible samples went out
         try:
-            engines = self.bridge.engines(session.clock, sink)
+            engines = self.bridge.engines(session.clock, sent or device_sink)
             pipeline = replace(self.config.pipeline, policy=self.policy)
             start_pipeline(session, engines, pipeline)
         except Exception as exc:  # a failing engine (or a Ray host that cannot start) must not take the bridge down
@@ -416,6 +419,8 @@ class DeviceLink:
             self.bridge.spawn(session.stop())
             return None
         session.add(MqttLinkActor(session.ctx, self))
+        if observability is not None and sent is not None:
+            session.add(TurnRecorderActor(session.ctx, observability, sent.heard))
         self.session = session
         self.counts = InboundCounts()
         self.inbound = None

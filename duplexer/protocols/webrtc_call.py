@@ -37,6 +37,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
+from duplexer.actors.turn_recorder import TurnRecorderActor
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.inbound_audio import InboundAudio
 from duplexer.protocols.webrtc_audio import BotAudioTrack
@@ -63,6 +64,7 @@ from duplexer.runtime.events import (
 )
 from duplexer.runtime.executors import SessionMaker, local_session
 from duplexer.runtime.logging import get_logger
+from duplexer.runtime.observability import Observability
 from duplexer.runtime.untrusted import UntrustedInputError, load_json
 
 MAX_UNSENT_MESSAGES = 2000
@@ -91,6 +93,8 @@ class CallSettings:
     Ray processes with the server's engine factory."""
     ready_timeout_s: float = 120.0
     """How long an offer waits for the session's Ray hosts to start (seconds on a busy machine)."""
+    observability: Observability | None = None
+    """Where each call's turn recorder reports (the server's metrics and traces); None: no recorder."""
 
 
 @dataclass
@@ -259,6 +263,8 @@ class Call:
         engines = await asyncio.to_thread(self._build_engines)
         start_pipeline(self.session, engines, self.settings.pipeline)
         self.session.add(CallLinkActor(self.session.ctx, self))
+        if self.settings.observability is not None:
+            self.session.add(TurnRecorderActor(self.session.ctx, self.settings.observability, self.track.replies.get))
         failed: asyncio.Event | None = getattr(self.session, "failed", None)
         if failed is not None:  # a Ray session ends when one of its hosts dies
             self.session.supervisor.spawn(lambda: self._end_on_failure(failed), "webrtc-session-failed")

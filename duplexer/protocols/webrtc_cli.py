@@ -12,6 +12,7 @@ from typing import Any
 from duplexer.actors.engine_choice import add_engine_arguments
 from duplexer.cli_support import add_policy_argument, chosen_policy, fail
 from duplexer.protocols.executor_cli import add_transport_executor_arguments
+from duplexer.protocols.observability_cli import add_observability_arguments
 from duplexer.protocols.turn_credentials import TURN_TTL_S
 
 TOKEN_ENV = "DUPLEXER_TOKEN"
@@ -39,8 +40,12 @@ async def _serve(server: Any, preload: Any) -> str | None:
             await asyncio.to_thread(preload)
         except Exception as exc:
             return f"--engines real could not start: {type(exc).__name__}: {exc}"
+    from duplexer.protocols.metrics_endpoint import MetricsPortTaken
+
     try:
         await server.start()
+    except MetricsPortTaken as exc:
+        return str(exc)
     except OSError as exc:
         return f"cannot listen on {server.config.host}:{server.config.port} ({exc.strerror or exc}); try another --port"
     stop = asyncio.Event()
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         scripted_engines,
     )
     from duplexer.protocols.executor_cli import one_line, share_request, transport_executor
+    from duplexer.protocols.observability_cli import observability_settings
     from duplexer.protocols.webrtc_call import CallSettings
     from duplexer.protocols.webrtc_guard import is_loopback, normalised_origin
     from duplexer.protocols.webrtc_server import IceServer, ServerConfig, WebRtcServer
@@ -117,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             allow_origins=origins,
             turn_secret=turn_secret,
             turn_ttl_s=args.turn_ttl,
+            observability=observability_settings(args, token, args.insecure),
         )
     except ValueError as exc:
         return fail(str(exc))
@@ -238,6 +245,7 @@ def register(commands: Any) -> None:
     )
     serve.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
     add_tools_argument(serve)
+    add_observability_arguments(serve, own_token=False)
     add_transport_executor_arguments(serve)
     add_policy_argument(serve)
     add_engine_arguments(serve)

@@ -34,6 +34,7 @@ from aiortc.sdp import SessionDescription
 
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.http_error_counts import error_counting
+from duplexer.protocols.metrics_endpoint import ObservabilitySettings, ObservedService
 from duplexer.protocols.turn_credentials import TURN_TTL_S, turn_rest_credentials
 from duplexer.protocols.webrtc_call import Call, CallSettings, OfferRejected
 from duplexer.protocols.webrtc_guard import (
@@ -113,6 +114,8 @@ class ServerConfig:
     header_timeout_s: float = HEADER_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
     client_log_max_bytes: int = MAX_CLIENT_LOG_BYTES
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    """The /metrics port (behind ``token`` unless it has its own) and the tracer; off by default."""
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
@@ -190,11 +193,19 @@ class WebRtcServer:
     def __init__(self, config: ServerConfig, engines: EngineFactory) -> None:
         self.config = config
         self.engines = engines
-        self.settings = replace(config.call, rtc_configuration=rtc_configuration(config.ice_servers))
         self.origins = OriginPolicy(config.host, config.allow_origins)
         self.calls: dict[str, Call] = {}
         self.errors = ErrorCounts()
         """Error responses sent, by HTTP status (``/health`` reports them)."""
+        watch = config.observability
+        self.observed = ObservedService(
+            replace(watch, metrics_token=watch.metrics_token or config.token), "webrtc", self.errors
+        )
+        self.settings = replace(
+            config.call,
+            rtc_configuration=rtc_configuration(config.ice_servers),
+            observability=self.observed.observability,
+        )
         self.recent: OrderedDict[str, Call] = OrderedDict()
         self.ended_at_s: dict[str, float] = {}
         self.log = get_logger(component="webrtc")
@@ -229,6 +240,7 @@ class WebRtcServer:
             **error_counting(self.errors),
         )
         await self._runner.setup()
+        await self.observed.start()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
         addresses = self._runner.addresses
@@ -247,6 +259,7 @@ class WebRtcServer:
             self._runner = None
         else:
             await self.close_all("server_stopped")
+        await self.observed.stop()
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.close_all("server_stopped")
