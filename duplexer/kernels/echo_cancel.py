@@ -36,7 +36,7 @@ How it works (docs/echo.md has the figures):
    with the predicted residual (leak x echo estimate + the still-unmodelled coupling x reference
    power + noise). The margin it must exceed is learned from the echo path: the running 98th
    percentile of that ratio over bot-speech frames (frames more than 6 dB above it, clear near-end
-   speech, are left out), plus 3 dB. The gate holds open 200 ms after
+   speech, are left out), plus 3 dB. The gate holds open 120 ms after
    the last frame above it.
 """
 
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from duplexer.kernels.echo_delay import DelayEstimator
+from duplexer.kernels.echo_delay import DelayEstimator, DriftCompensator
 from duplexer.kernels.echo_filter import KERNELS, POWER_FLOOR, Backend
 
 FloatArray = npt.NDArray[np.float64]
@@ -68,27 +68,31 @@ MU_MAX = 0.5
 DOUBLE_TALK_MU_SCALE = 0.1
 INITIAL_RATE = 0.25
 """NLMS rate until the filter has adapted enough for the leak estimate to steer it."""
-SUPPRESSION_OVER = 2.0
+SUPPRESSION_OVER = 3.0
 SUPPRESSION_FLOOR_DB = -40.0
 REVERB_DECAY_PER_HOP = 0.75
 """Residual echo power held from one 10 ms hop to the next: a decay of ~1.2 dB per 10 ms."""
 GATE_QUANTILE = 0.98
-GATE_QUANTILE_STEP_DB = 0.25
+GATE_QUANTILE_STEP_DB = 0.1
 GATE_LEARN_SPAN_DB = 6.0
 GATE_EXTRA_DB = 3.0
 GATE_INITIAL_MARGIN_DB = 6.0
 GATE_MARGIN_RANGE_DB = (0.0, 20.0)
-GATE_HOLD_FRAMES = 10
+GATE_HOLD_FRAMES = 6
 REF_ACTIVE_POWER = 1e-7
 """Mean square of the reference above which the bot counts as speaking (-70 dBFS)."""
 COUPLING_INITIAL = 1.0
 """Unmodelled echo coupling assumed before any is measured: echo as loud as the reference."""
 STATS_SMOOTHING = 0.05
 COUPLING_FALL = 0.1
-COUPLING_RISE = 0.01
+COUPLING_RISE = 0.003
 NOISE_PSD_SMOOTHING = 0.8
 NOISE_RISE_PER_HOP = 1.003
 """The noise floor follows the smoothed spectrum's minimum and rises ~1.3 dB/s."""
+BAND_SMOOTHING = 0.9
+BAND_NOISE_BIAS = 2.5
+"""The band's noise floor (minimum of its smoothed power) sits ~4 dB under the power of a noise-only
+frame; the gate measures against the floor times this."""
 NOISE_BIAS = 1.5
 """A smoothed spectrum's minimum sits below its mean; this brings the floor back up."""
 BIN_LEAK_FALL = 0.2
@@ -157,6 +161,7 @@ class EchoCanceller:
         self.ring = np.zeros(self.max_delay + (m + 2) * n)  # raw reference, newest last
         self.bulk = 0
         self.delay = DelayEstimator(self.sample_rate, n, self.max_delay)
+        self.drift = DriftCompensator()
         self.history = np.zeros((m, bins), dtype=np.complex128)
         self.w_fg = np.zeros((m, bins), dtype=np.complex128)
         self.w_bg = np.zeros((m, bins), dtype=np.complex128)
@@ -173,6 +178,9 @@ class EchoCanceller:
         self.coupling = COUPLING_INITIAL
         self.noise = np.full(self.hop + 1, 1e3)  # falls to the first frames' level at once
         self.psd = np.zeros(self.hop + 1)
+        self.band = 0.0
+        self.band_noise = 1e3
+        self.noise_frames = 0
         self.res_prev = np.zeros(self.hop + 1)
         self.e_tail = np.zeros(self.hop)  # last half-window of linear error / echo estimate, for the STFT
         self.y_tail = np.zeros(self.hop)
@@ -195,7 +203,7 @@ class EchoCanceller:
 
     @property
     def user_speech_likely(self) -> bool:
-        """False while the bot speaks and nothing in the last 200 ms stood out from its echo."""
+        """False while the bot speaks and nothing in the last 120 ms stood out from its echo."""
         return not self.ref_active or self.hold > 0
 
     def gate_probability(self, probability: float) -> float:
@@ -225,10 +233,11 @@ class EchoCanceller:
         if not (np.all(np.isfinite(d)) and np.all(np.isfinite(x_raw))):
             raise ValueError("echo canceller frames must be finite")
         self.frames += 1
-        self.ring = np.concatenate([self.ring[n:], x_raw])
         lag = self.delay.push(d, x_raw)
-        if lag is not None:
-            target = max(0, lag - self.pre_delay)
+        self.drift.rate = self.delay.drift
+        self.ring = np.concatenate([self.ring[n:], self.drift.push(x_raw)])
+        if lag is not None:  # the lag of the echo behind the drift-compensated reference
+            target = max(0, lag - round(self.drift.phase) - self.pre_delay)
             if abs(target - self.bulk) > self.realign:
                 self._realign(target)
         x_prev, x = self._ref_block(0), self._ref_block(1)
@@ -332,7 +341,7 @@ class EchoCanceller:
         self.pyy = max(self.pyy, POWER_FLOOR)
         self.pey = max(self.pey, 0.0005 * self.pyy)
         self.leak = min(1.0, self.pey / self.pyy)
-        if self.ref_active and not self.double_talk and syy > 0:
+        if self.ref_active and self.hold == 0 and syy > 0:  # no near-end speech within the hold
             measured = np.minimum(e_pow / (y_pow + POWER_FLOOR), 1.0)
             rate = np.where(measured > self.bin_leak, BIN_LEAK_RISE, BIN_LEAK_FALL)
             self.bin_leak += rate * (measured - self.bin_leak)
@@ -348,7 +357,7 @@ class EchoCanceller:
         recent = self._recent_ref_power()
         self.ref_active = recent > REF_ACTIVE_POWER
         delayed = self._delayed_ref_power()
-        if self.ref_active and not self.double_talk and delayed > REF_ACTIVE_POWER:  # the unmodelled coupling
+        if self.ref_active and self.hold == 0 and delayed > REF_ACTIVE_POWER:  # the unmodelled coupling
             modelled = float(self.bin_leak @ y_pow) / n
             r = min(max(see - modelled, 0.0) / (delayed * n), COUPLING_INITIAL)
             rate = COUPLING_RISE if r > self.coupling else COUPLING_FALL
@@ -416,9 +425,17 @@ class EchoCanceller:
             res = np.maximum(leak * np.abs(np.fft.rfft(win_y)) ** 2, REVERB_DECAY_PER_HOP * self.res_prev)
             res = np.maximum(res, self.coupling_floor())
             self.res_prev = res
+            if self.noise_frames == 0:  # the smoothed spectra start from the first hop, not from zero
+                self.psd, self.band = e_pow.copy(), float(e_pow.sum()) / self.hop
+            self.noise_frames += 1
             self.psd = NOISE_PSD_SMOOTHING * self.psd + (1 - NOISE_PSD_SMOOTHING) * e_pow
             self.noise = np.maximum(np.minimum(self.noise * NOISE_RISE_PER_HOP, NOISE_BIAS * self.psd), 1e-12)
-            residual += float(res.sum() + self.noise.sum()) / self.hop
+            # The floor the gate measures against: the whole band's power has far less spread per hop
+            # than one bin's, so its minimum is a fair estimate of the noise.
+            total = float(e_pow.sum()) / self.hop
+            self.band = BAND_SMOOTHING * self.band + (1 - BAND_SMOOTHING) * total
+            self.band_noise = max(min(self.band_noise * NOISE_RISE_PER_HOP, self.band), 1e-12)
+            residual += float(res.sum()) / self.hop + BAND_NOISE_BIAS * self.band_noise
             gain = self._gain(e_pow, res, self.noise, SUPPRESSION_OVER, self.floor) if self.ref_active else 1.0
             frame = np.fft.irfft(spec * gain, 2 * self.hop) * self._window
             out[h * self.hop : (h + 1) * self.hop] = self.ola + frame[: self.hop]
