@@ -35,7 +35,8 @@ def demo_engines(args: argparse.Namespace | None = None) -> tuple[Any, Any]:
     chosen = chosen_engines(args, LLM_BACKENDS) if args is not None else {}  # bad names stop before loading
     models = load_models()
     server_llm = None
-    if args is not None and getattr(args, "llm", "local") in LLM_BACKENDS and args.llm != "local":
+    llm_name = getattr(args, "llm", "local") if args is not None else "local"
+    if llm_name in LLM_BACKENDS and llm_name != "local":
         from dataclasses import replace
 
         from duplexer.actors.llm_select import build_llm_engine, llm_config_from_args
