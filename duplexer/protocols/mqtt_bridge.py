@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import aiomqtt
 
 from duplexer.actors.pipeline import PipelineConfig
+from duplexer.protocols.echo_control import CancellerFactory, EchoParams
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.inbound_audio import DEFAULT_REORDER_WINDOW_FRAMES, MAX_CONCEAL_MS
 from duplexer.protocols.mqtt_connection import Backoff, BrokerSettings, is_auth_failure, make_client
@@ -127,6 +128,10 @@ class BridgeConfig:
     Ray processes with the bridge's engine factory."""
     ready_timeout_s: float = 120.0
     """How long a Ray session's hosts may take to start before the session is given up."""
+    make_canceller: CancellerFactory | None = None
+    """Builds each session's echo canceller (devices whose config leaves echo to the server); None: the kernel's."""
+    echo: EchoParams = field(default_factory=EchoParams)
+    """Echo alignment and fallback settings (:mod:`duplexer.protocols.echo_control`)."""
 
 
 MAX_GATE_KEY_CHARS = 80
@@ -414,6 +419,8 @@ class MqttBridge:
                 link.on_audio(payload)
             elif channel is Channel.CONFIG:
                 link.on_config(payload)
+            elif channel is Channel.AUDIO_REF:
+                link.on_reference(payload)
             elif channel is Channel.CONTROL:
                 link.on_control(payload)
             elif channel is Channel.STATUS:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from duplexer.actors.pipeline import start_pipeline
 from duplexer.policies.controller import PolicyParams
+from duplexer.protocols.echo_session import SessionEcho
 from duplexer.protocols.inbound_audio import InboundAudio, InboundCounts
 from duplexer.protocols.mqtt_guard import TokenBucket, token_matches
 from duplexer.protocols.mqtt_topics import (
@@ -162,6 +163,7 @@ class DeviceLink:
         self.audio_topic = self.config.topics.device(device_id, Channel.AUDIO_OUT)
         self.fmt: AudioFormat | None = fmt
         """The declared format; where the bridge has device tokens, only a config with the token sets it."""
+        self.echo = SessionEcho(make_canceller=self.config.make_canceller, params=self.config.echo, log=self.log)
         self.last_heard_s = bridge.now_s()
         """When the device last published a live message; its session ends after the idle timeout."""
         self.budget = TokenBucket(
@@ -289,7 +291,8 @@ class DeviceLink:
         if fmt != self.fmt and self.inbound is not None:
             self.inbound = self._new_inbound(fmt, self.inbound.next_frame)
         self.fmt = fmt
-        self.publish_event("config", audio_in=fmt.to_json())
+        self.echo.configure(config.echo, fmt)
+        self.publish_event("config", audio_in=fmt.to_json(), echo=config.echo.to_json())
 
     def on_audio(self, payload: bytes) -> None:
         if len(payload) > MAX_AUDIO_PAYLOAD_BYTES:
@@ -331,6 +334,13 @@ class DeviceLink:
             self.error(exc.code, exc.message)
             return
         self._feed(session, frames)
+
+    def on_reference(self, payload: bytes) -> None:
+        now_ms = self.session.clock.now_ms() if self.session else None
+        try:  # the device's loopback (config echo mode "loopback"), placed by its microphone's numbering
+            self.echo.reference_frame(payload, self.fmt, now_ms, self.inbound)
+        except WireError as exc:
+            self.error(exc.code, exc.message)
 
     def on_control(self, payload: bytes) -> None:
         try:
@@ -407,7 +417,7 @@ class DeviceLink:
         session = self.config.make_session(f"{self.device_id}-{self.session_no}", self.bridge.engines)
         sink = MqttAudioSink(self)
         try:
-            engines = self.bridge.engines(session.clock, sink)
+            engines = self.bridge.engines(session.clock, self.echo.tap(sink))
             pipeline = replace(self.config.pipeline, policy=self.policy)
             start_pipeline(session, engines, pipeline)
         except Exception as exc:  # a failing engine (or a Ray host that cannot start) must not take the bridge down
@@ -420,6 +430,7 @@ class DeviceLink:
         self.counts = InboundCounts()
         self.inbound = None
         self.playing = None
+        self.echo.start(self.fmt, session.metrics)
         self.out_rate_hz = engines.tts.sample_rate_hz
         self.last_stats_s = self.bridge.now_s()
         self.log.info("mqtt_session_started", session_id=session.session_id)
@@ -471,6 +482,7 @@ class DeviceLink:
             return None
         self.publish_stats()
         self.session, self.inbound, self.playing = None, None, None
+        self.echo.stop()
         return self.bridge.spawn(self._stopped(session, reason))
 
     async def _stopped(self, session: ExecutorSession, reason: str) -> None:
@@ -490,7 +502,8 @@ class DeviceLink:
     def _feed(self, session: ExecutorSession, frames: list[tuple[int, bytes]]) -> None:
         ctx = session.ctx
         for seq, pcm in frames:
-            ctx.emit(AudioFrame, pcm=pcm, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
+            clean, gate = self.echo.process(seq, pcm, session.clock.now_ms())
+            ctx.emit(AudioFrame, pcm=clean, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq, speech_gate=gate)
 
     def interrupt(self, reason: str) -> str | None:
         """Stop the reply playing now, as a barge-in would; history keeps what was played."""
@@ -553,6 +566,7 @@ class DeviceLink:
                 if key.startswith("interrupted_")
             },
             "bus_overflow": session.metrics.total("bus.overflow") if session else 0,
+            "echo": self.echo.stats(),
         }
 
     def publish_stats(self) -> None:
