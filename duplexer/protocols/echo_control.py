@@ -8,23 +8,28 @@ reference (:mod:`duplexer.protocols.echo_reference`) holds what the loudspeaker
 was given, on the same time axis. Between the two lie the network, the device's
 playout buffer and the room, a delay that drifts with the device's clock, so:
 
-- A delay tracker correlates the raw microphone with the reference by GCC-PHAT
-  (:func:`~duplexer.kernels.echo_delay.gcc_phat_delay`) over the last second, a
-  few times a second until it has found the echo and once a second after. A
-  confident estimate that differs from the applied delay by more than
-  ``realign_ms`` moves the reference the canceller sees, ``lead_ms`` ahead of
-  the echo's direct path, so the adaptive filter keeps the room's response
-  within its taps; smaller drift the filter follows by itself.
-- The canceller (:class:`Canceller`) subtracts the echo and says, as its speech
-  gate, how far the frame's speech may be believed (1: the user stands out from
-  the residual; towards 0: only the bot's echo is left). The gate travels on the
-  ``AudioFrame`` to the VAD.
+- A delay tracker (the project's GCC-PHAT
+  :class:`~duplexer.kernels.echo_delay.DelayEstimator`, over the last second,
+  twice a second) finds the echo's delay behind the reference, up to
+  ``max_delay_ms``. The reference the canceller sees is moved so that the echo
+  comes ``canceller_delay_ms`` after it, well inside the delay the canceller
+  finds and follows by itself (the device's clock drift); it is moved again
+  only when the echo leaves ``canceller_window_ms``. Until the tracker has an
+  estimate, a playout delay the device declared places it, or else nothing
+  does and the canceller searches its own range. A loopback reference needs
+  none of this: it is numbered like the microphone.
+- The canceller (:class:`Canceller`) subtracts the echo and says whether the
+  frame's speech may be the user's (``user_speech_likely``: false while the bot
+  speaks and nothing stands out from its residual echo by the margin it learned
+  from the echo path). That gate travels on the ``AudioFrame`` to the VAD.
 
 Bad reference input never silences the user: a loopback reference that stops,
-arrives late or runs at the wrong rate, or a device whose echo drifts faster
-than any clock would, turns cancellation off (the microphone passes unchanged,
-gate 1) with a structured warning (``echo_reference_degraded``) and a counter
-(``echo.degraded`` by reason) until the reference is healthy again.
+arrives late or runs at the wrong rate, a device whose echo drifts faster than
+any clock would (``wrong_rate``), or one whose echo is not found in seconds of
+bot speech (``not_found``: it plays late, not at all, or something else) turns
+cancellation off (the microphone passes unchanged, gate 1) with a structured
+warning (``echo_reference_degraded``) and a counter (``echo.degraded`` by
+reason) until the reference is healthy again.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from duplexer.kernels.echo_delay import gcc_phat_delay
+from duplexer.kernels.echo_delay import DelayEstimator
 from duplexer.protocols.echo_reference import SAMPLES_PER_MS, LoopbackReference, PlayedReference, ReferenceRing
 from duplexer.runtime.events import FRAME_MS, FRAME_SAMPLES, INPUT_SAMPLE_RATE_HZ
 from duplexer.runtime.logging import get_logger
@@ -45,9 +50,9 @@ from duplexer.runtime.metrics import Metrics
 
 
 class Canceller(Protocol):
-    """An acoustic echo canceller on 16 kHz, 20 ms int16 frames (the kernel in ``duplexer.kernels``)."""
+    """An acoustic echo canceller on 16 kHz, 20 ms int16 frames (:mod:`duplexer.kernels.echo_cancel`)."""
 
-    def process(self, mic_frame: np.ndarray, ref_frame: np.ndarray) -> np.ndarray: ...
+    def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray: ...
 
     def reset(self) -> None: ...
 
@@ -56,9 +61,8 @@ CancellerFactory = Callable[[], Canceller]
 
 
 def speech_gate_of(canceller: Canceller) -> float:
-    """The canceller's speech gate for its last frame, in [0, 1]; 1 where it keeps none."""
-    gate = getattr(canceller, "speech_gate", 1.0)
-    return float(min(1.0, max(0.0, gate))) if isinstance(gate, (int, float)) else 1.0
+    """The canceller's speech gate for its last frame: 0 when only its residual echo is left, else 1."""
+    return 1.0 if getattr(canceller, "user_speech_likely", True) else 0.0
 
 
 @dataclass(frozen=True)
@@ -67,21 +71,15 @@ class EchoParams:
 
     max_delay_ms: float = 600.0
     """Longest echo delay searched: network both ways, the device's playout buffer and the room."""
-    min_delay_ms: float = -100.0
-    """Earliest: a loopback stream may be numbered a little behind its microphone."""
-    window_ms: float = 1000.0
-    """Microphone audio each delay estimate correlates."""
-    search_every_ms: float = 200.0
-    """How often the delay is estimated until the echo is found; ``track_every_ms`` after."""
-    track_every_ms: float = 1000.0
-    min_confidence: float = 18.0
-    """GCC-PHAT peak over its median level needed to trust an estimate (no echo reaches ~14 on speech)."""
-    lead_ms: float = 4.0
-    """The reference leads the echo's direct path by this much, so the filter sees it whole."""
-    realign_ms: float = 4.0
-    """A confident estimate this far from the applied delay moves the reference."""
-    active_reference_dbfs: float = -45.0
-    """The reference must be at least this loud over the window for an estimate to be tried."""
+    canceller_delay_ms: float = 60.0
+    """Where the echo is put behind the reference the canceller sees, once its delay is known."""
+    canceller_window_ms: tuple[float, float] = (10.0, 300.0)
+    """The echo may drift within this much behind the canceller's reference before the reference is moved:
+    inside the delay the canceller finds by itself (400 ms), so it follows small drift without a jump."""
+    active_reference_dbfs: float = -50.0
+    """Reference frames at least this loud count as bot speech."""
+    not_found_after_ms: float = 5000.0
+    """Bot speech after which an echo never found (or lost) means the reference is not what the device plays."""
     late_tolerance_ms: float = 100.0
     """A loopback reference this far behind what a frame needs is missing: ``late`` while its frames still
     come, ``stopped`` when none came for as long."""
@@ -94,8 +92,10 @@ class EchoParams:
     max_drift_ppm: float = 5000.0
     """An echo delay moving faster than this (5 ms per second; clocks drift < 0.2 ms per second) means the
     device plays at another rate than it was sent."""
-    drift_span_ms: float = 4000.0
+    drift_span_ms: float = 2000.0
     """Delay estimates spanning at least this long are needed to judge drift."""
+    drift_estimates: int = 8
+    """Most recent delay estimates the drift is judged on."""
     recover_frames: int = 25
     """Healthy frames in a row (500 ms) that end a degraded stretch."""
 
@@ -123,15 +123,15 @@ class EchoControl:
         self.metrics = metrics if metrics is not None else Metrics()
         self.log = log if log is not None else get_logger(component="echo")
         self.loopback = isinstance(reference, LoopbackReference)
-        self.min_delay = round((p.min_delay_ms if self.loopback else 0.0) * SAMPLES_PER_MS)
-        self.max_delay = round(p.max_delay_ms * SAMPLES_PER_MS)
-        self.window = round(p.window_ms * SAMPLES_PER_MS)
-        self.mic = ReferenceRing(round(p.window_ms + p.max_delay_ms + 1000))
+        self.tracker = DelayEstimator(INPUT_SAMPLE_RATE_HZ, FRAME_SAMPLES, round(p.max_delay_ms * SAMPLES_PER_MS))
         self.delay: int | None = None if initial_delay_ms is None else round(initial_delay_ms * SAMPLES_PER_MS)
-        """The echo's estimated delay behind the reference, in samples; None until found (or hinted)."""
+        """The echo's delay behind the reference, in samples: estimated, or declared; None while unknown."""
+        self.shift = 0 if self.delay is None else self._shift_for(self.delay)
+        """How far behind the microphone the canceller's reference is read, in samples."""
         self.locked = False
-        self.estimates: deque[tuple[float, int]] = deque(maxlen=16)
-        self.next_estimate_ms: float | None = None
+        self.estimates: deque[tuple[float, int]] = deque(maxlen=p.drift_estimates)
+        self.active_ms = 0.0
+        """Bot speech in the reference since the echo was last confirmed (or since the start)."""
         self.degraded: str | None = None
         self.healthy_run = 0
         self.counts: Counter[str] = Counter()
@@ -148,23 +148,22 @@ class EchoControl:
         started = time.perf_counter()
         mic = np.frombuffer(pcm, dtype="<i2")
         start = seq * FRAME_SAMPLES
-        self.mic.write_at(start, mic.astype(np.float32) / 32768.0)
-        self._mic_samples += len(mic)
         self.counts["frames"] += 1
+        self._mic_samples += len(mic)
         if isinstance(self.reference, LoopbackReference):
             self.reference.expire(now_ms)  # give up on a loopback frame that is not coming
-        self._track(start + len(mic), now_ms)
+        else:
+            self._track(mic, self.ring.read(start, len(mic)), now_ms)
         problem = self._problem(start + len(mic), now_ms)
         if problem is None:
             self._healthy()
         else:
             self._degrade(problem)
-        if self.degraded is not None or self.delay is None or not self._has_reference(start + len(mic)):
+        if self.degraded is not None or not self._has_reference(start + len(mic)):
             self.counts["passed_through"] += 1
             out, gate = pcm, 1.0
         else:
-            ref_start = start - self.delay + round(self.params.lead_ms * SAMPLES_PER_MS)
-            ref = self.ring.read(ref_start, len(mic))
+            ref = self.ring.read(start - self.shift, len(mic))
             ref16 = np.clip(np.rint(ref * 32768.0), -32768, 32767).astype(np.int16)
             cleaned = np.asarray(self.canceller.process(mic.astype(np.int16), ref16), dtype=np.int16)
             out, gate = cleaned.astype("<i2").tobytes(), speech_gate_of(self.canceller)
@@ -190,10 +189,12 @@ class EchoControl:
             elif self._check_rate():
                 return "wrong_rate"
             written = self.ring.written_until
-            if written is None or mic_end - (self.delay or 0) - written > tolerance_ms * SAMPLES_PER_MS:
+            if written is None or mic_end - self.shift - written > tolerance_ms * SAMPLES_PER_MS:
                 return "late" if flowing else "stopped"
         elif self._drifting():
             return "wrong_rate"
+        elif self.active_ms > self.params.not_found_after_ms:
+            return "not_found"
         return None
 
     def _has_reference(self, mic_end: int) -> bool:
@@ -201,8 +202,7 @@ class EchoControl:
         if not self.loopback:
             return True
         written = self.ring.written_until
-        lead = round(self.params.lead_ms * SAMPLES_PER_MS)
-        return written is not None and written >= mic_end - (self.delay or 0) + lead
+        return written is not None and written >= mic_end - self.shift
 
     def _check_rate(self) -> bool:
         """Whether, over the last full window, loopback audio came at another rate than microphone audio."""
@@ -223,9 +223,10 @@ class EchoControl:
         if len(self.estimates) < 3:
             return False
         times = np.array([t for t, _ in self.estimates])
-        if times[-1] - times[0] < self.params.drift_span_ms:
-            return False
         delays_ms = np.array([d for _, d in self.estimates]) / SAMPLES_PER_MS
+        steps = np.diff(delays_ms)
+        if times[-1] - times[0] < self.params.drift_span_ms or not (np.all(steps > 0) or np.all(steps < 0)):
+            return False  # too short to tell, or a jump (a device re-buffering) rather than a steady drift
         slope = float(np.polyfit(times - times[0], delays_ms, 1)[0])  # ms of delay per ms of time
         return abs(slope) * 1e6 > self.params.max_drift_ppm
 
@@ -256,43 +257,37 @@ class EchoControl:
 
     # ------------------------------------------------------------ the delay
 
-    def _track(self, mic_end: int, now_ms: float) -> None:
-        """Estimate the echo delay now and then, and move the reference when it changed."""
+    def _shift_for(self, delay: int) -> int:
+        return max(0, delay - round(self.params.canceller_delay_ms * SAMPLES_PER_MS))
+
+    def _track(self, mic: np.ndarray, ref: np.ndarray, now_ms: float) -> None:
+        """Estimate the echo's delay now and then; move the canceller's reference when the echo left its window."""
         p = self.params
-        if self.next_estimate_ms is None:
-            self.next_estimate_ms = now_ms + p.search_every_ms
-            return
-        if now_ms < self.next_estimate_ms:
-            return
-        self.next_estimate_ms = now_ms + (p.track_every_ms if self.locked else p.search_every_ms)
-        mic_start = mic_end - self.window
-        ref_start = mic_start - self.max_delay
-        ref = self.ring.read(ref_start, self.window + self.max_delay - self.min_delay)
-        if _dbfs(float(np.mean(ref * ref))) < p.active_reference_dbfs:
-            return
-        estimate = gcc_phat_delay(
-            self.mic.read(mic_start, self.window), ref, self.min_delay, self.max_delay, INPUT_SAMPLE_RATE_HZ
-        )
-        self.counts["estimates"] += 1
-        if estimate.confidence < p.min_confidence:
-            return
+        if _dbfs(float(np.mean(ref.astype(np.float64) ** 2))) >= p.active_reference_dbfs:
+            self.active_ms += FRAME_MS
+        estimates = self.tracker.estimates
+        delay = self.tracker.push(mic.astype(np.float64) / 32768.0, ref.astype(np.float64))
+        if delay is None or self.tracker.estimates == estimates or self.tracker.candidate != delay:
+            return  # no new estimate, or one that does not confirm the delay
         self.counts["confident_estimates"] += 1
-        self.estimates.append((now_ms, estimate.delay_samples))
-        self.locked = True
-        if self.delay is None or abs(estimate.delay_samples - self.delay) > p.realign_ms * SAMPLES_PER_MS:
-            if self.delay is not None:
-                self.counts["realigned"] += 1
-            self.delay = estimate.delay_samples
-            self.log.info("echo_delay", delay_ms=round(self.delay / SAMPLES_PER_MS, 1), confidence=estimate.confidence)
+        self.estimates.append((now_ms, delay))
+        self.locked, self.active_ms, self.delay = True, 0.0, delay
+        low, high = (round(ms * SAMPLES_PER_MS) for ms in p.canceller_window_ms)
+        if not low <= delay - self.shift <= high:
+            self.counts["realigned"] += 1
+            self.shift = self._shift_for(delay)
+            self.log.info("echo_delay", delay_ms=delay / SAMPLES_PER_MS, shift_ms=self.shift / SAMPLES_PER_MS)
 
     # ------------------------------------------------------------ reports
 
     def stats(self) -> dict[str, Any]:
         """Counts and figures for the transport's stats (the MQTT ``stats`` event's ``echo``)."""
         frames = self.counts["frames"]
+        canceller_stats = getattr(self.canceller, "stats", None)
         return {
             "mode": "loopback" if self.loopback else "server",
             "delay_ms": None if self.delay is None else round(self.delay / SAMPLES_PER_MS, 1),
+            "shift_ms": round(self.shift / SAMPLES_PER_MS, 1),
             "locked": self.locked,
             "degraded": self.degraded,
             "frames": frames,
@@ -301,7 +296,13 @@ class EchoControl:
             "degraded_episodes": {
                 key.removeprefix("degraded_"): n for key, n in self.counts.items() if key.startswith("degraded_")
             },
+            "erle_total_db": _rounded(getattr(canceller_stats, "erle_total_db", None)),
+            "erle_linear_db": _rounded(getattr(canceller_stats, "erle_linear_db", None)),
             "process_ms_mean": round(self.process_ms_total / frames, 3) if frames else 0.0,
             "process_ms_max": round(self.process_ms_max, 3),
             "frame_ms": FRAME_MS,
         }
+
+
+def _rounded(value: Any) -> float | None:
+    return round(float(value), 1) if isinstance(value, (int, float)) else None

@@ -12,10 +12,12 @@ and the microphone frames on their way to the VAD.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+import numpy as np
+
 from duplexer.actors.engines import AudioSink
+from duplexer.kernels.echo_cancel import EchoCanceller
 from duplexer.protocols.echo_control import CancellerFactory, EchoControl, EchoParams
 from duplexer.protocols.echo_reference import LoopbackReference, PlayedReference
 from duplexer.protocols.inbound_audio import InboundAudio
@@ -28,18 +30,22 @@ from duplexer.protocols.mqtt_topics import (
     WireError,
     unpack_audio,
 )
+from duplexer.runtime.events import FRAME_SAMPLES
 from duplexer.runtime.logging import get_logger
 from duplexer.runtime.metrics import Metrics
 
-CANCELLER_MODULE = "duplexer.kernels.echo_canceller"
-"""Where the echo canceller kernel lives (``EchoCanceller``); imported when a session first needs it."""
-
 
 def default_canceller() -> CancellerFactory:
-    """The project's echo canceller kernel, as a factory of one canceller per session."""
-    module = importlib.import_module(CANCELLER_MODULE)
-    factory: CancellerFactory = module.EchoCanceller
-    return factory
+    """The project's echo canceller kernel (:mod:`duplexer.kernels.echo_cancel`), one per session."""
+    return EchoCanceller
+
+
+def warm_up(make_canceller: CancellerFactory | None = None) -> None:
+    """Load the canceller's compiled kernels now (blocking; call it in a thread), not in a live session's frame."""
+    canceller = (make_canceller or default_canceller())()
+    frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+    for _ in range(3):
+        canceller.process(frame, frame)
 
 
 class SessionEcho:

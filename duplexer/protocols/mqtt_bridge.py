@@ -46,6 +46,7 @@ import aiomqtt
 
 from duplexer.actors.pipeline import PipelineConfig
 from duplexer.protocols.echo_control import CancellerFactory, EchoParams
+from duplexer.protocols.echo_session import warm_up
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.inbound_audio import DEFAULT_REORDER_WINDOW_FRAMES, MAX_CONCEAL_MS
 from duplexer.protocols.mqtt_connection import Backoff, BrokerSettings, is_auth_failure, make_client
@@ -217,6 +218,7 @@ class MqttBridge:
 
     async def run(self) -> None:
         """Serve until :meth:`request_stop`; raises BrokerLoginRefused if the first login is refused."""
+        await asyncio.to_thread(warm_up, self.config.make_canceller)  # not in a device's first frame
         housekeeper = asyncio.create_task(self._housekeep_forever(), name="mqtt-housekeeping")
         try:
             await self._connect_forever()
