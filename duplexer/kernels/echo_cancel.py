@@ -34,9 +34,9 @@ How it works (docs/echo.md has the figures):
    subtraction of twice that, floored at ``suppression_floor_db``.
 5. **Echo-aware gate**: while the reference carries sound, the linear error's power is compared
    with the predicted residual (leak x echo estimate + the still-unmodelled coupling x reference
-   power + noise). The margin it must exceed is learned from the echo path: the ratio's running
-   median over bot-speech frames plus 2.5 mean deviations below it, plus 3 dB (near-end speech only
-   raises the ratio, so the lower half measures the echo alone). The gate holds open 200 ms after
+   power + noise). The margin it must exceed is learned from the echo path: the running 98th
+   percentile of that ratio over bot-speech frames (frames more than 6 dB above it, clear near-end
+   speech, are left out), plus 3 dB. The gate holds open 200 ms after
    the last frame above it.
 """
 
@@ -72,18 +72,29 @@ SUPPRESSION_OVER = 2.0
 SUPPRESSION_FLOOR_DB = -40.0
 REVERB_DECAY_PER_HOP = 0.75
 """Residual echo power held from one 10 ms hop to the next: a decay of ~1.2 dB per 10 ms."""
-GATE_SPREADS = 2.5
-"""The margin spans this many mean deviations (below the median) of the echo-only ratio."""
-GATE_MEDIAN_STEP_DB = 0.1
+GATE_QUANTILE = 0.98
+GATE_QUANTILE_STEP_DB = 0.25
+GATE_LEARN_SPAN_DB = 6.0
 GATE_EXTRA_DB = 3.0
 GATE_INITIAL_MARGIN_DB = 6.0
-GATE_MARGIN_RANGE_DB = (3.0, 20.0)
+GATE_MARGIN_RANGE_DB = (0.0, 20.0)
 GATE_HOLD_FRAMES = 10
 REF_ACTIVE_POWER = 1e-7
 """Mean square of the reference above which the bot counts as speaking (-70 dBFS)."""
 COUPLING_INITIAL = 1.0
 """Unmodelled echo coupling assumed before any is measured: echo as loud as the reference."""
 STATS_SMOOTHING = 0.05
+COUPLING_FALL = 0.1
+COUPLING_RISE = 0.01
+NOISE_PSD_SMOOTHING = 0.8
+NOISE_RISE_PER_HOP = 1.003
+"""The noise floor follows the smoothed spectrum's minimum and rises ~1.3 dB/s."""
+NOISE_BIAS = 1.5
+"""A smoothed spectrum's minimum sits below its mean; this brings the floor back up."""
+BIN_LEAK_FALL = 0.2
+BIN_LEAK_RISE = 0.01
+"""Per frame, each bin's leak follows the measured share of echo left in the error: fast down, slowly
+up, so near-end speech the double-talk detector missed barely raises it."""
 
 
 @dataclass(frozen=True)
@@ -155,24 +166,25 @@ class EchoCanceller:
         self.pey = 1e-12
         self.pyy = 1e-12
         self.leak = 1.0
+        self.bin_leak = np.ones(bins)
         self.adapted = 0.0  # sum of early fixed rates; the optimal-rate control takes over past partitions
         self.residual_ratio = 0.5
         self.davg1 = self.davg2 = self.dvar1 = self.dvar2 = 0.0
         self.coupling = COUPLING_INITIAL
-        self.noise = np.full(self.hop + 1, 1e-9)
-        self.noise_frame = 1e-9
+        self.noise = np.full(self.hop + 1, 1e3)  # falls to the first frames' level at once
+        self.psd = np.zeros(self.hop + 1)
         self.res_prev = np.zeros(self.hop + 1)
         self.e_tail = np.zeros(self.hop)  # last half-window of linear error / echo estimate, for the STFT
         self.y_tail = np.zeros(self.hop)
         self.ola = np.zeros(self.hop)
         self.margin_db = GATE_INITIAL_MARGIN_DB
-        self.ratio_median = 0.0
-        self.ratio_spread = 1.0
+        self.quantile_db = GATE_INITIAL_MARGIN_DB - GATE_EXTRA_DB
         self.hold = 0
         self.frames = 0
         self.ref_env = np.zeros(max(1, self.max_delay // n + 2))
         self.mic_avg = self.lin_avg = self.out_avg = 0.0
         self.double_talk = False
+        self.gate_ratio_db = 0.0
         self.ref_active = False
         self.residual_power = 0.0
         self.passthrough_frames = 0
@@ -235,10 +247,11 @@ class EchoCanceller:
         spec_y = np.fft.rfft(np.concatenate([np.zeros(n), y_fg]))
         e_pow, y_pow = np.abs(spec_e) ** 2, np.abs(spec_y) ** 2
         self._update_leak(e_pow, y_pow, see, float(y_fg @ y_fg), sxx)
-        self._gate(see, float(y_fg @ y_fg), sdd)
-        self._adapt(x, e_bg, e_pow, y_pow)
+        self._reference_activity(see, e_pow, y_pow)
         self.linear_frame = e_fg
-        out = self._suppress(e_fg, y_fg)
+        out, residual = self._suppress(e_fg, y_fg)
+        self._gate(float(out @ out), residual)
+        self._adapt(x, e_bg, e_pow, y_pow)
         self._track(sdd, see, float(out @ out))
         return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16)
 
@@ -317,43 +330,51 @@ class EchoCanceller:
         self.pyy = max(self.pyy, POWER_FLOOR)
         self.pey = max(self.pey, 0.0005 * self.pyy)
         self.leak = min(1.0, self.pey / self.pyy)
+        if self.ref_active and not self.double_talk and syy > 0:
+            measured = np.minimum(e_pow / (y_pow + POWER_FLOOR), 1.0)
+            rate = np.where(measured > self.bin_leak, BIN_LEAK_RISE, BIN_LEAK_FALL)
+            self.bin_leak += rate * (measured - self.bin_leak)
         ratio = (0.0001 * sxx + 3.0 * self.leak * syy) / (see + POWER_FLOOR)
         self.residual_ratio = min(0.5, ratio)
 
-    def _gate(self, see: float, syy: float, sdd: float) -> None:
-        """Double-talk detector and echo-aware gate: does the error stand out of the predicted residual?"""
+    def _reference_activity(self, see: float, e_pow: FloatArray, y_pow: FloatArray) -> None:
+        """Is the bot's echo (possibly) in this frame, and how much of it is not modelled yet?"""
         n = self.n
         ref_now = float(self.ring[-n:] @ self.ring[-n:]) / n
         self.ref_env = np.roll(self.ref_env, 1)
         self.ref_env[0] = ref_now
         recent = self._recent_ref_power()
         self.ref_active = recent > REF_ACTIVE_POWER
-        self.noise_frame = min(see, 1.02 * self.noise_frame) if see > 0 else self.noise_frame
-        self.noise_frame = max(self.noise_frame, 1e-9)
-        env = recent * n
-        residual = self.leak * syy + self.coupling * env + self.noise_frame
-        self.residual_power = residual / n
+        delayed = self._delayed_ref_power()
+        if self.ref_active and not self.double_talk and delayed > REF_ACTIVE_POWER:  # the unmodelled coupling
+            modelled = float(self.bin_leak @ y_pow) / n
+            r = min(max(see - modelled, 0.0) / (delayed * n), COUPLING_INITIAL)
+            rate = COUPLING_RISE if r > self.coupling else COUPLING_FALL
+            self.coupling += rate * (r - self.coupling)
+
+    def _gate(self, out_power: float, residual_power: float) -> None:
+        """Double-talk detector and echo-aware gate: does the suppressed output stand out of the
+        predicted residual echo by the learned margin?"""
+        self.residual_power = residual_power / self.n
         if not self.ref_active:
             self.double_talk = False
             self.hold = 0
+            self.gate_ratio_db = 0.0
             return
-        ratio_db = _db(see) - _db(residual)
+        ratio_db = _db(out_power) - _db(residual_power)
+        self.gate_ratio_db = ratio_db
         self.double_talk = ratio_db > self.margin_db
         if self.double_talk:
             self.hold = GATE_HOLD_FRAMES
         elif self.hold > 0:
             self.hold -= 1
-        if env > 0:  # the unmodelled coupling: falls fast, rises slowly (min-statistics)
-            r = max(see - self.leak * syy, 0.0) / env
-            self.coupling = 0.7 * self.coupling + 0.3 * r if r < self.coupling else self.coupling * 1.01
-        # The margin: the ratio's median plus its spread below the median (near-end speech only ever
-        # raises the ratio, so the lower half is echo alone), learned over bot-speech frames.
-        self.ratio_median += GATE_MEDIAN_STEP_DB * (1.0 if ratio_db > self.ratio_median else -1.0)
-        if ratio_db < self.ratio_median:
-            self.ratio_spread = 0.95 * self.ratio_spread + 0.05 * (self.ratio_median - ratio_db)
+        # The margin: a running high quantile of the ratio over bot-speech frames, plus a safety margin;
+        # frames far above the margin (clear near-end speech) do not move it.
+        if ratio_db < self.quantile_db + GATE_LEARN_SPAN_DB:
+            up = ratio_db > self.quantile_db
+            self.quantile_db += GATE_QUANTILE_STEP_DB * (GATE_QUANTILE if up else GATE_QUANTILE - 1.0)
         lo, hi = GATE_MARGIN_RANGE_DB
-        margin = self.ratio_median + GATE_SPREADS * self.ratio_spread + GATE_EXTRA_DB
-        self.margin_db = float(np.clip(margin, lo, hi))
+        self.margin_db = float(np.clip(self.quantile_db + GATE_EXTRA_DB, lo, hi))
 
     def _adapt(self, x: FloatArray, e_bg: FloatArray, e_pow: FloatArray, y_pow: FloatArray) -> None:
         n = self.n
@@ -367,7 +388,7 @@ class EchoCanceller:
             self.adapted += rate
             step = rate / (self.partitions * self.ref_power + POWER_FLOOR)
         else:
-            step = self._step_sizes(e_pow, y_pow, self.ref_power, self.leak, self.residual_ratio, 1, MU_MAX)
+            step = self._step_sizes(e_pow, y_pow, self.ref_power, self.bin_leak, self.residual_ratio, 1, MU_MAX)
             step = step / self.partitions
         if self.double_talk:
             step = step * DOUBLE_TALK_MU_SCALE
@@ -376,9 +397,11 @@ class EchoCanceller:
         grad[:, n:] = 0.0  # the gradient constraint: taps beyond one block would wrap around
         self.w_bg += np.fft.rfft(grad, axis=1)
 
-    def _suppress(self, e: FloatArray, y: FloatArray) -> FloatArray:
-        """Residual echo suppression on a 10 ms-hop STFT; returns one frame, ``latency_samples`` late."""
+    def _suppress(self, e: FloatArray, y: FloatArray) -> tuple[FloatArray, float]:
+        """Residual echo suppression on a 10 ms-hop STFT: one frame, ``latency_samples`` late, and the
+        predicted residual echo's energy in it (before suppression)."""
         out = np.empty(self.n)
+        residual = 0.0
         for h in range(self.n // self.hop):
             seg_e = e[h * self.hop : (h + 1) * self.hop]
             seg_y = y[h * self.hop : (h + 1) * self.hop]
@@ -387,20 +410,30 @@ class EchoCanceller:
             self.e_tail, self.y_tail = seg_e, seg_y
             spec = np.fft.rfft(win_e)
             e_pow = np.abs(spec) ** 2
-            res = np.maximum(self.leak * np.abs(np.fft.rfft(win_y)) ** 2, REVERB_DECAY_PER_HOP * self.res_prev)
+            leak = self.bin_leak[:: self.n // self.hop]
+            res = np.maximum(leak * np.abs(np.fft.rfft(win_y)) ** 2, REVERB_DECAY_PER_HOP * self.res_prev)
             res = np.maximum(res, self.coupling_floor())
             self.res_prev = res
-            self.noise = np.where(e_pow < self.noise, e_pow, self.noise * 1.002)
-            self.noise = np.maximum(self.noise, 1e-12)
+            self.psd = NOISE_PSD_SMOOTHING * self.psd + (1 - NOISE_PSD_SMOOTHING) * e_pow
+            self.noise = np.maximum(np.minimum(self.noise * NOISE_RISE_PER_HOP, NOISE_BIAS * self.psd), 1e-12)
+            residual += float(res.sum() + self.noise.sum()) / self.hop
             gain = self._gain(e_pow, res, self.noise, SUPPRESSION_OVER, self.floor) if self.ref_active else 1.0
             frame = np.fft.irfft(spec * gain, 2 * self.hop) * self._window
             out[h * self.hop : (h + 1) * self.hop] = self.ola + frame[: self.hop]
             self.ola = frame[self.hop :]
-        return out
+        return out, residual
 
     def coupling_floor(self) -> float:
         """Residual power per STFT bin still unmodelled by the filter (coupling x recent reference)."""
-        return self.coupling * self._recent_ref_power() * self.hop
+        return self.coupling * self._delayed_ref_power() * self.hop
+
+    def _delayed_ref_power(self) -> float:
+        """The loudest reference frame (mean square) within the filter's reach of the estimated delay;
+        the whole search window while no delay is known."""
+        if self.delay.delay is None:
+            return float(self.ref_env.max())
+        first = max(0, self.bulk // self.n - 1)
+        return float(self.ref_env[first : first + self.partitions + 2].max())
 
     def _recent_ref_power(self) -> float:
         """The loudest reference frame (mean square) whose echo may still be arriving."""

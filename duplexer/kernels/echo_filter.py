@@ -48,13 +48,14 @@ def step_sizes_reference(
     error_power: FloatArray,
     echo_power: FloatArray,
     ref_power: FloatArray,
-    leak: float,
+    leak: FloatArray,
     residual_ratio: float,
     partitions: int,
     mu_max: float,
 ) -> FloatArray:
-    """Per-bin normalised step: the optimal NLMS rate (residual echo / error power, as Speex's MDF
-    estimates it from the leak) capped at ``mu_max``, divided by the reference power of all partitions.
+    """Per-bin normalised step: the optimal NLMS rate (residual echo / error power; the residual is
+    the per-bin leak, the share of the echo estimate's power still in the error, times the echo
+    estimate) capped at ``mu_max``, divided by the reference power of all partitions.
 
     Near-end speech raises the error power and not the residual echo, so the rate falls during
     double-talk without a hard freeze."""
@@ -105,7 +106,7 @@ def step_sizes_numba(
     error_power: FloatArray,
     echo_power: FloatArray,
     ref_power: FloatArray,
-    leak: float,
+    leak: FloatArray,
     residual_ratio: float,
     partitions: int,
     mu_max: float,
@@ -113,7 +114,7 @@ def step_sizes_numba(
     bins = error_power.shape[0]
     out = np.empty(bins)
     for k in range(bins):
-        residual = 0.7 * leak * echo_power[k] + 0.3 * residual_ratio * error_power[k]
+        residual = 0.7 * leak[k] * echo_power[k] + 0.3 * residual_ratio * error_power[k]
         mu = min(residual / (error_power[k] + POWER_FLOOR), mu_max)
         out[k] = mu / (partitions * ref_power[k] + POWER_FLOOR)
     return out
