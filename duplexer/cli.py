@@ -33,6 +33,11 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "webrtc": ("duplexer.bench.webrtc", "main", "barge-in stop latency over WebRTC vs in process"),
     "asr": ("duplexer.bench.asr", "main", "Whisper short window vs 30 s window: word accuracy, time per call"),
     "eot": ("duplexer.bench.eot", "main", "end of turn: dead air vs false cut-offs, silence/text/audio/fused"),
+    "echo": (
+        "duplexer.bench.echo",
+        "main",
+        "echo cancellation on a device hearing its speaker: ERLE, self-interruptions",
+    ),
     "executors": ("duplexer.bench.executors", "main", "local vs Ray executor: event hop latency, sessions"),
     "soak": ("duplexer.bench.soak", "main", "server and MQTT bridge under good and bad clients: audio, memory, errors"),
     "replies": ("duplexer.bench.replies", "main", "embedded LLM on VAP conversations: distinct replies, repeat guard"),

@@ -276,6 +276,8 @@ class EchoCanceller:
             blocks = np.concatenate([moved.reshape(m, n), np.zeros((m, n))], axis=1)
             w[:] = np.fft.rfft(blocks, axis=1)
         self.bulk = min(target, self.max_delay)
+        if abs(shift) > n:  # a new echo path, not drift: start adapting again at the start-up rate
+            self.adapted = 0.0
         for i in range(m):  # history[i]: the block i frames back and the one before it
             end = len(self.ring) - self.bulk - i * n
             self.history[i] = np.fft.rfft(self.ring[end - 2 * n : end])
