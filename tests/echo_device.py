@@ -7,6 +7,7 @@ import asyncio
 import functools
 import random
 import wave
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -88,14 +89,23 @@ def speaking_engines(reply_for: Callable[[str], str]) -> EngineFactory:
     return build
 
 
-class EchoingDevice:
-    """A robot with a loudspeaker and a microphone in one room: it plays the bot audio it receives as it
-    arrives (flushing on ``playout_stopped``), and its microphone, sent in real time, carries that through
-    the echo path plus whatever the user says (:meth:`say`)."""
+PREBUFFER_FRAMES = 2
+"""The loudspeaker starts a reply once this many of its frames are queued (a small jitter buffer)."""
 
-    def __init__(self, path: EchoPath) -> None:
+
+class EchoingDevice:
+    """A robot with a loudspeaker and a microphone in one room: it plays the bot audio it receives through a
+    small jitter buffer (flushing on ``playout_stopped``) and, when ``reports_playout``, tells the bridge when
+    each stretch began to play (the ``played`` control); its microphone, sent in real time, carries that
+    through the echo path plus whatever the user says (:meth:`say`)."""
+
+    def __init__(self, path: EchoPath, reports_playout: bool = True) -> None:
         self.room = EchoDevice(path, MIC_RATE_HZ)
-        self.speaker = np.zeros(0)
+        self.reports_playout = reports_playout
+        self.queue: deque[tuple[int, np.ndarray]] = deque()
+        """Bot audio waiting for the loudspeaker: (audio/out seq, 16 kHz samples) per frame."""
+        self.playing = False
+        self.reports = 0
         self.resampler: StreamingResampler | None = None
         self.user = np.zeros(0)
         self.user_spans: list[tuple[float, float]] = []
@@ -109,12 +119,35 @@ class EchoingDevice:
         if self.resampler is None or self.resampler.in_rate_hz != rate:
             self.resampler = StreamingResampler(rate, MIC_RATE_HZ, lead_in=True)
         pcm = np.frombuffer(self.resampler.process(frame.pcm), dtype="<i2").astype(np.float64) / 32768.0
-        self.speaker = np.concatenate([self.speaker, pcm])
+        self.queue.append((frame.seq, pcm))
 
     def event(self, event: dict[str, Any]) -> None:
         """``on_event``: a stopped reply is flushed from the loudspeaker, as docs/mqtt.md asks."""
         if event.get("type") == "playout_stopped":
-            self.speaker = np.zeros(0)
+            self.queue.clear()
+            self.playing = False
+
+    def _play(self) -> np.ndarray:
+        """The loudspeaker's next 20 ms: queued bot audio once the jitter buffer has filled, else silence."""
+        assert self.client is not None
+        out = np.zeros(MIC_FRAME)
+        if not self.playing and len(self.queue) >= PREBUFFER_FRAMES:
+            self.playing = True
+            if self.reports_playout:  # this frame starts playing with the microphone frame sent next
+                self.client.control("played", seq=self.queue[0][0], mic_seq=self.client.seq, mic_offset=0)
+                self.reports += 1
+        filled = 0
+        while self.playing and filled < MIC_FRAME:
+            if not self.queue:
+                self.playing = False  # an underrun: the next stretch is reported again
+                break
+            seq, samples = self.queue.popleft()
+            take = min(MIC_FRAME - filled, len(samples))
+            out[filled : filled + take] = samples[:take]
+            filled += take
+            if take < len(samples):
+                self.queue.appendleft((seq, samples[take:]))
+        return out
 
     async def say(self, name: str) -> tuple[float, float]:
         """Say a VAP phrase into the microphone; returns when it has been said, with its span."""
@@ -131,7 +164,7 @@ class EchoingDevice:
         speaking_since: float | None = None
         while True:
             now_s = loop.time()
-            played, self.speaker = self._take(self.speaker)
+            played = self._play()
             user, self.user = self._take(self.user)
             if np.any(user) and speaking_since is None:
                 speaking_since = now_s

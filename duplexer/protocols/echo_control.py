@@ -293,6 +293,7 @@ class EchoControl:
             "frames": frames,
             "cancelled": self.counts["cancelled"],
             "passed_through": self.counts["passed_through"],
+            "playout_reports": self.counts["playout_reports"],
             "degraded_episodes": {
                 key.removeprefix("degraded_"): n for key, n in self.counts.items() if key.startswith("degraded_")
             },

@@ -17,6 +17,8 @@ filled in one of two ways:
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
 from duplexer.kernels.audio import StreamingResampler
@@ -27,6 +29,8 @@ from duplexer.runtime.events import FRAME_MS, FRAME_SAMPLES, INPUT_SAMPLE_RATE_H
 SAMPLES_PER_MS = INPUT_SAMPLE_RATE_HZ // 1000
 DEFAULT_RING_MS = 6000
 """Reference kept: the longest delay searched plus the estimator's window, with room to spare."""
+MAX_PLACED_FRAMES = 1000
+"""Frames of bot audio kept to be moved by a playout report: 20 s, far longer than any device buffers."""
 CONTIGUOUS_SLACK_MS = 60.0
 """Played audio written within this much of where the last write ended continues it sample for sample;
 further off (a new reply, a stall) it is placed at its own send time."""
@@ -85,30 +89,67 @@ class ReferenceRing:
 
 
 class PlayedReference:
-    """The bot audio a session sent to its device, as an :class:`~duplexer.actors.engines.AudioSink` tap."""
+    """The bot audio a session sent to its device, as an :class:`~duplexer.actors.engines.AudioSink` tap.
 
-    def __init__(self, ring: ReferenceRing | None = None) -> None:
+    Each frame is placed at the session time it was sent, and the next ones follow it sample for sample.
+    Where the device reports when a frame began to play (:meth:`played_at`, on its microphone's clock),
+    that frame and the ones after it move there: the echo then sits a fixed acoustic delay behind the
+    reference, whatever the network's jitter and the device's playout phase did to this reply.
+    """
+
+    def __init__(self, ring: ReferenceRing | None = None, max_frames: int = MAX_PLACED_FRAMES) -> None:
         self.ring = ring or ReferenceRing()
         self._resampler: StreamingResampler | None = None
         self._cursor: int | None = None
+        self._anchored = False
+        self.frames: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()
+        """Recent frames by audio/out number: where each was placed, and its 16 kHz samples."""
+        self.max_frames = max_frames
+        self.reports = 0
         self.last_write_ms: float | None = None
 
-    def write(self, pcm: bytes, sample_rate_hz: int, ts_ms: float) -> None:
-        """One frame of bot audio, sent at session time ``ts_ms``."""
+    def write(self, pcm: bytes, sample_rate_hz: int, ts_ms: float, seq: int | None = None) -> None:
+        """One frame of bot audio (audio/out number ``seq``), sent at session time ``ts_ms``."""
         if self._resampler is None or self._resampler.in_rate_hz != sample_rate_hz:
             self._resampler = StreamingResampler(sample_rate_hz, INPUT_SAMPLE_RATE_HZ, lead_in=True)
         samples = np.frombuffer(self._resampler.process(pcm), dtype="<i2").astype(np.float32) / 32768.0
         at = session_sample(ts_ms)
-        if self._cursor is None or abs(at - self._cursor) > CONTIGUOUS_SLACK_MS * SAMPLES_PER_MS:
-            self._cursor = at
+        if self._cursor is None or (
+            not self._anchored and abs(at - self._cursor) > CONTIGUOUS_SLACK_MS * SAMPLES_PER_MS
+        ):
+            self._cursor, self._anchored = at, False
         self.ring.write_at(self._cursor, samples)
+        if seq is not None:
+            self.frames[seq] = (self._cursor, samples)
+            while len(self.frames) > self.max_frames:
+                self.frames.popitem(last=False)
         self._cursor += len(samples)
         self.last_write_ms = ts_ms
+
+    def played_at(self, seq: int, position_ms: float) -> bool:
+        """The device says frame ``seq`` began to play at session time ``position_ms``: move it (and what
+        follows) there. False for a frame no longer (or never) known."""
+        placed = self.frames.get(seq)
+        if placed is None:
+            return False
+        self.reports += 1
+        offset = session_sample(position_ms) - placed[0]
+        if offset == 0:
+            return True
+        later = [s for s in self.frames if s == seq or (s - seq) % (1 << 32) < (1 << 31)]
+        end = self._cursor if self._cursor is not None else placed[0]
+        self.ring.write_at(placed[0], np.zeros(max(0, end - placed[0]), dtype=np.float32))  # it did not play there
+        for s in later:
+            start, samples = self.frames[s]
+            self.ring.write_at(start + offset, samples)
+            self.frames[s] = (start + offset, samples)
+        self._cursor, self._anchored = end + offset, True
+        return True
 
     def flush(self) -> None:
         """Playout stopped: nothing more of this reply plays (the next one starts at its own time)."""
         self._resampler = None
-        self._cursor = None
+        self._cursor, self._anchored = None, False
 
 
 class LoopbackReference:

@@ -23,6 +23,7 @@ from duplexer.protocols.echo_reference import LoopbackReference, PlayedReference
 from duplexer.protocols.inbound_audio import InboundAudio
 from duplexer.protocols.mqtt_topics import (
     MAX_AUDIO_PAYLOAD_BYTES,
+    SEQ_MODULUS,
     AudioFormat,
     EchoConfig,
     EchoMode,
@@ -63,6 +64,8 @@ class SessionEcho:
         self.params = params or EchoParams()
         self.log = log
         self.control: EchoControl | None = None
+        self.sent_frames = 0
+        """Bot audio frames the sink was given, ever: audio/out numbers its frames the same way."""
         self._session: tuple[AudioFormat | None, Metrics] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -109,9 +112,25 @@ class SessionEcho:
 
     def played(self, pcm: bytes, sample_rate_hz: int, ts_ms: float) -> None:
         """Bot audio sent to the loudspeaker at session time ``ts_ms`` (the sink's tap)."""
-        control = self.control
+        control, seq = self.control, self.sent_frames % SEQ_MODULUS
+        self.sent_frames += 1
         if control is not None and isinstance(control.reference, PlayedReference):
-            control.reference.write(pcm, sample_rate_hz, ts_ms)
+            control.reference.write(pcm, sample_rate_hz, ts_ms, seq)
+
+    def playout_report(
+        self, seq: int, mic_seq: int, mic_offset: int, fmt: AudioFormat | None, mic: InboundAudio | None
+    ) -> None:
+        """The device's ``played`` control: audio/out frame ``seq`` began to play at sample ``mic_offset``
+        of its microphone frame ``mic_seq``. Reports of unknown frames, or before any microphone audio, are
+        counted and otherwise ignored."""
+        control = self.control
+        if control is None or not isinstance(control.reference, PlayedReference) or fmt is None or mic is None:
+            return
+        start_ms = mic.position_ms(mic_seq)
+        placed = start_ms is not None and control.reference.played_at(
+            seq, start_ms + 1000.0 * mic_offset / fmt.sample_rate_hz
+        )
+        control.counts["playout_reports" if placed else "playout_reports_ignored"] += 1
 
     def flushed(self) -> None:
         control = self.control

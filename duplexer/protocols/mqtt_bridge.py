@@ -421,8 +421,12 @@ class MqttBridge:
                 link.on_audio(payload)
             elif channel is Channel.CONFIG:
                 link.on_config(payload)
-            elif channel is Channel.AUDIO_REF:
-                link.on_reference(payload)
+            elif channel is Channel.AUDIO_REF:  # the device's loopback, placed by its microphone's numbering
+                now_ms = link.session.clock.now_ms() if link.session else None
+                try:
+                    link.echo.reference_frame(payload, link.fmt, now_ms, link.inbound)
+                except WireError as exc:
+                    link.error(exc.code, exc.message)
             elif channel is Channel.CONTROL:
                 link.on_control(payload)
             elif channel is Channel.STATUS:

@@ -335,13 +335,6 @@ class DeviceLink:
             return
         self._feed(session, frames)
 
-    def on_reference(self, payload: bytes) -> None:
-        now_ms = self.session.clock.now_ms() if self.session else None
-        try:  # the device's loopback (config echo mode "loopback"), placed by its microphone's numbering
-            self.echo.reference_frame(payload, self.fmt, now_ms, self.inbound)
-        except WireError as exc:
-            self.error(exc.code, exc.message)
-
     def on_control(self, payload: bytes) -> None:
         try:
             control = parse_control(payload)
@@ -400,6 +393,8 @@ class DeviceLink:
             self.publish_event("policy", policy=asdict(self.policy))
         elif control.type is ControlType.STATS:
             self.publish_stats()
+        elif control.type is ControlType.PLAYED and control.played is not None:
+            self.echo.playout_report(*control.played, self.fmt, self.inbound)
 
     def _apply_policy(self, overrides: PolicyOverrides) -> None:
         """Send the running session's controller the changed parameters (already checked), on its bus.

@@ -466,6 +466,13 @@ class ControlType(enum.StrEnum):
     INTERRUPT = "interrupt"
     POLICY = "policy"
     STATS = "stats"
+    PLAYED = "played"
+    """An echo playout report: audio/out frame ``seq`` began to play at sample ``mic_offset`` of audio/in
+    frame ``mic_seq`` (the microphone's clock), so the bridge's echo reference is placed where it played."""
+
+
+PLAYED_FIELDS = ("seq", "mic_seq", "mic_offset")
+MAX_MIC_OFFSET = MAX_SAMPLE_RATE_HZ * MAX_FRAME_MS // 1000
 
 
 PolicyOverrides = dict[str, float | int | bool]
@@ -477,6 +484,8 @@ class Control:
 
     type: ControlType
     policy: PolicyOverrides | None = None
+    played: tuple[int, int, int] | None = None
+    """For ``played``: (audio/out seq, audio/in seq, sample offset in that microphone frame)."""
 
 
 def _overrides(value: Any) -> PolicyOverrides:
@@ -515,11 +524,28 @@ def parse_control(payload: bytes) -> Control:
             f"control 'type' {shown} is not one of {[t.value for t in ControlType]}",
         ) from None
     allowed = {"type", "policy"} if control_type in (ControlType.START, ControlType.POLICY) else {"type"}
+    if control_type is ControlType.PLAYED:
+        allowed = {"type", *PLAYED_FIELDS}
     _reject_unknown(obj, allowed, f"control {control_type.value!r}", ErrorCode.BAD_CONTROL)
+    if control_type is ControlType.PLAYED:
+        return Control(control_type, played=_played(obj))
     policy = obj.get("policy")
     if control_type is ControlType.POLICY and policy is None:
         raise WireError(ErrorCode.BAD_CONTROL, "control 'policy' needs a 'policy' object of overrides")
     return Control(control_type, None if policy is None else _overrides(policy))
+
+
+def _played(obj: dict[str, Any]) -> tuple[int, int, int]:
+    values = []
+    for name, high in zip(PLAYED_FIELDS, (SEQ_MODULUS - 1, SEQ_MODULUS - 1, MAX_MIC_OFFSET), strict=True):
+        value = obj.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+            shown = repr(value)[:MAX_QUOTED_CHARS] if isinstance(value, int) else type(value).__name__
+            raise WireError(
+                ErrorCode.BAD_CONTROL, f"control 'played' needs {name!r}, an integer from 0 to {high} (got {shown})"
+            )
+        values.append(value)
+    return values[0], values[1], values[2]
 
 
 def parse_status(payload: bytes) -> str:
