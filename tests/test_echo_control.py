@@ -285,3 +285,17 @@ def test_the_reference_ring_reads_what_was_written_last_within_its_memory(
         inside = newest - ring.capacity <= index < newest
         expected = model.get(index, 0.0) if inside else 0.0
         assert got[j] == pytest.approx(expected)
+
+
+def test_a_playout_report_moves_the_reply_to_where_it_played() -> None:
+    played = PlayedReference()
+    tone = np.full(FRAME_SAMPLES, 0.25, dtype=np.float32)
+    for k in range(5):
+        played.write(pcm(tone), RATE_HZ, 1000.0 + FRAME_MS * k, seq=7 + k)
+    assert played.ring.read(16 * 1000, 16).max() > 0.2
+    assert played.played_at(7, 1130.0)  # the device began to play it 130 ms after it was sent
+    assert not played.played_at(99, 1000.0)
+    assert np.allclose(played.ring.read(16 * 1000, 16 * 125), 0.0)  # nothing played before then
+    assert played.ring.read(16 * 1140, 16 * 80).min() > 0.2
+    played.write(pcm(tone), RATE_HZ, 1100.0, seq=12)  # the reply goes on from where it played
+    assert played.frames[12][0] == played.frames[11][0] + len(played.frames[11][1])

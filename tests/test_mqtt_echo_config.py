@@ -1,4 +1,5 @@
-"""The config's echo fields (version 2): who cancels the device's echo, and what a bad value is refused with."""
+"""The wire's echo fields: who cancels a device's echo (config version 2), the playout report, and the codes
+that refuse bad values."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from hypothesis import strategies as st
 from duplexer.protocols.mqtt_topics import (
     CONFIG_VERSION,
     MAX_PLAYOUT_DELAY_MS,
+    ControlType,
     EchoConfig,
     EchoMode,
     ErrorCode,
     WireError,
+    parse_control,
     parse_device_config,
 )
 from tests.conftest import fuzz_settings
@@ -94,3 +97,26 @@ def test_any_echo_fields_parse_or_are_refused_with_a_wire_error(version: Any, ec
         assert exc.code in (ErrorCode.BAD_CONFIG, ErrorCode.MALFORMED_JSON)
     else:
         assert parsed.version == 2 and isinstance(parsed.echo.mode, EchoMode)
+
+
+def test_a_playout_report_says_which_frame_began_to_play_where_on_the_microphone() -> None:
+    control = parse_control(json.dumps({"type": "played", "seq": 41, "mic_seq": 2**32 - 1, "mic_offset": 17}).encode())
+    assert control.type is ControlType.PLAYED and control.played == (41, 2**32 - 1, 17)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"mic_seq": 3, "mic_offset": 0},
+        {"seq": -1, "mic_seq": 3, "mic_offset": 0},
+        {"seq": 2**32, "mic_seq": 3, "mic_offset": 0},
+        {"seq": 1, "mic_seq": True, "mic_offset": 0},
+        {"seq": 1, "mic_seq": 3, "mic_offset": 1.5},
+        {"seq": 1, "mic_seq": 3, "mic_offset": 10**6},
+        {"seq": 1, "mic_seq": 3, "mic_offset": 0, "policy": {}},
+    ],
+)
+def test_a_bad_playout_report_is_refused_as_bad_control(fields: dict[str, Any]) -> None:
+    with pytest.raises(WireError) as refused:
+        parse_control(json.dumps({"type": "played", **fields}).encode())
+    assert refused.value.code is ErrorCode.BAD_CONTROL and "\n" not in refused.value.message

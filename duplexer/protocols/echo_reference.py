@@ -60,8 +60,11 @@ class ReferenceRing:
         end = start + n
         if self.written_until is not None and start > self.written_until:
             self._fill(self.written_until, min(start, self.written_until + self.capacity), 0.0)
-        if n > self.capacity:
-            samples, start = samples[-self.capacity :], end - self.capacity
+        oldest = max(end, self.written_until or end) - self.capacity  # older samples are out of the ring's memory
+        if start < oldest:
+            samples, start = samples[max(0, oldest - start) :], max(start, oldest)
+            if start >= end:
+                return
         index = np.arange(start, end) % self.capacity
         self.samples[index] = samples
         self.written_until = end if self.written_until is None else max(self.written_until, end)
