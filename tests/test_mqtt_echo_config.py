@@ -10,17 +10,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from duplexer.protocols.echo_session import SessionEcho
 from duplexer.protocols.mqtt_topics import (
     CONFIG_VERSION,
     MAX_PLAYOUT_DELAY_MS,
+    AudioFormat,
     ControlType,
     EchoConfig,
     EchoMode,
     ErrorCode,
     WireError,
+    pack_audio,
     parse_control,
     parse_device_config,
 )
+from duplexer.runtime.metrics import Metrics
 from tests.conftest import fuzz_settings
 
 
@@ -120,3 +124,31 @@ def test_a_bad_playout_report_is_refused_as_bad_control(fields: dict[str, Any]) 
     with pytest.raises(WireError) as refused:
         parse_control(json.dumps({"type": "played", **fields}).encode())
     assert refused.value.code is ErrorCode.BAD_CONTROL and "\n" not in refused.value.message
+
+
+@fuzz_settings()
+@given(fields=st.dictionaries(st.sampled_from(["seq", "mic_seq", "mic_offset", "x"]), json_values, max_size=4))
+def test_any_playout_report_parses_or_is_refused_as_bad_control(fields: dict[str, Any]) -> None:
+    try:
+        control = parse_control(json.dumps({"type": "played", **fields}).encode())
+    except WireError as exc:
+        assert exc.code in (ErrorCode.BAD_CONTROL, ErrorCode.BAD_POLICY)
+    else:
+        assert control.played is not None and all(isinstance(v, int) for v in control.played)
+
+
+ECHO_SESSIONS = {mode: SessionEcho(EchoConfig(mode)) for mode in EchoMode}
+for _mode, _echo in ECHO_SESSIONS.items():
+    _echo.start(AudioFormat(16_000), Metrics())
+
+
+@fuzz_settings()
+@given(
+    mode=st.sampled_from(list(EchoMode)),
+    payload=st.binary(max_size=700) | st.builds(pack_audio, st.integers(0, 2**32 - 1), st.binary(max_size=700)),
+)
+def test_any_reference_message_is_taken_or_refused_with_a_wire_error(mode: EchoMode, payload: bytes) -> None:
+    try:
+        ECHO_SESSIONS[mode].reference_frame(payload, AudioFormat(16_000), 1000.0, None)
+    except WireError as exc:
+        assert exc.code in (ErrorCode.BAD_CONFIG, ErrorCode.UNKNOWN_FORMAT, ErrorCode.WRONG_FRAME_SIZE)
