@@ -103,7 +103,8 @@ def test_with_echo_cancellation_the_robot_holds_a_conversation_with_a_barge_in_a
     assert [e["role"] for e in events if e["type"] == "history"].count("user") == 3
     assert self_interruptions(events, arrivals, sim.user_spans) == 0
     assert echo_stats["mode"] == "server" and echo_stats["degraded"] is None and echo_stats["locked"]
-    assert echo_stats["cancelled"] == echo_stats["frames"] and echo_stats["playout_reports"] == sim.reports >= 3
+    assert echo_stats["passed_through"] == 0 and echo_stats["playout_reports"] == sim.reports >= 3
+    assert echo_stats["cancelled"] > 500 and echo_stats["cancelled"] + echo_stats["idle"] == echo_stats["frames"]
     # 20 ms frames on the event loop: the canceller must take a small part of each.
     assert echo_stats["process_ms_mean"] < 5.0
 

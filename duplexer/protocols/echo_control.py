@@ -98,6 +98,9 @@ class EchoParams:
     """Most recent delay estimates the drift is judged on."""
     recover_frames: int = 25
     """Healthy frames in a row (500 ms) that end a degraded stretch."""
+    idle_after_ms: float = 2000.0
+    """The canceller rests (the microphone passes, ungated, at no cost) once the reference has been
+    silent this long: longer than the echo's delay and the room's reverberation, so no echo is left."""
 
 
 def _dbfs(mean_square: float) -> float:
@@ -150,16 +153,21 @@ class EchoControl:
         start = seq * FRAME_SAMPLES
         self.counts["frames"] += 1
         self._mic_samples += len(mic)
+        sounding = self.ring.sounding_until
+        idle = sounding is None or start - sounding > self.params.idle_after_ms * SAMPLES_PER_MS
         if isinstance(self.reference, LoopbackReference):
             self.reference.expire(now_ms)  # give up on a loopback frame that is not coming
-        else:
+        elif not idle:
             self._track(mic, self.ring.read(start, len(mic)), now_ms)
         problem = self._problem(start + len(mic), now_ms)
         if problem is None:
             self._healthy()
         else:
             self._degrade(problem)
-        if self.degraded is not None or not self._has_reference(start + len(mic)):
+        if idle and self.degraded is None:
+            self.counts["idle"] += 1
+            out, gate = pcm, 1.0
+        elif self.degraded is not None or not self._has_reference(start + len(mic)):
             self.counts["passed_through"] += 1
             out, gate = pcm, 1.0
         else:
@@ -293,6 +301,7 @@ class EchoControl:
             "frames": frames,
             "cancelled": self.counts["cancelled"],
             "passed_through": self.counts["passed_through"],
+            "idle": self.counts["idle"],
             "playout_reports": self.counts["playout_reports"],
             "degraded_episodes": {
                 key.removeprefix("degraded_"): n for key, n in self.counts.items() if key.startswith("degraded_")

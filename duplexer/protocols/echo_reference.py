@@ -31,6 +31,8 @@ DEFAULT_RING_MS = 6000
 """Reference kept: the longest delay searched plus the estimator's window, with room to spare."""
 MAX_PLACED_FRAMES = 1000
 """Frames of bot audio kept to be moved by a playout report: 20 s, far longer than any device buffers."""
+SOUND_LEVEL = 1.0 / 32768.0
+"""Reference samples above this (one PCM16 step) are sound; a stretch without any is silence."""
 CONTIGUOUS_SLACK_MS = 60.0
 """Played audio written within this much of where the last write ended continues it sample for sample;
 further off (a new reply, a stall) it is placed at its own send time."""
@@ -51,6 +53,8 @@ class ReferenceRing:
         """One past the newest sample written; None before the first write."""
         self.total_written = 0
         """Samples written since the start (for rate checks)."""
+        self.sounding_until: int | None = None
+        """One past the newest sample written that was not silence; None while all was silence."""
 
     def write_at(self, start: int, samples: np.ndarray) -> None:
         """Write ``samples`` from absolute sample ``start`` on; a jump forward leaves silence behind it."""
@@ -69,6 +73,8 @@ class ReferenceRing:
         self.samples[index] = samples
         self.written_until = end if self.written_until is None else max(self.written_until, end)
         self.total_written += n
+        if np.any(np.abs(samples) > SOUND_LEVEL):
+            self.sounding_until = end if self.sounding_until is None else max(self.sounding_until, end)
 
     def _fill(self, start: int, end: int, value: float) -> None:
         if end > start:
