@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from duplexer.kernels.echo_delay import DelayEstimator
+from duplexer.kernels.echo_delay import DELAY_INTERVAL_FRAMES, DelayEstimator
 from duplexer.protocols.echo_reference import SAMPLES_PER_MS, LoopbackReference, PlayedReference, ReferenceRing
 from duplexer.runtime.events import FRAME_MS, FRAME_SAMPLES, INPUT_SAMPLE_RATE_HZ
 from duplexer.runtime.logging import get_logger
@@ -127,6 +127,7 @@ class EchoControl:
         self.log = log if log is not None else get_logger(component="echo")
         self.loopback = isinstance(reference, LoopbackReference)
         self.tracker = DelayEstimator(INPUT_SAMPLE_RATE_HZ, FRAME_SAMPLES, round(p.max_delay_ms * SAMPLES_PER_MS))
+        self.tracker.frames = DELAY_INTERVAL_FRAMES // 2  # its estimates fall between the canceller's own
         self.delay: int | None = None if initial_delay_ms is None else round(initial_delay_ms * SAMPLES_PER_MS)
         """The echo's delay behind the reference, in samples: estimated, or declared; None while unknown."""
         self.shift = 0 if self.delay is None else self._shift_for(self.delay)
