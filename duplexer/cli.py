@@ -36,7 +36,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "echo": (
         "duplexer.bench.echo",
         "main",
-        "echo cancellation on a device hearing its speaker: ERLE, self-interruptions",
+        "echo cancellation on a device that hears its speaker: ERLE, self-stops",
     ),
     "executors": ("duplexer.bench.executors", "main", "local vs Ray executor: event hop latency, sessions"),
     "soak": ("duplexer.bench.soak", "main", "server and MQTT bridge under good and bad clients: audio, memory, errors"),

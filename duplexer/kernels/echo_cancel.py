@@ -36,7 +36,8 @@ How it works (docs/echo.md has the figures):
    with the predicted residual (leak x echo estimate + the still-unmodelled coupling x reference
    power + noise). The margin it must exceed is learned from the echo path: the running 98th
    percentile of that ratio over bot-speech frames (frames more than 6 dB above it, clear near-end
-   speech, are left out), plus 3 dB. The gate holds open 200 ms after
+   speech, are left out), plus 3 dB (plus up to 10 dB over the first 8 s of bot speech, while
+   the filter converges). The gate holds open 120 ms after
    the last frame above it.
 """
 
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from duplexer.kernels.echo_delay import DelayEstimator
+from duplexer.kernels.echo_delay import DelayEstimator, DriftCompensator
 from duplexer.kernels.echo_filter import KERNELS, POWER_FLOOR, Backend
 
 FloatArray = npt.NDArray[np.float64]
@@ -68,29 +69,44 @@ MU_MAX = 0.5
 DOUBLE_TALK_MU_SCALE = 0.1
 INITIAL_RATE = 0.25
 """NLMS rate until the filter has adapted enough for the leak estimate to steer it."""
-SUPPRESSION_OVER = 2.0
+SUPPRESSION_OVER = 3.0
 SUPPRESSION_FLOOR_DB = -40.0
 REVERB_DECAY_PER_HOP = 0.75
 """Residual echo power held from one 10 ms hop to the next: a decay of ~1.2 dB per 10 ms."""
 GATE_QUANTILE = 0.98
-GATE_QUANTILE_STEP_DB = 0.25
+GATE_QUANTILE_STEP_DB = 0.1
 GATE_LEARN_SPAN_DB = 6.0
 GATE_EXTRA_DB = 3.0
 GATE_INITIAL_MARGIN_DB = 6.0
 GATE_MARGIN_RANGE_DB = (0.0, 20.0)
-GATE_HOLD_FRAMES = 10
+GATE_STARTUP_EXTRA_DB = 10.0
+GATE_STARTUP_FRAMES = 400
+"""While the filter is still converging (its first 8 s of bot speech) the margin is higher, by 10 dB
+at first and nothing after 400 frames: the residual is least predictable then."""
+GATE_HOLD_FRAMES = 6
 REF_ACTIVE_POWER = 1e-7
 """Mean square of the reference above which the bot counts as speaking (-70 dBFS)."""
 COUPLING_INITIAL = 1.0
 """Unmodelled echo coupling assumed before any is measured: echo as loud as the reference."""
 STATS_SMOOTHING = 0.05
 COUPLING_FALL = 0.1
-COUPLING_RISE = 0.01
+COUPLING_BLOCKS = 4
+"""The per-bin coupling compares the error with the loudest of the last 4 reference blocks (80 ms)."""
+COUPLING_EXCITED = 1e-4
+"""Bins more than 40 dB under the reference's loudest learn no coupling (nothing to learn from)."""
+COUPLING_RISE = 0.003
 NOISE_PSD_SMOOTHING = 0.8
 NOISE_RISE_PER_HOP = 1.003
 """The noise floor follows the smoothed spectrum's minimum and rises ~1.3 dB/s."""
+BAND_SMOOTHING = 0.9
+BAND_NOISE_BIAS = 2.5
+"""The band's noise floor (minimum of its smoothed power) sits ~4 dB under the power of a noise-only
+frame; the gate measures against the floor times this."""
 NOISE_BIAS = 1.5
 """A smoothed spectrum's minimum sits below its mean; this brings the floor back up."""
+LEAK_FLOOR = 0.03
+"""The residual echo is never predicted below 3% (-15 dB) of the echo estimate's power: a stretch
+of echo unlike what the filter learned from is not taken for the user."""
 BIN_LEAK_FALL = 0.2
 BIN_LEAK_RISE = 0.01
 """Per frame, each bin's leak follows the measured share of echo left in the error: fast down, slowly
@@ -157,6 +173,7 @@ class EchoCanceller:
         self.ring = np.zeros(self.max_delay + (m + 2) * n)  # raw reference, newest last
         self.bulk = 0
         self.delay = DelayEstimator(self.sample_rate, n, self.max_delay)
+        self.drift = DriftCompensator()
         self.history = np.zeros((m, bins), dtype=np.complex128)
         self.w_fg = np.zeros((m, bins), dtype=np.complex128)
         self.w_bg = np.zeros((m, bins), dtype=np.complex128)
@@ -171,8 +188,13 @@ class EchoCanceller:
         self.residual_ratio = 0.5
         self.davg1 = self.davg2 = self.dvar1 = self.dvar2 = 0.0
         self.coupling = COUPLING_INITIAL
+        self.bin_coupling = np.full(bins, COUPLING_INITIAL)
+        self.ref_spec = np.zeros(bins)
         self.noise = np.full(self.hop + 1, 1e3)  # falls to the first frames' level at once
         self.psd = np.zeros(self.hop + 1)
+        self.band = 0.0
+        self.band_noise = 1e3
+        self.noise_frames = 0
         self.res_prev = np.zeros(self.hop + 1)
         self.e_tail = np.zeros(self.hop)  # last half-window of linear error / echo estimate, for the STFT
         self.y_tail = np.zeros(self.hop)
@@ -185,6 +207,7 @@ class EchoCanceller:
         self.mic_avg = self.lin_avg = self.out_avg = 0.0
         self.double_talk = False
         self.gate_ratio_db = 0.0
+        self.active_frames = 0  # frames of bot speech heard so far
         self.ref_active = False
         self.residual_power = 0.0
         self.passthrough_frames = 0
@@ -195,7 +218,7 @@ class EchoCanceller:
 
     @property
     def user_speech_likely(self) -> bool:
-        """False while the bot speaks and nothing in the last 200 ms stood out from its echo."""
+        """False while the bot speaks and nothing in the last 120 ms stood out from its echo."""
         return not self.ref_active or self.hold > 0
 
     def gate_probability(self, probability: float) -> float:
@@ -225,10 +248,11 @@ class EchoCanceller:
         if not (np.all(np.isfinite(d)) and np.all(np.isfinite(x_raw))):
             raise ValueError("echo canceller frames must be finite")
         self.frames += 1
-        self.ring = np.concatenate([self.ring[n:], x_raw])
         lag = self.delay.push(d, x_raw)
-        if lag is not None:
-            target = max(0, lag - self.pre_delay)
+        self.drift.rate = self.delay.drift
+        self.ring = np.concatenate([self.ring[n:], self.drift.push(x_raw)])
+        if lag is not None:  # the lag of the echo behind the drift-compensated reference
+            target = max(0, lag - round(self.drift.phase) - self.pre_delay)
             if abs(target - self.bulk) > self.realign:
                 self._realign(target)
         x_prev, x = self._ref_block(0), self._ref_block(1)
@@ -332,7 +356,7 @@ class EchoCanceller:
         self.pyy = max(self.pyy, POWER_FLOOR)
         self.pey = max(self.pey, 0.0005 * self.pyy)
         self.leak = min(1.0, self.pey / self.pyy)
-        if self.ref_active and not self.double_talk and syy > 0:
+        if self.ref_active and self.hold == 0 and syy > 0:  # no near-end speech within the hold
             measured = np.minimum(e_pow / (y_pow + POWER_FLOOR), 1.0)
             rate = np.where(measured > self.bin_leak, BIN_LEAK_RISE, BIN_LEAK_FALL)
             self.bin_leak += rate * (measured - self.bin_leak)
@@ -348,11 +372,21 @@ class EchoCanceller:
         recent = self._recent_ref_power()
         self.ref_active = recent > REF_ACTIVE_POWER
         delayed = self._delayed_ref_power()
-        if self.ref_active and not self.double_talk and delayed > REF_ACTIVE_POWER:  # the unmodelled coupling
+        if self.ref_active and self.hold == 0 and delayed > REF_ACTIVE_POWER:  # the unmodelled coupling
             modelled = float(self.bin_leak @ y_pow) / n
             r = min(max(see - modelled, 0.0) / (delayed * n), COUPLING_INITIAL)
             rate = COUPLING_RISE if r > self.coupling else COUPLING_FALL
             self.coupling += rate * (r - self.coupling)
+        # Per bin, once the delay is known: the echo the filter does not model yet in each band (a sound
+        # unlike what it learned from, say a first hiss after vowels), relative to the recent reference.
+        self.ref_spec = (np.abs(self.history[:COUPLING_BLOCKS]) ** 2).max(axis=0)
+        if self.delay.delay is not None and self.ref_active and self.hold == 0:
+            excited = self.ref_spec > COUPLING_EXCITED * max(float(self.ref_spec.max()), POWER_FLOOR)
+            r_bins = np.minimum(
+                np.maximum(e_pow - self.bin_leak * y_pow, 0.0) / (self.ref_spec + POWER_FLOOR), COUPLING_INITIAL
+            )
+            rate_bins = np.where(r_bins > self.bin_coupling, COUPLING_RISE, COUPLING_FALL) * excited
+            self.bin_coupling += rate_bins * (r_bins - self.bin_coupling)
 
     def _gate(self, out_power: float, residual_power: float) -> None:
         """Double-talk detector and echo-aware gate: does the suppressed output stand out of the
@@ -365,7 +399,9 @@ class EchoCanceller:
             return
         ratio_db = _db(out_power) - _db(residual_power)
         self.gate_ratio_db = ratio_db
-        self.double_talk = ratio_db > self.margin_db
+        self.active_frames += 1
+        startup = GATE_STARTUP_EXTRA_DB * max(0.0, 1.0 - self.active_frames / GATE_STARTUP_FRAMES)
+        self.double_talk = ratio_db > self.margin_db + startup
         if self.double_talk:
             self.hold = GATE_HOLD_FRAMES
         elif self.hold > 0:
@@ -412,22 +448,36 @@ class EchoCanceller:
             self.e_tail, self.y_tail = seg_e, seg_y
             spec = np.fft.rfft(win_e)
             e_pow = np.abs(spec) ** 2
-            leak = self.bin_leak[:: self.n // self.hop]
+            leak = np.maximum(self.bin_leak[:: self.n // self.hop], LEAK_FLOOR)
             res = np.maximum(leak * np.abs(np.fft.rfft(win_y)) ** 2, REVERB_DECAY_PER_HOP * self.res_prev)
             res = np.maximum(res, self.coupling_floor())
             self.res_prev = res
+            if self.noise_frames == 0:  # the smoothed spectra start from the first hop, not from zero
+                self.psd, self.band = e_pow.copy(), float(e_pow.sum()) / self.hop
+            self.noise_frames += 1
             self.psd = NOISE_PSD_SMOOTHING * self.psd + (1 - NOISE_PSD_SMOOTHING) * e_pow
             self.noise = np.maximum(np.minimum(self.noise * NOISE_RISE_PER_HOP, NOISE_BIAS * self.psd), 1e-12)
-            residual += float(res.sum() + self.noise.sum()) / self.hop
+            # The floor the gate measures against: the whole band's power has far less spread per hop
+            # than one bin's, so its minimum is a fair estimate of the noise.
+            total = float(e_pow.sum()) / self.hop
+            self.band = BAND_SMOOTHING * self.band + (1 - BAND_SMOOTHING) * total
+            self.band_noise = max(min(self.band_noise * NOISE_RISE_PER_HOP, self.band), 1e-12)
+            residual += float(res.sum()) / self.hop + BAND_NOISE_BIAS * self.band_noise
             gain = self._gain(e_pow, res, self.noise, SUPPRESSION_OVER, self.floor) if self.ref_active else 1.0
             frame = np.fft.irfft(spec * gain, 2 * self.hop) * self._window
             out[h * self.hop : (h + 1) * self.hop] = self.ola + frame[: self.hop]
             self.ola = frame[self.hop :]
         return out, residual
 
-    def coupling_floor(self) -> float:
-        """Residual power per STFT bin still unmodelled by the filter (coupling x recent reference)."""
-        return self.coupling * self._delayed_ref_power() * self.hop
+    def coupling_floor(self) -> FloatArray | float:
+        """Residual power per STFT bin still unmodelled by the filter: per bin (coupling x recent
+        reference spectrum) once the delay is known, one figure for the whole band before."""
+        if self.delay.delay is None:
+            return self.coupling * self._delayed_ref_power() * self.hop
+        # A 2N-point spectrum of N error samples against one of 2N reference samples: the STFT bin
+        # (window energy = hop) holds half of coupling x reference per 2N-point bin.
+        floor: FloatArray = 0.5 * (self.bin_coupling * self.ref_spec)[:: self.n // self.hop]
+        return floor
 
     def _delayed_ref_power(self) -> float:
         """The loudest reference frame (mean square) within the filter's reach of the estimated delay;

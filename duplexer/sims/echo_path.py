@@ -65,7 +65,7 @@ class EchoPath:
 
     room: Room
     delay_ms: float = 120.0
-    drift_ppm: float = 50.0
+    drift_ppm: float = 20.0
     echo_db: float = 0.0
     """Echo level relative to the user's speech at the microphone (0 or -10 in the benchmark)."""
     noise_db: float = -45.0
