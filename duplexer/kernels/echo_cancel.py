@@ -7,7 +7,7 @@ Interface (stable; one :class:`EchoCanceller` per session, 16 kHz mono, 20 ms fr
     aec.user_speech_likely          # gate for the VAD: False while the bot speaks and nothing
                                     # stands out from the residual echo by the learned margin
     aec.gate_probability(p)         # the VAD's speech probability, gated (0.0 when not likely)
-    aec.stats                       # EchoStats: ERLE (linear, total), double-talk, levels, delay
+    aec.stats                       # EchoStats: ERLE (linear, total), double-talk, levels, delay, drift
     aec.reset()
 
 ``ref`` is the audio the bot played for the same 20 ms as ``mic`` (zeros while the bot is
@@ -131,6 +131,8 @@ class EchoStats:
     """How far above the predicted residual a frame must be to count as the user's."""
     delay_ms: float | None
     """Estimated bulk delay of the echo; None until found."""
+    drift_ppm: float
+    """Fitted clock drift the reference is being compensated for (0 until 4 s of delay estimates)."""
     frames: int
 
 
@@ -235,6 +237,7 @@ class EchoCanceller:
             residual_db=_db(self.residual_power),
             gate_margin_db=self.margin_db,
             delay_ms=None if self.delay.delay is None else 1000.0 * self.delay.delay / self.sample_rate,
+            drift_ppm=self.delay.drift * 1e6,
             frames=self.frames,
         )
 
@@ -450,7 +453,7 @@ class EchoCanceller:
             e_pow = np.abs(spec) ** 2
             leak = np.maximum(self.bin_leak[:: self.n // self.hop], LEAK_FLOOR)
             res = np.maximum(leak * np.abs(np.fft.rfft(win_y)) ** 2, REVERB_DECAY_PER_HOP * self.res_prev)
-            res = np.maximum(res, self.coupling_floor())
+            res = np.maximum(res, self._coupling_floor())
             self.res_prev = res
             if self.noise_frames == 0:  # the smoothed spectra start from the first hop, not from zero
                 self.psd, self.band = e_pow.copy(), float(e_pow.sum()) / self.hop
@@ -469,7 +472,7 @@ class EchoCanceller:
             self.ola = frame[self.hop :]
         return out, residual
 
-    def coupling_floor(self) -> FloatArray | float:
+    def _coupling_floor(self) -> FloatArray | float:
         """Residual power per STFT bin still unmodelled by the filter: per bin (coupling x recent
         reference spectrum) once the delay is known, one figure for the whole band before."""
         if self.delay.delay is None:
