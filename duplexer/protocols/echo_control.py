@@ -309,6 +309,7 @@ class EchoControl:
             },
             "erle_total_db": _rounded(getattr(canceller_stats, "erle_total_db", None)),
             "erle_linear_db": _rounded(getattr(canceller_stats, "erle_linear_db", None)),
+            "drift_ppm": _rounded(getattr(canceller_stats, "drift_ppm", None)),
             "process_ms_mean": round(self.process_ms_total / frames, 3) if frames else 0.0,
             "process_ms_max": round(self.process_ms_max, 3),
             "frame_ms": FRAME_MS,
