@@ -138,9 +138,11 @@ def test_a_declared_playout_delay_places_the_reference_until_the_echo_is_found()
     assert control.shift == (340 - 60) * 16  # the echo 60 ms behind the canceller's reference, in its range
     without_hint = EchoControl(PlayedReference(), Subtracting())
     assert without_hint.shift == 0  # the canceller searches its own range (400 ms) meanwhile
-    run_served(without_hint, bot, user, delay_ms=340.0)
+    _, gates = run_served(without_hint, bot, user, delay_ms=340.0)
     assert without_hint.locked and without_hint.shift == control.shift  # found within 3 s of speech
-    assert without_hint.counts["cancelled"] == without_hint.counts["frames"]
+    learning, cancelled = without_hint.counts["learning"], without_hint.counts["cancelled"]
+    assert learning > 0 and cancelled > 0 and learning + cancelled == without_hint.counts["frames"]
+    assert set(gates[:learning]) == {1.0}  # until then the microphone passed as it came, ungated
 
 
 def test_clock_drift_is_followed_without_giving_up() -> None:

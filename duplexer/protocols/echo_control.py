@@ -15,9 +15,10 @@ playout buffer and the room, a delay that drifts with the device's clock, so:
   comes ``canceller_delay_ms`` after it, well inside the delay the canceller
   finds and follows by itself (the device's clock drift); it is moved again
   only when the echo leaves ``canceller_window_ms``. Until the tracker has an
-  estimate, a playout delay the device declared places it, or else nothing
-  does and the canceller searches its own range. A loopback reference needs
-  none of this: it is numbered like the microphone.
+  estimate, a playout delay the device declared places it; or else nothing
+  does, and the canceller learns in its own range while the microphone passes
+  as it came (no output, no gate is trusted before the echo is found). A
+  loopback reference needs none of this: it is numbered like the microphone.
 - The canceller (:class:`Canceller`) subtracts the echo and says whether the
   frame's speech may be the user's (``user_speech_likely``: false while the bot
   speaks and nothing stands out from its residual echo by the margin it learned
@@ -133,6 +134,9 @@ class EchoControl:
         self.shift = 0 if self.delay is None else self._shift_for(self.delay)
         """How far behind the microphone the canceller's reference is read, in samples."""
         self.locked = False
+        self.declared = initial_delay_ms is not None or self.loopback
+        """Where the echo is was declared (a device's playout delay, a loopback's numbering): its output and
+        gate are used from the first frame; otherwise only once the echo has been found."""
         self.estimates: deque[tuple[float, int]] = deque(maxlen=p.drift_estimates)
         self.active_ms = 0.0
         """Bot speech in the reference since the echo was last confirmed (or since the start)."""
@@ -175,8 +179,12 @@ class EchoControl:
             ref = self.ring.read(start - self.shift, len(mic))
             ref16 = np.clip(np.rint(ref * 32768.0), -32768, 32767).astype(np.int16)
             cleaned = np.asarray(self.canceller.process(mic.astype(np.int16), ref16), dtype=np.int16)
-            out, gate = cleaned.astype("<i2").tobytes(), speech_gate_of(self.canceller)
-            self.counts["cancelled"] += 1
+            if self.locked or self.declared:
+                out, gate = cleaned.astype("<i2").tobytes(), speech_gate_of(self.canceller)
+                self.counts["cancelled"] += 1
+            else:  # it learns, but nothing says yet that this reference is what the microphone hears
+                out, gate = pcm, 1.0
+                self.counts["learning"] += 1
         elapsed_ms = 1000.0 * (time.perf_counter() - started)
         self.process_ms_total += elapsed_ms
         self.process_ms_max = max(self.process_ms_max, elapsed_ms)
@@ -303,6 +311,7 @@ class EchoControl:
             "cancelled": self.counts["cancelled"],
             "passed_through": self.counts["passed_through"],
             "idle": self.counts["idle"],
+            "learning": self.counts["learning"],
             "playout_reports": self.counts["playout_reports"],
             "degraded_episodes": {
                 key.removeprefix("degraded_"): n for key, n in self.counts.items() if key.startswith("degraded_")
