@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from duplexer.protocols.echo_control import EchoControl, EchoParams
 from duplexer.protocols.echo_reference import LoopbackReference, PlayedReference, ReferenceRing
+from duplexer.protocols.echo_session import SessionEcho
 from duplexer.protocols.inbound_audio import InboundAudio
-from duplexer.protocols.mqtt_topics import AudioFormat, AudioHeader
+from duplexer.protocols.mqtt_topics import AudioFormat, AudioHeader, EchoConfig, EchoMode
 from duplexer.runtime.events import FRAME_MS, FRAME_SAMPLES
 from duplexer.runtime.logging import configure_logging
 from duplexer.runtime.metrics import Metrics
@@ -301,3 +302,17 @@ def test_a_playout_report_moves_the_reply_to_where_it_played() -> None:
     assert played.ring.read(16 * 1140, 16 * 80).min() > 0.2
     played.write(pcm(tone), RATE_HZ, 1100.0, seq=12)  # the reply goes on from where it played
     assert played.frames[12][0] == played.frames[11][0] + len(played.frames[11][1])
+
+
+def test_a_device_s_next_session_starts_from_the_echo_delay_its_last_one_found() -> None:
+    echo = SessionEcho(EchoConfig(EchoMode.SERVER), make_canceller=Subtracting)
+    echo.start(FORMAT, Metrics())
+    assert echo.control is not None and not echo.control.declared  # nothing known: it must find the echo
+    bot, user = bot_and_user(3.0)
+    run_served(echo.control, bot, user, delay_ms=230.0)
+    assert echo.control.locked
+    echo.stop()
+    echo.start(FORMAT, Metrics())
+    assert echo.control is not None and echo.control.declared
+    assert echo.learned_delay_ms is not None and abs(echo.learned_delay_ms - 230.0) <= 1.0
+    assert echo.control.delay == round(echo.learned_delay_ms * 16)

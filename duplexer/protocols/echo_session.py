@@ -19,7 +19,7 @@ import numpy as np
 from duplexer.actors.engines import AudioSink
 from duplexer.kernels.echo_cancel import EchoCanceller
 from duplexer.protocols.echo_control import CancellerFactory, EchoControl, EchoParams
-from duplexer.protocols.echo_reference import LoopbackReference, PlayedReference
+from duplexer.protocols.echo_reference import SAMPLES_PER_MS, LoopbackReference, PlayedReference
 from duplexer.protocols.inbound_audio import InboundAudio
 from duplexer.protocols.mqtt_topics import (
     MAX_AUDIO_PAYLOAD_BYTES,
@@ -67,11 +67,15 @@ class SessionEcho:
         self.sent_frames = 0
         """Bot audio frames the sink was given, ever: audio/out numbers its frames the same way."""
         self._session: tuple[AudioFormat | None, Metrics] | None = None
+        self.learned_delay_ms: float | None = None
+        """The echo delay an earlier session of this device found: where the next one starts, if the
+        device declares none (the same device, room and playout path)."""
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self, fmt: AudioFormat | None, metrics: Metrics) -> None:
         """A session starts: build its echo control as the config says (none for mode ``device``)."""
+        self._learn()
         self._session = (fmt, metrics)
         self.control = None
         mode = self.config.mode
@@ -91,11 +95,17 @@ class SessionEcho:
             reference = PlayedReference()
             hint = self.config.playout_delay_ms
             # The microphone frame that carries the echo is numbered when it arrives: a frame later.
-            initial_delay_ms = None if hint is None else hint + (fmt.frame_ms if fmt is not None else 20)
+            initial_delay_ms = self.learned_delay_ms if hint is None else hint + (fmt.frame_ms if fmt else 20)
         self.control = EchoControl(reference, canceller, self.params, initial_delay_ms, metrics, self.log)
 
     def stop(self) -> None:
+        self._learn()
         self.control, self._session = None, None
+
+    def _learn(self) -> None:
+        control = self.control
+        if control is not None and control.locked and control.delay is not None and not control.loopback:
+            self.learned_delay_ms = control.delay / SAMPLES_PER_MS
 
     def configure(self, config: EchoConfig, fmt: AudioFormat | None) -> None:
         """A (new) config: a running session switches to its echo handling at once."""
