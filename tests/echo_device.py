@@ -190,3 +190,14 @@ def self_interruptions(
     """Speech onsets the VAD reported while the user said nothing: the bot hearing itself."""
     onsets = [t for e, t in zip(events, arrivals_s, strict=True) if e["type"] == "speech_start"]
     return sum(1 for t in onsets if not any(start - 0.05 <= t <= end + 0.5 for start, end in user_spans))
+
+
+def timeline(events: list[dict[str, Any]], arrivals_s: list[float], user_spans: list[tuple[float, float]]) -> str:
+    """What happened when, for a failing assertion's message: user speech, VAD onsets, playout, states."""
+    start = min([*arrivals_s, *(s for s, _ in user_spans)], default=0.0)
+    lines = [f"user {a - start:6.2f}-{b - start:6.2f}" for a, b in user_spans]
+    shown = ("speech_start", "playout_started", "playout_done", "playout_stopped", "state")
+    for event, at in zip(events, arrivals_s, strict=True):
+        if event["type"] in shown:
+            lines.append(f"{at - start:6.2f} {event['type']} {event.get('reason', '')}")
+    return "\n".join(lines)
