@@ -29,7 +29,15 @@ from pathlib import Path
 
 from duplexer.protocols.mqtt_connection import broker_settings
 from duplexer.protocols.mqtt_device import DeviceClient
-from duplexer.protocols.mqtt_topics import AudioFormat, encode_json, parse_config, valid_device_id
+from duplexer.protocols.mqtt_topics import (
+    CONFIG_VERSION,
+    AudioFormat,
+    EchoConfig,
+    EchoMode,
+    encode_json,
+    parse_device_config,
+    valid_device_id,
+)
 
 FRAME_MS = 20
 
@@ -59,8 +67,16 @@ def write_speaker(path: Path, pcm: bytes, rate_hz: int) -> None:
 async def talk(args: argparse.Namespace, pcm: bytes, rate_hz: int) -> int:
     broker = broker_settings(args.broker, args.username, args.password, args.tls, args.ca_file)
     fmt = AudioFormat(sample_rate_hz=rate_hz, frame_ms=FRAME_MS)
+    echo = None
+    if args.echo_mode is not None or args.playout_delay_ms is not None:
+        echo = EchoConfig(EchoMode(args.echo_mode or EchoMode.SERVER.value), args.playout_delay_ms)
     device = DeviceClient(
-        broker, args.device_id, fmt, on_event=lambda e: print(json.dumps(e), flush=True), token=args.token
+        broker,
+        args.device_id,
+        fmt,
+        on_event=lambda e: print(json.dumps(e), flush=True),
+        token=args.token,
+        echo=echo,
     )
     async with device:
         await device.wait_for_bridge(timeout_s=10.0)
@@ -97,12 +113,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls", action="store_true")
     parser.add_argument("--ca-file", type=Path)
     parser.add_argument("--token", help="this device's token, for a bridge started with --device-tokens")
+    parser.add_argument(
+        "--echo-mode",
+        choices=[mode.value for mode in EchoMode],
+        help="who cancels this device's echo (config version 2; docs/mqtt.md, Echo); default: the bridge",
+    )
+    parser.add_argument(
+        "--playout-delay-ms", type=int, help="this device's playout delay, where the bridge looks for its echo"
+    )
     args = parser.parse_args(argv)
     try:
         if not valid_device_id(args.device_id):
             raise ValueError(f"--device-id {args.device_id!r} is not valid: use A-Z a-z 0-9 _ . -")
         pcm, rate_hz = read_microphone(args.input)
-        parse_config(encode_json(AudioFormat(rate_hz, FRAME_MS).to_json()))  # the bridge's own checks
+        config = AudioFormat(rate_hz, FRAME_MS).to_json()
+        if args.echo_mode is not None or args.playout_delay_ms is not None:
+            mode = args.echo_mode or EchoMode.SERVER.value
+            delay = {} if args.playout_delay_ms is None else {"playout_delay_ms": args.playout_delay_ms}
+            config |= {"version": CONFIG_VERSION, "echo": {"mode": mode, **delay}}
+        parse_device_config(encode_json(config))  # the bridge's own checks
         broker_settings(args.broker, args.username, args.password, args.tls, args.ca_file)
     except ValueError as exc:
         print(f"mqtt_device: error: {exc}", file=sys.stderr)

@@ -82,6 +82,7 @@ async def serving(engines: EngineFactory | None = None, **options: Any) -> Async
         debug=True,
         connect_timeout_s=options.pop("connect_timeout_s", 30.0),
         media_timeout_s=options.pop("media_timeout_s", 10.0),
+        server_aec=options.pop("server_aec", False),
     )
     server = WebRtcServer(ServerConfig(port=0, call=call, **options), engines or short_replies())
     await server.start()

@@ -63,7 +63,7 @@ class VadActor(Actor):
         p = self.params
         frame_start_ms = event.seq * event.duration_ms
         frame_end_ms = frame_start_ms + event.duration_ms
-        prob = self.engine.speech_probability(event.pcm, frame_start_ms)
+        prob = self.engine.speech_probability(event.pcm, frame_start_ms) * event.speech_gate
         if not self.in_speech and self.candidate_since_ms is None and prob >= p.candidate_threshold:
             self.candidate_since_ms = frame_start_ms
             self.emit(VadOnsetCandidate, active=True, probability=prob, since_ms=frame_start_ms)

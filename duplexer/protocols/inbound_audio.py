@@ -166,6 +166,12 @@ class InboundAudio:
                 self._release(out, force=True)
         return out
 
+    def position_ms(self, seq: int) -> float | None:
+        """Session time at which numbered frame ``seq`` starts (or would), from where the stream is now."""
+        if self.expected is None or self.next_frame is None or self.fmt is None:
+            return None
+        return self._audio_end_ms() + seq_distance(seq, self.expected) * self.fmt.frame_ms
+
     def _format(self) -> AudioFormat:
         if self.fmt is None:
             raise ValueError("numbered frames need the stream's AudioFormat")

@@ -45,6 +45,8 @@ from typing import Any, TypeVar
 import aiomqtt
 
 from duplexer.actors.pipeline import PipelineConfig
+from duplexer.protocols.echo_control import CancellerFactory, EchoParams
+from duplexer.protocols.echo_session import warm_up
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.inbound_audio import DEFAULT_REORDER_WINDOW_FRAMES, MAX_CONCEAL_MS
 from duplexer.protocols.metrics_endpoint import ObservabilitySettings, ObservedService
@@ -130,6 +132,10 @@ class BridgeConfig:
     """How long a Ray session's hosts may take to start before the session is given up."""
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     """The /metrics port and the tracer; off by default."""
+    make_canceller: CancellerFactory | None = None
+    """Builds each session's echo canceller (devices whose config leaves echo to the server); None: the kernel's."""
+    echo: EchoParams = field(default_factory=EchoParams)
+    """Echo alignment and fallback settings (:mod:`duplexer.protocols.echo_control`)."""
 
 
 MAX_GATE_KEY_CHARS = 80
@@ -218,6 +224,7 @@ class MqttBridge:
         """Serve until :meth:`request_stop`; raises BrokerLoginRefused if the first login is refused,
         MetricsPortTaken if the metrics endpoint cannot listen."""
         await self.observed.start()
+        await asyncio.to_thread(warm_up, self.config.make_canceller)  # not in a device's first frame
         housekeeper = asyncio.create_task(self._housekeep_forever(), name="mqtt-housekeeping")
         try:
             await self._connect_forever()
@@ -421,6 +428,12 @@ class MqttBridge:
                 link.on_audio(payload)
             elif channel is Channel.CONFIG:
                 link.on_config(payload)
+            elif channel is Channel.AUDIO_REF:  # the device's loopback, placed by its microphone's numbering
+                now_ms = link.session.clock.now_ms() if link.session else None
+                try:
+                    link.echo.reference_frame(payload, link.fmt, now_ms, link.inbound)
+                except WireError as exc:
+                    link.error(exc.code, exc.message)
             elif channel is Channel.CONTROL:
                 link.on_control(payload)
             elif channel is Channel.STATUS:

@@ -24,6 +24,7 @@ import aiomqtt
 
 from duplexer.protocols.mqtt_connection import Backoff, BrokerSettings, make_client
 from duplexer.protocols.mqtt_topics import (
+    CONFIG_VERSION,
     FLAG_DELAYED,
     OFFLINE,
     ONLINE,
@@ -34,6 +35,7 @@ from duplexer.protocols.mqtt_topics import (
     QOS_STATUS,
     AudioFormat,
     Channel,
+    EchoConfig,
     Topics,
     WireError,
     encode_json,
@@ -78,6 +80,7 @@ class DeviceClient:
         on_audio: Callable[[ReceivedAudio], None] | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         token: str | None = None,
+        echo: EchoConfig | None = None,
     ) -> None:
         self.broker = broker
         self.device_id = device_id
@@ -90,6 +93,8 @@ class DeviceClient:
         self.on_audio, self.on_event = on_audio, on_event
         self.token = token
         """Sent in the config, for a bridge that names a token per device (``--device-tokens``)."""
+        self.echo = echo
+        """Sent in the config (version 2): who cancels this device's echo, e.g. ``EchoConfig(EchoMode.DEVICE)``."""
         self.client_id = f"duplexer-device-{device_id}-{secrets.token_hex(3)}"
         self.events: list[dict[str, Any]] = []
         self.event_arrivals_s: list[float] = []
@@ -259,6 +264,8 @@ class DeviceClient:
         await client.subscribe(self.topic(Channel.AUDIO_OUT), QOS_AUDIO)
         await client.subscribe(self.topics.bridge_status("+"), QOS_STATUS)
         config = self.fmt.to_json() if self.token is None else {**self.fmt.to_json(), "token": self.token}
+        if self.echo is not None:
+            config = {**config, "version": CONFIG_VERSION, "echo": self.echo.to_json()}
         await client.publish(self.topic(Channel.CONFIG), encode_json(config), QOS_CONFIG, retain=True)
         await client.publish(self.topic(Channel.STATUS), ONLINE, QOS_STATUS, retain=True)
         # Whatever is still queued waited out an outage, even frames queued before it was noticed.

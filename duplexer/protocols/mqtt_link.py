@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from duplexer.actors.pipeline import start_pipeline
 from duplexer.actors.turn_recorder import SentAudio, TurnRecorderActor
 from duplexer.policies.controller import PolicyParams
+from duplexer.protocols.echo_session import SessionEcho
 from duplexer.protocols.inbound_audio import InboundAudio, InboundCounts
 from duplexer.protocols.mqtt_guard import TokenBucket, token_matches
 from duplexer.protocols.mqtt_topics import (
@@ -163,6 +164,7 @@ class DeviceLink:
         self.audio_topic = self.config.topics.device(device_id, Channel.AUDIO_OUT)
         self.fmt: AudioFormat | None = fmt
         """The declared format; where the bridge has device tokens, only a config with the token sets it."""
+        self.echo = SessionEcho(make_canceller=self.config.make_canceller, params=self.config.echo, log=self.log)
         self.last_heard_s = bridge.now_s()
         """When the device last published a live message; its session ends after the idle timeout."""
         self.budget = TokenBucket(
@@ -290,7 +292,8 @@ class DeviceLink:
         if fmt != self.fmt and self.inbound is not None:
             self.inbound = self._new_inbound(fmt, self.inbound.next_frame)
         self.fmt = fmt
-        self.publish_event("config", audio_in=fmt.to_json())
+        self.echo.configure(config.echo, fmt)
+        self.publish_event("config", audio_in=fmt.to_json(), echo=config.echo.to_json())
 
     def on_audio(self, payload: bytes) -> None:
         if len(payload) > MAX_AUDIO_PAYLOAD_BYTES:
@@ -391,6 +394,8 @@ class DeviceLink:
             self.publish_event("policy", policy=asdict(self.policy))
         elif control.type is ControlType.STATS:
             self.publish_stats()
+        elif control.type is ControlType.PLAYED and control.played is not None:
+            self.echo.playout_report(*control.played, self.fmt, self.inbound)
 
     def _apply_policy(self, overrides: PolicyOverrides) -> None:
         """Send the running session's controller the changed parameters (already checked), on its bus.
@@ -410,7 +415,7 @@ class DeviceLink:
         device_sink = MqttAudioSink(self)
         sent = SentAudio(device_sink) if observability is not None else None  # when audible samples went out
         try:
-            engines = self.bridge.engines(session.clock, sent or device_sink)
+            engines = self.bridge.engines(session.clock, self.echo.tap(sent or device_sink))
             pipeline = replace(self.config.pipeline, policy=self.policy)
             start_pipeline(session, engines, pipeline)
         except Exception as exc:  # a failing engine (or a Ray host that cannot start) must not take the bridge down
@@ -425,6 +430,7 @@ class DeviceLink:
         self.counts = InboundCounts()
         self.inbound = None
         self.playing = None
+        self.echo.start(self.fmt, session.metrics)
         self.out_rate_hz = engines.tts.sample_rate_hz
         self.last_stats_s = self.bridge.now_s()
         self.log.info("mqtt_session_started", session_id=session.session_id)
@@ -476,6 +482,7 @@ class DeviceLink:
             return None
         self.publish_stats()
         self.session, self.inbound, self.playing = None, None, None
+        self.echo.stop()
         return self.bridge.spawn(self._stopped(session, reason))
 
     async def _stopped(self, session: ExecutorSession, reason: str) -> None:
@@ -495,7 +502,8 @@ class DeviceLink:
     def _feed(self, session: ExecutorSession, frames: list[tuple[int, bytes]]) -> None:
         ctx = session.ctx
         for seq, pcm in frames:
-            ctx.emit(AudioFrame, pcm=pcm, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
+            clean, gate = self.echo.process(seq, pcm, session.clock.now_ms())
+            ctx.emit(AudioFrame, pcm=clean, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq, speech_gate=gate)
 
     def interrupt(self, reason: str) -> str | None:
         """Stop the reply playing now, as a barge-in would; history keeps what was played."""
@@ -558,6 +566,7 @@ class DeviceLink:
                 if key.startswith("interrupted_")
             },
             "bus_overflow": session.metrics.total("bus.overflow") if session else 0,
+            "echo": self.echo.stats(),
         }
 
     def publish_stats(self) -> None:

@@ -8,6 +8,7 @@ Topics (``{p}`` is the prefix, ``duplexer`` by default)::
 
     {p}/{device}/config     device -> bridge  QoS 1, retained  audio format (JSON)
     {p}/{device}/audio/in   device -> bridge  QoS 0            header + PCM16 mono
+    {p}/{device}/audio/ref  device -> bridge  QoS 0            header + PCM16 mono: its loopback (config echo mode)
     {p}/{device}/control    device -> bridge  QoS 1            start/stop/interrupt/policy/stats (JSON)
     {p}/{device}/status     device -> bridge  QoS 1, retained  online/offline, the device's last will
     {p}/{device}/audio/out  bridge -> device  QoS 0            header + PCM16 mono at the TTS rate
@@ -71,6 +72,7 @@ class Channel(enum.StrEnum):
 
     CONFIG = "config"
     AUDIO_IN = "audio/in"
+    AUDIO_REF = "audio/ref"
     CONTROL = "control"
     STATUS = "status"
     AUDIO_OUT = "audio/out"
@@ -80,6 +82,7 @@ class Channel(enum.StrEnum):
 DEVICE_PUBLISHES: tuple[tuple[Channel, int], ...] = (
     (Channel.CONFIG, QOS_CONFIG),
     (Channel.AUDIO_IN, QOS_AUDIO),
+    (Channel.AUDIO_REF, QOS_AUDIO),
     (Channel.CONTROL, QOS_CONTROL),
     (Channel.STATUS, QOS_STATUS),
 )
@@ -325,15 +328,96 @@ class AudioFormat:
         }
 
 
-CONFIG_FIELDS = {"encoding", "sample_rate_hz", "channels", "frame_ms", "token"}
+CONFIG_VERSION = 2
+"""The newest config version this bridge speaks. A config without ``version`` is version 1; a field
+is accepted only in a config whose version introduced it (older fields stay valid in newer versions)."""
+CONFIG_FIELDS_BY_VERSION: dict[int, frozenset[str]] = {
+    1: frozenset({"encoding", "sample_rate_hz", "channels", "frame_ms", "token", "version"}),
+    2: frozenset({"encoding", "sample_rate_hz", "channels", "frame_ms", "token", "version", "echo"}),
+}
+CONFIG_FIELDS = set(CONFIG_FIELDS_BY_VERSION[CONFIG_VERSION])
+
+
+class EchoMode(enum.StrEnum):
+    """Who takes the bot's voice out of the device's microphone (config ``echo.mode``, version 2)."""
+
+    SERVER = "server"
+    """The bridge cancels it, with the audio it sent on audio/out as the reference (the default)."""
+    DEVICE = "device"
+    """The device already cancels its echo: the bridge leaves the microphone as it is."""
+    LOOPBACK = "loopback"
+    """The bridge cancels it, with the device's own loopback of its speaker sent on audio/ref."""
+
+
+ECHO_FIELDS = frozenset({"mode", "playout_delay_ms"})
+MAX_PLAYOUT_DELAY_MS = 1000
+"""Largest playout delay a device may declare: from a frame's arrival on audio/out to its sound at the microphone."""
+
+
+@dataclass(frozen=True)
+class EchoConfig:
+    """How a device's echo is handled (config ``echo``, version 2)."""
+
+    mode: EchoMode = EchoMode.SERVER
+    playout_delay_ms: int | None = None
+    """The device's own estimate of its playout delay: where the bridge starts looking for the echo."""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode.value}
+        if self.playout_delay_ms is not None:
+            out["playout_delay_ms"] = self.playout_delay_ms
+        return out
 
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    """A config message: the microphone format and, where the bridge asks for one, the device's token."""
+    """A config message: the microphone format, the echo handling and, where the bridge asks for one, the token."""
 
     fmt: AudioFormat
     token: str | None = None
+    echo: EchoConfig = EchoConfig()
+    version: int = 1
+
+
+def _config_version(obj: dict[str, Any]) -> int:
+    version = obj.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        shown = type(version).__name__
+        raise WireError(ErrorCode.BAD_CONFIG, f"config field 'version' must be an integer, got {shown}")
+    if not 1 <= version <= CONFIG_VERSION:
+        shown = str(version)[:12]
+        raise WireError(
+            ErrorCode.BAD_CONFIG,
+            f"config version {shown} is not supported; this bridge speaks versions 1 to {CONFIG_VERSION}",
+        )
+    newer = sorted(set(obj) - CONFIG_FIELDS_BY_VERSION[version])
+    if newer:
+        raise WireError(
+            ErrorCode.BAD_CONFIG,
+            f'config field(s) {newer} need "version": {CONFIG_VERSION} in the config (see docs/mqtt.md)',
+        )
+    return version
+
+
+def _echo_config(value: Any) -> EchoConfig:
+    if not isinstance(value, dict):
+        raise WireError(
+            ErrorCode.BAD_CONFIG,
+            f'config field \'echo\' must be an object such as {{"mode": "server"}}, got {type(value).__name__}',
+        )
+    _reject_unknown(value, set(ECHO_FIELDS), "config field 'echo'", ErrorCode.BAD_CONFIG)
+    mode = value.get("mode", EchoMode.SERVER.value)
+    try:
+        echo_mode = EchoMode(mode if isinstance(mode, str) else "")
+    except ValueError:
+        shown = repr(mode)[:MAX_QUOTED_CHARS] if isinstance(mode, str) else type(mode).__name__
+        raise WireError(
+            ErrorCode.BAD_CONFIG, f"config 'echo.mode' {shown} is not one of {[m.value for m in EchoMode]}"
+        ) from None
+    delay: int | None = None
+    if "playout_delay_ms" in value:
+        delay = _int_field(value, "playout_delay_ms", 0, 0, MAX_PLAYOUT_DELAY_MS, ErrorCode.BAD_CONFIG)
+    return EchoConfig(echo_mode, delay)
 
 
 def parse_device_config(payload: bytes) -> DeviceConfig:
@@ -341,6 +425,8 @@ def parse_device_config(payload: bytes) -> DeviceConfig:
     what = "config"
     obj = _json_object(payload, what, ErrorCode.BAD_CONFIG, ErrorCode.BAD_CONFIG)
     _reject_unknown(obj, CONFIG_FIELDS, what, ErrorCode.BAD_CONFIG)
+    version = _config_version(obj)
+    echo = _echo_config(obj["echo"]) if "echo" in obj else EchoConfig()
     encoding = obj.get("encoding", ENCODING_PCM16LE)
     if encoding != ENCODING_PCM16LE:
         shown = repr(encoding)[:40] if isinstance(encoding, str) else type(encoding).__name__
@@ -366,7 +452,7 @@ def parse_device_config(payload: bytes) -> DeviceConfig:
         except UntrustedInputError as exc:
             raise WireError(ErrorCode.BAD_CONFIG, str(exc)) from None
     fmt = AudioFormat(sample_rate_hz=rate, frame_ms=frame_ms, channels=channels, encoding=encoding)
-    return DeviceConfig(fmt, token)
+    return DeviceConfig(fmt, token, echo, version)
 
 
 def parse_config(payload: bytes) -> AudioFormat:
@@ -380,6 +466,13 @@ class ControlType(enum.StrEnum):
     INTERRUPT = "interrupt"
     POLICY = "policy"
     STATS = "stats"
+    PLAYED = "played"
+    """An echo playout report: audio/out frame ``seq`` began to play at sample ``mic_offset`` of audio/in
+    frame ``mic_seq`` (the microphone's clock), so the bridge's echo reference is placed where it played."""
+
+
+PLAYED_FIELDS = ("seq", "mic_seq", "mic_offset")
+MAX_MIC_OFFSET = MAX_SAMPLE_RATE_HZ * MAX_FRAME_MS // 1000
 
 
 PolicyOverrides = dict[str, float | int | bool]
@@ -391,6 +484,8 @@ class Control:
 
     type: ControlType
     policy: PolicyOverrides | None = None
+    played: tuple[int, int, int] | None = None
+    """For ``played``: (audio/out seq, audio/in seq, sample offset in that microphone frame)."""
 
 
 def _overrides(value: Any) -> PolicyOverrides:
@@ -429,11 +524,28 @@ def parse_control(payload: bytes) -> Control:
             f"control 'type' {shown} is not one of {[t.value for t in ControlType]}",
         ) from None
     allowed = {"type", "policy"} if control_type in (ControlType.START, ControlType.POLICY) else {"type"}
+    if control_type is ControlType.PLAYED:
+        allowed = {"type", *PLAYED_FIELDS}
     _reject_unknown(obj, allowed, f"control {control_type.value!r}", ErrorCode.BAD_CONTROL)
+    if control_type is ControlType.PLAYED:
+        return Control(control_type, played=_played(obj))
     policy = obj.get("policy")
     if control_type is ControlType.POLICY and policy is None:
         raise WireError(ErrorCode.BAD_CONTROL, "control 'policy' needs a 'policy' object of overrides")
     return Control(control_type, None if policy is None else _overrides(policy))
+
+
+def _played(obj: dict[str, Any]) -> tuple[int, int, int]:
+    values = []
+    for name, high in zip(PLAYED_FIELDS, (SEQ_MODULUS - 1, SEQ_MODULUS - 1, MAX_MIC_OFFSET), strict=True):
+        value = obj.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+            shown = repr(value)[:MAX_QUOTED_CHARS] if isinstance(value, int) else type(value).__name__
+            raise WireError(
+                ErrorCode.BAD_CONTROL, f"control 'played' needs {name!r}, an integer from 0 to {high} (got {shown})"
+            )
+        values.append(value)
+    return values[0], values[1], values[2]
 
 
 def parse_status(payload: bytes) -> str:

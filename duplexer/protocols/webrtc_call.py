@@ -38,8 +38,10 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from duplexer.actors.pipeline import PipelineConfig, start_pipeline
 from duplexer.actors.turn_recorder import TurnRecorderActor
+from duplexer.protocols.echo_session import SessionEcho
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.inbound_audio import InboundAudio
+from duplexer.protocols.mqtt_topics import EchoConfig, EchoMode
 from duplexer.protocols.webrtc_audio import BotAudioTrack
 from duplexer.protocols.webrtc_guard import MAX_DATA_CHANNEL_MESSAGE_BYTES
 from duplexer.protocols.webrtc_messages import (
@@ -95,6 +97,9 @@ class CallSettings:
     """How long an offer waits for the session's Ray hosts to start (seconds on a busy machine)."""
     observability: Observability | None = None
     """Where each call's turn recorder reports (the server's metrics and traces); None: no recorder."""
+    server_aec: bool = False
+    """Cancel the bot's echo in each caller's microphone on the server (``serve --aec server``); off by
+    default, since browsers cancel it themselves."""
 
 
 @dataclass
@@ -233,6 +238,8 @@ class Call:
         self.session = settings.make_session(self.id, engines)
         self.track = BotAudioTrack(self.session.clock)
         self.inbound = InboundAudio()
+        self.echo = SessionEcho(EchoConfig(EchoMode.SERVER if settings.server_aec else EchoMode.DEVICE), log=self.log)
+        self.echo.start(None, self.session.metrics)
         self.pc = RTCPeerConnection(configuration=settings.rtc_configuration)
         self.channel: RTCDataChannel | None = None
         self.unsent: deque[str] = deque(maxlen=MAX_UNSENT_MESSAGES)
@@ -300,7 +307,7 @@ class Call:
 
     def _build_engines(self) -> Any:
         """This process's engines (in a worker thread: real models take a while to build)."""
-        engines = self.engines(self.session.clock, self.track)
+        engines = self.engines(self.session.clock, self.echo.tap(self.track))
         _ = engines.sink  # a factory of shared engines builds the rest lazily: here, not on the loop
         return engines
 
@@ -361,8 +368,10 @@ class Call:
             if not isinstance(frame, av.AudioFrame):
                 continue
             self.last_media_s = self._loop.time()
-            for seq, pcm in self.inbound.push_frame(frame, self.session.clock.now_ms()):
-                ctx.emit(AudioFrame, pcm=pcm, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
+            now_ms = self.session.clock.now_ms()
+            for seq, pcm in self.inbound.push_frame(frame, now_ms):
+                clean, gate = self.echo.process(seq, pcm, now_ms)
+                ctx.emit(AudioFrame, pcm=clean, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq, speech_gate=gate)
 
     async def _watch(self) -> None:
         """Close a call that never connects, or whose microphone audio stops arriving."""
@@ -463,4 +472,5 @@ class Call:
                 "max_queued_frames": out.max_queued_frames,
             },
             "session_tasks": len(self.session.supervisor.tasks),
+            "echo": self.echo.stats(),
         }

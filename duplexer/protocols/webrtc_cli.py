@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             media_timeout_s=args.media_timeout,
             debug=args.debug,
             engines_name=args.engines,
+            server_aec=args.aec == "server",
         )
         config = ServerConfig(
             host=args.host,
@@ -242,6 +243,13 @@ def register(commands: Any) -> None:
         "--debug",
         action="store_true",
         help="keep each call's messages and accept the page's received log (GET /calls, /calls/ID)",
+    )
+    serve.add_argument(
+        "--aec",
+        choices=("off", "server"),
+        default="off",
+        help="echo cancellation: 'server' takes the bot's own voice out of each caller's microphone, "
+        "for peers that do not cancel it; 'off' (default) leaves it to the browser, which does",
     )
     serve.add_argument("--log-level", default="INFO", help="structured log level (default: INFO)")
     add_tools_argument(serve)

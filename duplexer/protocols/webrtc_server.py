@@ -32,6 +32,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
+from duplexer.protocols.echo_session import warm_up
 from duplexer.protocols.engine_factory import EngineFactory
 from duplexer.protocols.http_error_counts import error_counting
 from duplexer.protocols.metrics_endpoint import ObservabilitySettings, ObservedService
@@ -231,6 +232,8 @@ class WebRtcServer:
 
     async def start(self) -> None:
         """Listen on the configured host and port (port 0 picks a free one, see ``port``)."""
+        if self.config.call.server_aec:
+            await asyncio.to_thread(warm_up)  # the canceller's compiled kernels: not in a call's first frame
         # aiohttp's keep-alive timer runs from the connection's start and from each answer until a whole
         # request head has arrived, so it is the header read deadline too (a slowloris is closed by it).
         self._runner = web.AppRunner(

@@ -57,6 +57,9 @@ class AudioFrame(Event):
     seq: int
     """Frame ``seq`` covers session time ``[seq, seq + 1) * duration_ms``: the VAD times speech, and so
     every silence rule, from it. A source numbers its frames from the session clock, not from 0."""
+    speech_gate: float = 1.0
+    """How far the VAD may believe speech in this frame, in [0, 1]: below 1 while echo cancellation judges
+    it to hold only the bot's own residual echo, 1 otherwise (and always without echo cancellation)."""
     is_user_audio: ClassVar[bool] = True
 
     @property

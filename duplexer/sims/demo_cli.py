@@ -36,7 +36,7 @@ def demo_engines(args: argparse.Namespace | None = None) -> tuple[Any, Any]:
     models = load_models()
     server_llm = None
     llm_name = getattr(args, "llm", "local") if args is not None else "local"
-    if llm_name in LLM_BACKENDS and llm_name != "local":
+    if args is not None and llm_name in LLM_BACKENDS and llm_name != "local":
         from dataclasses import replace
 
         from duplexer.actors.llm_select import build_llm_engine, llm_config_from_args
