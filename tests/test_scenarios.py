@@ -46,6 +46,8 @@ BAD = {
     "unknown field": ("name: x\nscript:\n  - say: hi\n    volume: 11\n", "script[0].volume: unknown field"),
     "unknown top-level field": ("name: x\ncolour: red\nscript:\n  - say: hi\n", "colour: unknown field"),
     "unknown event": ("name: x\nscript:\n  - shout: hi\n", "script[0]: unknown event"),
+    "an event named by a control character": ('name: x\nscript:\n  - "\\x1E": 0\n', "unknown event ('\\x1e')"),
+    "event names of mixed types": ("name: x\nscript:\n  - {1: a, b: 2, true: 3, d: 4}\n", "is not text"),
     "negative duration": ("name: x\nscript:\n  - say: hi\n    duration_ms: -5\n", "script[0].duration_ms"),
     "negative engine latency": (
         "name: x\nengines:\n  llm: {ttft_ms: -1}\nscript:\n  - say: hi\n",
@@ -77,7 +79,7 @@ def test_bad_scenario_gets_one_line_naming_file_and_field(case: str, tmp_path: P
     with pytest.raises(ScenarioError) as info:
         load_scenario(path)
     message = str(info.value)
-    assert "\n" not in message
+    assert len(message.splitlines()) == 1  # splitlines: any line break, control characters included
     assert message.startswith(str(path))
     assert expected in message
 

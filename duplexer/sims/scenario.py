@@ -369,7 +369,8 @@ def parse_scenario(data: Any, path: Path) -> Scenario:
                 raise ScenarioError(f"{path}: script[{i}]: a step must be a mapping")
             kinds = set(STEP_KEYS) & step.keys()
             if len(kinds) != 1:
-                found = ", ".join(sorted(step)) or "nothing"
+                names = sorted(repr(key)[:40] for key in step)  # repr: a control character is not a line break
+                found = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "") or "nothing"
                 raise ScenarioError(
                     f"{path}: script[{i}]: unknown event ({found}); a step has exactly one of " + ", ".join(STEP_KEYS)
                 )
