@@ -29,6 +29,7 @@ import numpy as np
 from duplexer.bench.asr import DEFAULT_PHRASES
 from duplexer.kernels.echo_cancel import EchoCanceller
 from duplexer.kernels.loudness import audible_spans
+from duplexer.protocols.echo_control import speech_gate_of
 from duplexer.runtime.console import progress, say
 from duplexer.runtime.events import FRAME_SAMPLES, INPUT_SAMPLE_RATE_HZ
 from duplexer.sims.echo_metrics import BargeInReplay, ReplyOutcome, erle_db, word_error_rate
@@ -148,7 +149,7 @@ def run_session(session: Session, vad_factory: object, asr: object | None, seed:
         out[s] = o / 32768.0
         lin[s] = aec.linear_frame
         replay_off.frame(f, mic16[s].astype("<i2").tobytes())
-        replay_on.frame(f, o.astype("<i2").tobytes(), aec.gate_probability)
+        replay_on.frame(f, o.astype("<i2").tobytes(), speech_gate_of(aec))
     lat = aec.latency_samples
     out_aligned = np.concatenate([out[lat:], np.zeros(lat)])
     # ERLE: bot-only frames (no user within 100 ms) with echo present, after the first reply(s).

@@ -138,7 +138,7 @@ class BargeInReplay:
 
     ``vad_engine`` is a :class:`~duplexer.actors.engines.VadEngine` (Silero in the benchmark).
     Call :meth:`start_reply` when a bot reply starts playing, :meth:`frame` for every 20 ms frame
-    (with ``gate``: the echo canceller's verdict, or None for no gate)."""
+    (with ``speech_gate``: the echo canceller's verdict, 1.0 for no gate)."""
 
     vad_engine: Any
     params: PolicyParams = LIVE_CALL_POLICY
@@ -162,21 +162,21 @@ class BargeInReplay:
         self.current = ReplyOutcome(start_ms=start_ms, end_ms=end_ms, user_onset_ms=user_onset_ms)
         self.outcomes.append(self.current)
 
-    def frame(self, seq: int, pcm: bytes, probability_gate: Any = None) -> None:
-        """One 20 ms frame numbered ``seq`` (session time ``seq * FRAME_MS``)."""
+    def frame(self, seq: int, pcm: bytes, speech_gate: float = 1.0) -> None:
+        """One 20 ms frame numbered ``seq`` (session time ``seq * FRAME_MS``), with the echo canceller's
+        speech gate on the ``AudioFrame`` as the live path carries it (the VAD multiplies it in)."""
         end_ms = (seq + 1) * FRAME_MS
         self.clock.ms = end_ms
         self.bus.events.clear()
-        frame = AudioFrame(session_id="echo", ts_ms=end_ms, pcm=pcm, sample_rate_hz=INPUT_SAMPLE_RATE_HZ, seq=seq)
-        if probability_gate is None:
-            _run_now(self.vad.handle(frame))
-        else:
-            engine = self.vad.engine
-            self.vad.engine = _GatedVad(engine, probability_gate)
-            try:
-                _run_now(self.vad.handle(frame))
-            finally:
-                self.vad.engine = engine
+        frame = AudioFrame(
+            session_id="echo",
+            ts_ms=end_ms,
+            pcm=pcm,
+            sample_rate_hz=INPUT_SAMPLE_RATE_HZ,
+            seq=seq,
+            speech_gate=speech_gate,
+        )
+        _run_now(self.vad.handle(frame))
         if self.controller is None or self.current is None:
             return
         if end_ms > self.current.end_ms:
@@ -193,13 +193,3 @@ class BargeInReplay:
                 self.current.stopped_ms = end_ms
                 if self.current.paused_ms is None:
                     self.current.paused_ms = end_ms
-
-
-class _GatedVad:
-    """The VAD engine's probability passed through the echo canceller's gate."""
-
-    def __init__(self, engine: Any, gate: Any) -> None:
-        self.engine, self.gate = engine, gate
-
-    def speech_probability(self, pcm: bytes, frame_start_ms: float) -> float:
-        return float(self.gate(self.engine.speech_probability(pcm, frame_start_ms)))
