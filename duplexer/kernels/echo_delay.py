@@ -48,8 +48,9 @@ class DelayEstimator:
         self.reset()
 
     def reset(self) -> None:
-        self.mic = np.zeros(self.window)
+        self.mic = np.zeros(self.window)  # ring buffers: the oldest sample at ``pos``, written in place
         self.ref = np.zeros(self.window + self.max_delay)
+        self.mic_pos = self.ref_pos = 0
         self.frames = 0
         self.cross: npt.NDArray[np.complex128] | None = None
         self.candidate: int | None = None
@@ -62,19 +63,19 @@ class DelayEstimator:
 
     def push(self, mic: FloatArray, ref: FloatArray) -> int | None:
         """Take one frame of each; return the current lag (None until one is found)."""
-        n = len(mic)
-        self.mic = np.concatenate([self.mic[n:], mic])
-        self.ref = np.concatenate([self.ref[n:], ref])
+        self.mic_pos = _ring_write(self.mic, self.mic_pos, mic)
+        self.ref_pos = _ring_write(self.ref, self.ref_pos, ref)
         self.frames += 1
         if self.frames % DELAY_INTERVAL_FRAMES == 0:
             self._estimate()
         return self.delay
 
     def _estimate(self) -> None:
-        if np.sqrt(np.mean(self.ref[-self.window :] ** 2)) < DELAY_ACTIVE_RMS:
+        mic, ref = np.roll(self.mic, -self.mic_pos), np.roll(self.ref, -self.ref_pos)  # oldest first
+        if np.sqrt(np.mean(ref[-self.window :] ** 2)) < DELAY_ACTIVE_RMS:
             return
-        mic_spec = np.fft.rfft(self.mic, self.nfft)
-        ref_spec = np.fft.rfft(self.ref, self.nfft)
+        mic_spec = np.fft.rfft(mic, self.nfft)
+        ref_spec = np.fft.rfft(ref, self.nfft)
         # mic[t] ~ ref[t + max_delay - lag] (ref is max_delay samples longer): correlate and shift.
         cross = mic_spec * np.conj(ref_spec)
         cross /= np.abs(cross) + 1e-12
@@ -112,6 +113,19 @@ class DelayEstimator:
             return
         slope = float(np.polyfit(frames * self.frame_samples, lags, 1)[0])
         self.drift = slope if abs(slope) <= DRIFT_MAX_PPM * 1e-6 else 0.0
+
+
+def _ring_write(ring: FloatArray, pos: int, frame: FloatArray) -> int:
+    """Write ``frame`` over the oldest samples of ``ring`` (oldest at ``pos``); the new oldest position.
+    Per frame this touches the frame's samples only, not the whole window."""
+    size, n = len(ring), len(frame)
+    if n >= size:
+        ring[:] = frame[n - size :]
+        return 0
+    first = min(n, size - pos)
+    ring[pos : pos + first] = frame[:first]
+    ring[: n - first] = frame[first:]
+    return (pos + n) % size
 
 
 DRIFT_PHASE_START = 64.0
