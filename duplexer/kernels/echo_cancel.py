@@ -227,6 +227,15 @@ class EchoCanceller:
         """The VAD's speech probability for the latest frame, gated by :attr:`user_speech_likely`."""
         return probability if self.user_speech_likely else 0.0
 
+    def compile_kernels(self) -> None:
+        """Run each per-bin kernel once on tiny inputs of the types :meth:`process` passes, so numba compiles
+        (or loads from its cache) all four now: silent frames reach only one of them, bot speech the others."""
+        spectra, powers = np.zeros((1, 2), dtype=np.complex128), np.zeros(2)
+        self._echo_spectrum(spectra, spectra)
+        self._gradient(spectra, spectra[0], powers)
+        self._step_sizes(powers, powers, powers, powers, 0.5, 1, MU_MAX)
+        self._gain(powers, powers, powers, SUPPRESSION_OVER, self.floor)
+
     @property
     def stats(self) -> EchoStats:
         return EchoStats(

@@ -47,6 +47,8 @@ def warm_up(make_canceller: CancellerFactory | None = None) -> None:
     frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
     for _ in range(3):
         canceller.process(frame, frame)
+    if isinstance(canceller, EchoCanceller):
+        canceller.compile_kernels()
 
 
 class SessionEcho:
