@@ -262,7 +262,8 @@ class EchoCanceller:
         self.frames += 1
         lag = self.delay.push(d, x_raw)
         self.drift.rate = self.delay.drift
-        self.ring = np.concatenate([self.ring[n:], self.drift.push(x_raw)])
+        self.ring[:-n] = self.ring[n:]  # in place: the ring is ~10k samples
+        self.ring[-n:] = self.drift.push(x_raw)
         if lag is not None:  # the lag of the echo behind the drift-compensated reference
             target = max(0, lag - round(self.drift.phase) - self.pre_delay)
             if abs(target - self.bulk) > self.realign:
@@ -452,6 +453,8 @@ class EchoCanceller:
         predicted residual echo's energy in it (before suppression)."""
         out = np.empty(self.n)
         residual = 0.0
+        leak = np.maximum(self.bin_leak[:: self.n // self.hop], LEAK_FLOOR)  # the same for both hops
+        coupling_floor = self._coupling_floor()
         for h in range(self.n // self.hop):
             seg_e = e[h * self.hop : (h + 1) * self.hop]
             seg_y = y[h * self.hop : (h + 1) * self.hop]
@@ -460,9 +463,8 @@ class EchoCanceller:
             self.e_tail, self.y_tail = seg_e, seg_y
             spec = np.fft.rfft(win_e)
             e_pow = np.abs(spec) ** 2
-            leak = np.maximum(self.bin_leak[:: self.n // self.hop], LEAK_FLOOR)
             res = np.maximum(leak * np.abs(np.fft.rfft(win_y)) ** 2, REVERB_DECAY_PER_HOP * self.res_prev)
-            res = np.maximum(res, self._coupling_floor())
+            res = np.maximum(res, coupling_floor)
             self.res_prev = res
             if self.noise_frames == 0:  # the smoothed spectra start from the first hop, not from zero
                 self.psd, self.band = e_pow.copy(), float(e_pow.sum()) / self.hop
