@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
+import json
 import random
+import sys
 import wave
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 
 from duplexer.actors.energy_vad import EnergyVad
 from duplexer.actors.engines import AudioSink, Engines
@@ -22,6 +26,7 @@ from duplexer.protocols.engine_factory import SCRIPTED_TTS_RATE_HZ, EngineFactor
 from duplexer.protocols.mqtt_device import DeviceClient, ReceivedAudio
 from duplexer.runtime.clock import Clock
 from duplexer.runtime.events import FRAME_MS
+from duplexer.runtime.logging import configure_logging
 from duplexer.sims.echo_path import BOT_LEVEL_DBFS, USER_LEVEL_DBFS, EchoDevice, EchoPath, at_level
 from tests.conftest import PHRASES, VOICED_DBFS
 
@@ -29,6 +34,19 @@ MIC_RATE_HZ = 16_000
 MIC_FRAME = MIC_RATE_HZ * FRAME_MS // 1000
 BOT_VOICE = "*_long_male_en-US-Wavenet-B.wav"
 """The bot speaks these recordings (a voice no user in the tests has)."""
+
+
+@pytest.fixture(name="log")
+def captured_log() -> Iterator[io.StringIO]:
+    """The fixture ``log``: the structured log lines (INFO and up) written during the test."""
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    yield stream
+    configure_logging(stream=sys.__stderr__)
+
+
+def log_lines(log: io.StringIO, event: str) -> list[dict[str, Any]]:
+    return [entry for entry in map(json.loads, log.getvalue().splitlines()) if entry.get("event") == event]
 
 
 def _read(path: Any, rate_hz: int) -> np.ndarray:

@@ -9,9 +9,6 @@ kernel's (duplexer.kernels.echo_cancel) and is tested with it, and with this mod
 from __future__ import annotations
 
 import io
-import json
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,9 +22,9 @@ from duplexer.protocols.echo_session import SessionEcho
 from duplexer.protocols.inbound_audio import InboundAudio
 from duplexer.protocols.mqtt_topics import AudioFormat, AudioHeader, EchoConfig, EchoMode
 from duplexer.runtime.events import FRAME_MS, FRAME_SAMPLES
-from duplexer.runtime.logging import configure_logging
 from duplexer.runtime.metrics import Metrics
 from tests.conftest import fuzz_settings, voiced
+from tests.echo_device import captured_log, log_lines  # noqa: F401 (captured_log: the "log" fixture)
 
 RATE_HZ = 16_000
 ECHO_GAIN = 0.7
@@ -53,18 +50,6 @@ class Subtracting:
 
     def reset(self) -> None:
         self.resets += 1
-
-
-@pytest.fixture
-def log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("INFO", stream=stream)
-    yield stream
-    configure_logging(stream=sys.__stderr__)
-
-
-def lines(log: io.StringIO, event: str) -> list[dict[str, Any]]:
-    return [entry for entry in map(json.loads, log.getvalue().splitlines()) if entry.get("event") == event]
 
 
 def bot_and_user(seconds: float) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +156,7 @@ def test_a_device_whose_echo_does_not_match_the_reference_gets_no_cancellation_a
     )
     assert control.degraded in ("wrong_rate", "not_found"), what
     assert metrics.count("echo.degraded", reason=control.degraded) == 1
-    (warning,) = lines(log, "echo_reference_degraded")
+    (warning,) = log_lines(log, "echo_reference_degraded")
     assert warning["reason"] == control.degraded and warning["level"] == "warning"
     # From then on the microphone passes as it came, so the user's speech is all there, ungated.
     assert set(gates[-100:]) == {1.0}
@@ -238,7 +223,7 @@ def test_a_bad_loopback_reference_turns_cancellation_off_with_a_warning_and_a_co
     mic_in, mic_out, gates = run_loopback(control, 5.0, reference_for)
     assert control.counts[f"degraded_{reason}"] >= 1
     assert metrics.count("echo.degraded", reason=reason) >= 1
-    warnings = lines(log, "echo_reference_degraded")
+    warnings = log_lines(log, "echo_reference_degraded")
     assert warnings and warnings[0]["reason"] == reason and warnings[0]["level"] == "warning"
     # Never silenced: every frame of a degraded stretch is the microphone itself, ungated.
     degraded = [i for i in range(len(mic_in)) if mic_out[i] == mic_in[i] and gates[i] == 1.0]
@@ -250,7 +235,7 @@ def test_a_loopback_reference_that_comes_back_is_used_again(log: io.StringIO) ->
     control = loopback_control()
     _, _, gates = run_loopback(control, 6.0, lambda i: [i] if not 60 <= i < 120 else [])
     assert control.counts["degraded_stopped"] == 1 and control.degraded is None
-    assert lines(log, "echo_reference_recovered") and control.canceller.resets == 1  # type: ignore[attr-defined]
+    assert log_lines(log, "echo_reference_recovered") and control.canceller.resets == 1  # type: ignore[attr-defined]
     assert gates[-1] == 0.0
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,13 +20,14 @@ import pytest
 from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.protocols.mqtt_device import DeviceClient
 from duplexer.protocols.mqtt_topics import Channel, EchoConfig, EchoMode, pack_audio
-from duplexer.runtime.logging import configure_logging
 from duplexer.sims.echo_path import ROOMS, EchoPath
 from tests.conftest import run
-from tests.echo_device import (
+from tests.echo_device import (  # noqa: F401 (captured_log: the "log" fixture)
     MIC_FRAME,
     MIC_RATE_HZ,
     EchoingDevice,
+    captured_log,
+    log_lines,
     self_interruptions,
     speaking_engines,
     timeline,
@@ -43,18 +42,6 @@ INTERRUPTION = "bike_short_male_en-US-Wavenet-A.wav"
 REPLY = "Sure. That is a good question, and here is an answer to it."
 """About 4 s of the bot's speech: long enough to hear itself, short enough for a quick test."""
 LIVING_ROOM = EchoPath(ROOMS["living"], delay_ms=120.0, drift_ppm=50.0, echo_db=0.0)
-
-
-@pytest.fixture
-def log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("INFO", stream=stream)
-    yield stream
-    configure_logging(stream=sys.__stderr__)
-
-
-def log_lines(log: io.StringIO, event: str) -> list[dict[str, Any]]:
-    return [entry for entry in map(json.loads, log.getvalue().splitlines()) if entry.get("event") == event]
 
 
 def ended(reply_id: str) -> Any:
