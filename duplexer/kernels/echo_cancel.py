@@ -269,7 +269,7 @@ class EchoCanceller:
             if abs(target - self.bulk) > self.realign:
                 self._realign(target)
         x_prev, x = self._ref_block(0), self._ref_block(1)
-        self.history = np.roll(self.history, 1, axis=0)
+        self.history[1:] = self.history[:-1]  # in place, oldest block dropped
         self.history[0] = np.fft.rfft(np.concatenate([x_prev, x]))
         sdd = float(d @ d)
         sxx = float(x @ x)
@@ -380,7 +380,7 @@ class EchoCanceller:
         """Is the bot's echo (possibly) in this frame, and how much of it is not modelled yet?"""
         n = self.n
         ref_now = float(self.ring[-n:] @ self.ring[-n:]) / n
-        self.ref_env = np.roll(self.ref_env, 1)
+        self.ref_env[1:] = self.ref_env[:-1]
         self.ref_env[0] = ref_now
         recent = self._recent_ref_power()
         self.ref_active = recent > REF_ACTIVE_POWER
