@@ -100,7 +100,7 @@ def _installed(group: str) -> dict[str, EntryPoint]:
 
 def _load(reference: str | EntryPoint, what: str) -> Any:
     """Import ``module:attribute`` (or an entry point's); any failure is one line naming ``what``."""
-    value = reference.value if isinstance(reference, EntryPoint) else reference
+    value = _value(reference)
     module_name, _, attribute = value.partition(":")
     try:
         obj: Any = importlib.import_module(module_name.strip())
