@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Callable
 
 from duplexer.actors.engines import AudioSink, Engines
-from duplexer.actors.plugins import BUILT_IN_ENGINES, ENGINE_KINDS, EngineKind, EnginePlugin, engine_plugin
+from duplexer.actors.plugins import ENGINE_KINDS, EngineKind, EnginePlugin, built_in_engine_names, engine_plugin
 from duplexer.runtime.clock import Clock
 
 EngineFactory = Callable[[Clock, AudioSink], Engines]
@@ -36,12 +36,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
             dest=f"engine_{kind}",
             metavar="NAME",
             default=None,
-            help=f"the {kind.replace('_', ' ')} engine: {', '.join(_built_in_names(kind))} or a plug-in's name",
+            help=f"the {kind.replace('_', ' ')} engine: {', '.join(built_in_engine_names(kind))} or a plug-in's name",
         )
-
-
-def _built_in_names(kind: EngineKind) -> list[str]:
-    return [key.split(".", 1)[1] for key in BUILT_IN_ENGINES if key.split(".", 1)[0] == kind]
 
 
 def chosen_engines(args: argparse.Namespace, llm_backends: tuple[str, ...] = ()) -> ChosenEngines:

@@ -16,7 +16,7 @@ known ones. Writing a plug-in: docs/plugins.md.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Literal, get_args
@@ -100,7 +100,7 @@ def _installed(group: str) -> dict[str, EntryPoint]:
 
 def _load(reference: str | EntryPoint, what: str) -> Any:
     """Import ``module:attribute`` (or an entry point's); any failure is one line naming ``what``."""
-    value = reference.value if isinstance(reference, EntryPoint) else reference
+    value = _value(reference)
     module_name, _, attribute = value.partition(":")
     try:
         obj: Any = importlib.import_module(module_name.strip())
@@ -114,12 +114,20 @@ def _load(reference: str | EntryPoint, what: str) -> Any:
     return obj
 
 
+def _names(keys: Iterable[str], kind: EngineKind) -> list[str]:
+    prefix = kind + "."
+    return [key[len(prefix) :] for key in keys if key.startswith(prefix)]
+
+
+def built_in_engine_names(kind: EngineKind) -> list[str]:
+    """The built-in names ``--KIND`` accepts (no look at the installed plug-ins)."""
+    return _names(BUILT_IN_ENGINES, kind)
+
+
 def engine_names(kind: EngineKind) -> list[str]:
     """The names ``--KIND`` accepts: built-ins first, then installed plug-ins."""
-    prefix = kind + "."
-    built_in = [key[len(prefix) :] for key in BUILT_IN_ENGINES if key.startswith(prefix)]
-    plugins = [key[len(prefix) :] for key in _installed(ENGINE_GROUP) if key.startswith(prefix)]
-    return built_in + [name for name in plugins if name not in built_in]
+    built_in = built_in_engine_names(kind)
+    return built_in + [name for name in _names(_installed(ENGINE_GROUP), kind) if name not in built_in]
 
 
 def engine_plugin(kind: EngineKind, name: str) -> EnginePlugin:

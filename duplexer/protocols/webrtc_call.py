@@ -67,6 +67,7 @@ from duplexer.runtime.events import (
 from duplexer.runtime.executors import SessionMaker, local_session
 from duplexer.runtime.logging import get_logger
 from duplexer.runtime.observability import Observability
+from duplexer.runtime.turn_timing import barge_in_stop, response_latency
 from duplexer.runtime.untrusted import UntrustedInputError, load_json
 
 MAX_UNSENT_MESSAGES = 2000
@@ -168,12 +169,11 @@ class TurnMeter:
     def _metrics(self, event: Event, figures: TurnFigures, stopped: bool) -> dict[str, Any]:
         audio = self.track.replies.get(figures.reply_id)
         first_chunk_ms = audio.first_sent_ms if audio else figures.playout_started_ms
-        response = _since(audio.first_audible_ms if audio else None, figures.turn_end_ms)
+        response = response_latency(audio.first_audible_ms if audio else None, figures.turn_end_ms)
         stop = engine_stop = None
         if stopped and audio is not None and figures.barge_in_onset_ms is not None:
             engine_stop = audio.last_sent_end_ms - figures.barge_in_onset_ms
-            if audio.last_audible_end_ms is not None:  # the user heard no overlap if the bot was already silent
-                stop = max(0.0, audio.last_audible_end_ms - figures.barge_in_onset_ms)
+            stop = barge_in_stop(audio.last_audible_end_ms, figures.barge_in_onset_ms)
         first_token = _since(figures.first_token_ms, figures.started_ms)
         return {
             "type": "metrics",

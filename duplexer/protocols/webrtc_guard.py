@@ -166,6 +166,19 @@ def bearer_matches(header: str, token: str) -> bool:
     return hmac.compare_digest(given.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8"))
 
 
+def require_bearer(request: web.Request, token: str | None, token_name: str, realm: str) -> None:
+    """Raise a 401 :class:`RequestRefused` unless ``request`` carries ``token`` (None: none needed);
+    ``token_name`` is how the message names the server's token, ``realm`` the challenge's realm."""
+    if token is None or bearer_matches(request.headers.get("Authorization", ""), token):
+        return
+    why = "missing" if "Authorization" not in request.headers else "wrong"
+    raise RequestRefused(
+        401,
+        f"{why} bearer token: send the header 'Authorization: Bearer <token>' with the server's {token_name}",
+        {"WWW-Authenticate": f'Bearer realm="{realm}"'},
+    )
+
+
 async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
     """The request body, refused (413, 408, 400) when over ``max_bytes``, slower than ``timeout_s``
     or malformed; raises RequestAborted when the client goes away mid-upload."""

@@ -47,9 +47,9 @@ from duplexer.protocols.webrtc_guard import (
     OriginPolicy,
     RequestAborted,
     RequestRefused,
-    bearer_matches,
     is_loopback,
     read_json,
+    require_bearer,
 )
 from duplexer.protocols.webrtc_messages import encode
 from duplexer.runtime.error_counts import ErrorCounts
@@ -291,7 +291,7 @@ class WebRtcServer:
                 return web.Response(status=204, headers=self._cors_headers(foreign, preflight=True))
             route = request.match_info.route.resource
             if route is not None and route.canonical not in OPEN_ROUTES:
-                self._check_token(request)
+                require_bearer(request, self.config.token, "--token", "duplexer")
             response = await handler(request)
         except RequestRefused as exc:
             response = _error(exc.status, exc.message, **exc.headers)
@@ -326,17 +326,6 @@ class WebRtcServer:
             headers["Access-Control-Allow-Headers"] = CORS_ALLOWED_HEADERS
             headers["Access-Control-Max-Age"] = "600"
         return headers
-
-    def _check_token(self, request: web.Request) -> None:
-        token = self.config.token
-        if token is None or bearer_matches(request.headers.get("Authorization", ""), token):
-            return
-        why = "missing" if "Authorization" not in request.headers else "wrong"
-        raise RequestRefused(
-            401,
-            f"{why} bearer token: send the header 'Authorization: Bearer <token>' with the server's --token",
-            {"WWW-Authenticate": 'Bearer realm="duplexer"'},
-        )
 
     async def _json_body(self, request: web.Request, what: str) -> Any:
         return await read_json(request, what, self.config.max_body_bytes, self.config.body_timeout_s)

@@ -21,6 +21,21 @@ STAGES = ("asr", "llm", "audio")
 first audible bot sample (``audio``: TTS, the wait for the commit, and the way to the listener)."""
 
 
+def response_latency(first_audible_ms: float | None, speech_end_ms: float | None) -> float | None:
+    """From the end of the user's speech to the first audible bot sample sent (None without both)."""
+    if first_audible_ms is None or speech_end_ms is None:
+        return None
+    return first_audible_ms - speech_end_ms
+
+
+def barge_in_stop(last_audible_end_ms: float | None, barge_in_onset_ms: float | None) -> float | None:
+    """From the user's onset over the bot to the end of the last audible bot sample sent: 0 when the
+    bot was already silent (None without both)."""
+    if last_audible_end_ms is None or barge_in_onset_ms is None:
+        return None
+    return max(0.0, last_audible_end_ms - barge_in_onset_ms)
+
+
 @dataclass(frozen=True)
 class StageSpan:
     """One stage of a turn: from the previous mark to this stage's mark, on the session clock."""
@@ -61,16 +76,14 @@ class TurnTiming:
 
     @property
     def response_latency_ms(self) -> float | None:
-        if self.first_audible_ms is None or self.speech_end_ms is None:
-            return None
-        return self.first_audible_ms - self.speech_end_ms
+        return response_latency(self.first_audible_ms, self.speech_end_ms)
 
     @property
     def barge_in_stop_ms(self) -> float | None:
         """Overlap heard after the user came in: 0 when the bot was already silent; None unless stopped."""
-        if self.outcome != "stopped" or self.barge_in_onset_ms is None or self.last_audible_end_ms is None:
+        if self.outcome != "stopped":
             return None
-        return max(0.0, self.last_audible_end_ms - self.barge_in_onset_ms)
+        return barge_in_stop(self.last_audible_end_ms, self.barge_in_onset_ms)
 
     def stages(self) -> list[StageSpan]:
         """The stages reached, each from the previous mark reached to its own.
