@@ -33,6 +33,7 @@ from duplexer.runtime.events import (
 )
 from duplexer.runtime.session import Session
 from duplexer.sims.simulator import RecordingSink
+from tests.tool_session import serve_chat_completions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from tools import build_registry
@@ -60,14 +61,7 @@ async def stand_in_server(requests: list[dict[str, Any]]) -> tuple[web.AppRunner
         await response.write(b"data: [DONE]\n\n")
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}/v1"
+    return await serve_chat_completions(chat)
 
 
 def test_a_tool_call_streamed_by_an_openai_compatible_server_runs_and_the_reply_uses_its_result() -> None:

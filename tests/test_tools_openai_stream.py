@@ -20,7 +20,7 @@ from duplexer.actors.tool_calls import OpenAiToolCallAssembler, ToolCallChunk, c
 from duplexer.actors.tool_config import load_tools
 from duplexer.runtime.events import ToolCallRequested, ToolResult
 from tests.conftest import REPO
-from tests.tool_session import tool_session
+from tests.tool_session import serve_chat_completions, tool_session
 
 PREFACE = "Let me check that for you."
 ARGUMENTS = '{"city": "Paris"}'
@@ -95,14 +95,7 @@ async def stand_in(requests: list[dict[str, Any]], repeat_name: bool) -> tuple[w
         await response.write(b"data: [DONE]\n\n")
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}/v1"
+    return await serve_chat_completions(chat)
 
 
 @pytest.mark.parametrize("repeat_name", [False, True], ids=["openai", "llama-cpp-python"])

@@ -1,13 +1,17 @@
 """One live session on scripted audio engines and a given LLM engine and tools: every event and the history.
 
-Shared by the OpenAI tool-calling tests (a stand-in server and a real llama.cpp server).
+Shared by the OpenAI tool-calling tests (a stand-in server and a real llama.cpp server), with the
+stand-in servers' loopback setup.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web
 
 from duplexer.actors.context import ContextManager
 from duplexer.actors.engines import Engines
@@ -27,6 +31,20 @@ from duplexer.runtime.events import (
 )
 from duplexer.runtime.session import Session
 from duplexer.sims.simulator import RecordingSink
+
+
+async def serve_chat_completions(
+    chat: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> tuple[web.AppRunner, str]:
+    """Serve ``chat`` at ``/v1/chat/completions`` on a free loopback port: the runner and the base URL."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/v1"
 
 
 @dataclass

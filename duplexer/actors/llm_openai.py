@@ -115,10 +115,13 @@ def openai_tool_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
             out.append({"role": role, "content": text})
             continue
         spoken, calls, rest = [], [], text
-        while CALL_OPEN in rest and CALL_CLOSE in rest.split(CALL_OPEN, 1)[1]:
-            before, after = rest.split(CALL_OPEN, 1)
-            body, rest = after.split(CALL_CLOSE, 1)
+        while True:
+            before, _, after = rest.partition(CALL_OPEN)
+            body, closed, tail = after.partition(CALL_CLOSE)
+            if not closed:  # no call, or one left open: the rest is spoken as it is
+                break
             spoken.append(before)
+            rest = tail
             parsed = parse_call_body(body)
             n_calls += 1
             call_id = f"call_{n_calls}"
