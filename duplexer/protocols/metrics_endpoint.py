@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from duplexer.protocols.http_error_counts import error_counting
-from duplexer.protocols.webrtc_guard import HEADER_TIMEOUT_S, OriginPolicy, RequestRefused, bearer_matches
+from duplexer.protocols.webrtc_guard import HEADER_TIMEOUT_S, OriginPolicy, RequestRefused, require_bearer
 from duplexer.runtime.error_counts import ErrorCounts
 from duplexer.runtime.logging import get_logger
 from duplexer.runtime.observability import Observability
@@ -125,14 +125,7 @@ class MetricsEndpoint:
             return _error(500, "internal error; the server log has the details")
 
     def _check_token(self, request: web.Request) -> None:
-        if self.token is None or bearer_matches(request.headers.get("Authorization", ""), self.token):
-            return
-        why = "missing" if "Authorization" not in request.headers else "wrong"
-        raise RequestRefused(
-            401,
-            f"{why} bearer token: send the header 'Authorization: Bearer <token>' with the server's token",
-            {"WWW-Authenticate": 'Bearer realm="duplexer-metrics"'},
-        )
+        require_bearer(request, self.token, "duplexer-metrics", "token")
 
     async def scrape(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -166,6 +166,19 @@ def bearer_matches(header: str, token: str) -> bool:
     return hmac.compare_digest(given.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8"))
 
 
+def require_bearer(request: web.Request, token: str | None, realm: str, token_name: str) -> None:
+    """Passes when no ``token`` is set or the request carries it; otherwise refuses with 401, naming
+    ``token_name`` (how the server was given the token) and challenging for ``realm``."""
+    if token is None or bearer_matches(request.headers.get("Authorization", ""), token):
+        return
+    why = "missing" if "Authorization" not in request.headers else "wrong"
+    raise RequestRefused(
+        401,
+        f"{why} bearer token: send the header 'Authorization: Bearer <token>' with the server's {token_name}",
+        {"WWW-Authenticate": f'Bearer realm="{realm}"'},
+    )
+
+
 async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
     """The request body, refused (413, 408, 400) when over ``max_bytes``, slower than ``timeout_s``
     or malformed; raises RequestAborted when the client goes away mid-upload."""

@@ -47,9 +47,9 @@ from duplexer.protocols.webrtc_guard import (
     OriginPolicy,
     RequestAborted,
     RequestRefused,
-    bearer_matches,
     is_loopback,
     read_json,
+    require_bearer,
 )
 from duplexer.protocols.webrtc_messages import encode
 from duplexer.runtime.error_counts import ErrorCounts
@@ -328,15 +328,7 @@ class WebRtcServer:
         return headers
 
     def _check_token(self, request: web.Request) -> None:
-        token = self.config.token
-        if token is None or bearer_matches(request.headers.get("Authorization", ""), token):
-            return
-        why = "missing" if "Authorization" not in request.headers else "wrong"
-        raise RequestRefused(
-            401,
-            f"{why} bearer token: send the header 'Authorization: Bearer <token>' with the server's --token",
-            {"WWW-Authenticate": 'Bearer realm="duplexer"'},
-        )
+        require_bearer(request, self.config.token, "duplexer", "--token")
 
     async def _json_body(self, request: web.Request, what: str) -> Any:
         return await read_json(request, what, self.config.max_body_bytes, self.config.body_timeout_s)
