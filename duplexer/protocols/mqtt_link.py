@@ -305,31 +305,21 @@ class DeviceLink:
             return
         try:
             header, pcm = unpack_audio(payload)
-        except WireError as exc:
-            self.error(exc.code, exc.message)
-            return
-        if self.fmt is None:
-            self.error(
-                ErrorCode.UNKNOWN_DEVICE,
-                f"audio from device {self.device_id!r}, which has not declared its format: publish a "
-                f"retained JSON config to {self.config.topics.device(self.device_id, Channel.CONFIG)} first",
-            )
-            return
-        try:
+            if self.fmt is None:
+                raise WireError(
+                    ErrorCode.UNKNOWN_DEVICE,
+                    f"audio from device {self.device_id!r}, which has not declared its format: publish a "
+                    f"retained JSON config to {self.config.topics.device(self.device_id, Channel.CONFIG)} first",
+                )
             self.fmt.check_frame(pcm)
-        except WireError as exc:
-            self.error(exc.code, exc.message)
-            return
-        if self.stopped_by_device:
-            self.error(ErrorCode.SESSION_STOPPED, "audio after a stop control is ignored; send start first")
-            return
-        session = self.session or self.start_session()
-        if session is None:
-            return
-        now_ms = session.clock.now_ms()
-        if self.inbound is None:
-            self.inbound = self._new_inbound(self.fmt, None)  # its first audio ends at now
-        try:
+            if self.stopped_by_device:
+                raise WireError(ErrorCode.SESSION_STOPPED, "audio after a stop control is ignored; send start first")
+            session = self.session or self.start_session()
+            if session is None:
+                return
+            now_ms = session.clock.now_ms()
+            if self.inbound is None:
+                self.inbound = self._new_inbound(self.fmt, None)  # its first audio ends at now
             frames = self.inbound.push(header, pcm, now_ms)
         except WireError as exc:
             self.error(exc.code, exc.message)
