@@ -21,6 +21,7 @@ import pytest
 
 from duplexer.protocols.mqtt_broker import LoopbackBroker
 from duplexer.protocols.mqtt_connection import broker_settings, make_client
+from duplexer.protocols.mqtt_guard import token_matches
 from duplexer.protocols.mqtt_topics import Channel, Topics, encode_json
 from duplexer.runtime.logging import configure_logging
 from tests.conftest import REPO, run
@@ -352,3 +353,11 @@ def test_a_megabyte_message_never_reaches_the_bridge_and_long_bad_ids_cost_it_li
     assert counters["connections"] == 1 and counters["refused_bad_device_id"] == 29
     assert other_bad == {"oversized": 1}
     assert longest_key <= 80
+
+
+@pytest.mark.parametrize("given", ["\ud800", "tok\udfff", "\udcff\ud800x"])
+def test_a_token_that_is_not_encodable_text_is_refused_not_an_internal_error(given: str) -> None:
+    """JSON can carry a lone surrogate ("\\ud800"); such a token does not match, and raises nothing
+    (it gave UnicodeEncodeError, which the bridge reported as an internal bug)."""
+    assert token_matches({"robot1": "tok"}, "robot1", given) is False
+    assert token_matches({"robot1": "\ud800"}, "robot1", "\ud800") is True  # the same text still matches

@@ -84,7 +84,8 @@ def token_matches(tokens: Mapping[str, str] | None, device_id: str, given: str |
     expected = tokens.get(device_id)
     if expected is None or given is None:
         return False
-    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))
+    # surrogatepass: JSON can carry a lone surrogate ("\\ud800"), which plain UTF-8 refuses to encode
+    return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"), given.encode("utf-8", "surrogatepass"))
 
 
 def load_device_tokens(path: Path) -> dict[str, str]:
